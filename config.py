@@ -1,0 +1,137 @@
+"""Loupe's settings: the only place that reads environment variables (and `.env`)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+DEFAULT_MODEL_ID = "Qwen/Qwen3-VL-2B-Instruct"
+MiB = 1024 * 1024
+
+
+def _setting(default, help: str, env: str | None = None):  # noqa: A002 - "help" reads best here
+    """A dataclass field that carries its documentation (and its variable name, if not the field's)."""
+    return field(default=default, metadata={"help": help, "env": env})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service; each is an environment variable of the same name in capitals."""
+
+    model_id: str = _setting(
+        DEFAULT_MODEL_ID,
+        "Hugging Face model id, or a local directory holding the model (config, weights, tokenizer, "
+        "chat template, preprocessor config). Use a local directory on machines without network.",
+    )
+    dtype: str = _setting("float32", "Weights and compute type: `float32` or `bfloat16`.")
+    device: str = _setting("cpu", "Torch device the model runs on, e.g. `cpu`.")
+    torch_threads: int = _setting(
+        0, "Threads torch uses for one generation; 0 leaves torch's default (one per core)."
+    )
+    max_new_tokens: int = _setting(512, "Tokens generated when a request does not say `max_tokens`.")
+    max_new_tokens_limit: int = _setting(
+        2048, "Ceiling for a request's `max_tokens`; larger values are refused with 400."
+    )
+    max_context_tokens: int = _setting(
+        8192, "Ceiling for prompt tokens (text and image) plus `max_tokens` of one request."
+    )
+    image_max_edge: int = _setting(
+        768,
+        "Images are downscaled so their longest edge is at most this many pixels before the model "
+        "sees them. The main speed lever on a CPU: fewer pixels, fewer image tokens.",
+    )
+    max_image_bytes: int = _setting(10 * MiB, "Largest accepted image file, in bytes (10 MiB).")
+    max_images: int = _setting(8, "Most images in one request (across all its messages).")
+    max_request_bytes: int = _setting(
+        48 * MiB, "Largest accepted request body, in bytes; fits several base64 images in JSON."
+    )
+    queue_size: int = _setting(
+        8, "Requests that may wait while one generates; past that a request gets 429 (server busy)."
+    )
+    allow_remote_images: bool = _setting(
+        False,
+        "Fetch `http(s)` image URLs in JSON messages. Off: such URLs are refused with 400. "
+        "Never fetched from loopback or private addresses.",
+    )
+    remote_image_timeout: float = _setting(10.0, "Seconds allowed to fetch one remote image.")
+    host: str = _setting("0.0.0.0", "Address the server listens on.")
+    port: int = _setting(8000, "Port the server listens on.")
+    threads: int = _setting(
+        16, "gunicorn worker threads: requests served at once (health, page, streams, the queue); "
+        "keep it above QUEUE_SIZE + 1 so /health answers while the queue is full."
+    )
+    generation_timeout: int = _setting(
+        900, "gunicorn worker timeout in seconds; longer than the slowest CPU generation."
+    )
+    log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
+        """Build settings from `.env` (if present) overlaid by the process environment."""
+        values: dict[str, str] = {}
+        if env_file is not None and Path(env_file).is_file():
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str]) -> Settings:
+        """Build settings from a name → text mapping, converting each value to its field's type."""
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            raw = values.get(env_name(f))
+            if raw is not None and raw.strip() != "":
+                kwargs[f.name] = _convert(f, raw.strip())
+        settings = cls(**kwargs)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes) -> Settings:
+        """A copy with some fields changed (tests and tools use this)."""
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, with a message naming the variable."""
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"DTYPE must be float32 or bfloat16, not {self.dtype!r}")
+        positive = ("max_new_tokens", "max_new_tokens_limit", "max_context_tokens", "image_max_edge",
+                    "max_image_bytes", "max_images", "max_request_bytes", "threads", "port")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.upper()} must be positive")
+        if self.queue_size < 0 or self.torch_threads < 0:
+            raise ValueError("QUEUE_SIZE and TORCH_THREADS must not be negative")
+        if self.max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError("MAX_NEW_TOKENS must not exceed MAX_NEW_TOKENS_LIMIT")
+        if self.image_max_edge < 32:
+            raise ValueError("IMAGE_MAX_EDGE must be at least 32 (the model's smallest image side)")
+
+
+def env_name(f: dataclasses.Field) -> str:
+    """The environment variable that sets a field."""
+    return f.metadata.get("env") or f.name.upper()
+
+
+def _convert(f: dataclasses.Field, raw: str):
+    """Turn an environment string into the field's type, or say which variable is wrong."""
+    kind = type(f.default)
+    try:
+        if kind is bool:
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{env_name(f)}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def documented_settings() -> list[tuple[str, object, str]]:
+    """(variable, default, help) for each setting, in declaration order; the README table mirrors it."""
+    return [(env_name(f), f.default, f.metadata["help"]) for f in dataclasses.fields(Settings)]

@@ -1,0 +1,134 @@
+"""Loupe's exceptions and their one mapping to HTTP responses in OpenAI's error envelope."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class LoupeError(Exception):
+    """Base of every error a client may see; subclasses fix the HTTP status and OpenAI type."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    @property
+    def internal(self) -> bool:
+        """A fault of the server's own: logged with its traceback, never described to the client."""
+        return self.status == 500
+
+    def to_dict(self) -> dict:
+        """The OpenAI error envelope for this error (a generic one for internal faults)."""
+        if self.internal:
+            return server_error_body()
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+class InvalidRequest(LoupeError):
+    """The request is malformed or a field has a bad value."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class NotFound(LoupeError):
+    """No such route or resource."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class PayloadTooLarge(LoupeError):
+    """The body or one image is larger than the configured limit."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(LoupeError):
+    """The content type of the body, or an image's format, is not accepted."""
+
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class ServerBusy(LoupeError):
+    """The generation queue is full."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "server_busy"
+
+
+class ModelUnavailable(LoupeError):
+    """The model is still loading, or failed to load."""
+
+    status = 503
+    type = "unavailable_error"
+    code = "model_not_ready"
+
+
+class GenerationFailed(LoupeError):
+    """The model failed while generating; details are only in the log."""
+
+    status = 500
+    type = "server_error"
+
+
+GENERIC_SERVER_ERROR = "The server had an error while processing your request."
+
+_HTTP_TYPES = {401: "authentication_error", 404: "invalid_request_error", 429: "rate_limit_error",
+               503: "unavailable_error"}
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error envelope: {"error": {"message", "type", "param", "code"}}."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def server_error_body() -> dict:
+    """The body of every 500: a generic message, never the exception's text."""
+    return error_body(GENERIC_SERVER_ERROR, "server_error")
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Map LoupeError, werkzeug's HTTP errors and anything unexpected to the envelope."""
+
+    @app.errorhandler(LoupeError)
+    def _loupe_error(error: LoupeError):
+        if error.internal:
+            log.error("request failed: %s", error.message, exc_info=error)
+        return jsonify(error.to_dict()), error.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException):
+        status = error.code or 500
+        if status >= 500:
+            log.error("HTTP %s", status, exc_info=error)
+            return jsonify(server_error_body()), status
+        type_ = _HTTP_TYPES.get(status, "invalid_request_error")
+        code = (error.name or "error").lower().replace(" ", "_")
+        response = jsonify(error_body(error.description or error.name, type_, None, code))
+        response.status_code = status
+        if status == 405 and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception):
+        log.exception("unhandled error")
+        return jsonify(server_error_body()), 500
