@@ -1,0 +1,219 @@
+"""The engine: loads a backend in the background and runs queued requests on it, one at a time.
+
+It knows nothing about HTTP or torch: requests come in, events (started, text, finished) go out.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from errors import GenerationFailed, LoupeError, ModelUnavailable, ServerBusy
+from inference import ChatRequest, Event, Finished, Message, SamplingParams, Started, TextDelta, Timings
+from stops import StopMatcher
+
+log = logging.getLogger(__name__)
+
+
+class Prompt(Protocol):
+    """A prepared prompt: token ids and pixels, whatever the backend needs."""
+
+    prompt_tokens: int
+    image_tokens: int
+
+
+@dataclass(frozen=True)
+class Token:
+    """One generated token: its id, the text it completes (may be empty) and whether it ends the answer."""
+
+    id: int
+    text: str
+    eos: bool = False
+
+
+class Backend(Protocol):
+    """What the engine needs from a model: prepare prompts, generate tokens."""
+
+    name: str
+    device: str
+    dtype: str
+
+    def prepare(self, messages: Sequence[Message], max_tokens: int) -> Prompt:
+        """Tokenise the conversation and process its images (raises InvalidRequest if too long)."""
+
+    def generate(self, prompt: Prompt, sampling: SamplingParams, cancelled: Callable[[], bool]) -> Iterator[Token]:
+        """Yield tokens until end of answer (unless ignored), `max_tokens`, or `cancelled()`."""
+
+
+class Generation:
+    """One submitted request: iterate it for events; `cancel()` when the client has gone."""
+
+    def __init__(self, request: ChatRequest, prompt: Prompt):
+        self.request = request
+        self.prompt = prompt
+        self.submitted = time.perf_counter()
+        self._events: queue.Queue[Event | LoupeError] = queue.Queue()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the engine to stop (or never start) this generation."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the client gave up on this generation."""
+        return self._cancelled.is_set()
+
+    def put(self, event: Event | LoupeError) -> None:
+        """Hand an event (or an error) to the consumer; the engine calls this."""
+        self._events.put(event)
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            event = self._events.get()
+            if isinstance(event, LoupeError):
+                raise event
+            yield event
+            if isinstance(event, Finished):
+                return
+
+
+class Engine:
+    """Loads the backend once, in the background, and serves a bounded FIFO queue with one worker."""
+
+    def __init__(self, load: Callable[[], Backend], queue_size: int):
+        self._load = load
+        self._queue_size = queue_size
+        self._queue: queue.Queue[Generation] = queue.Queue()
+        self._waiting = 0
+        self._lock = threading.Lock()
+        self._backend: Backend | None = None
+        self._error: str | None = None
+        self._started = False
+        self._running = False
+        self.load_seconds: float | None = None
+
+    def start(self) -> Engine:
+        """Begin loading the model and serving the queue; returns at once."""
+        if not self._started:
+            self._started = True
+            threading.Thread(target=self._load_and_serve, name="loupe-engine", daemon=True).start()
+        return self
+
+    @property
+    def status(self) -> str:
+        """`loading`, `ok` or `error`."""
+        if self._backend is not None:
+            return "ok"
+        return "error" if self._error is not None else "loading"
+
+    @property
+    def error(self) -> str | None:
+        """Why loading failed, in words an operator can act on."""
+        return self._error
+
+    @property
+    def backend(self) -> Backend | None:
+        """The loaded backend, or None while loading or after a failure."""
+        return self._backend
+
+    @property
+    def running(self) -> bool:
+        """Whether a generation is under way."""
+        return self._running
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for their turn."""
+        return self._waiting
+
+    def submit(self, request: ChatRequest) -> Generation:
+        """Prepare the prompt on the caller's thread and queue it; 503 if not ready, 429 if full."""
+        backend = self._backend
+        if backend is None:
+            if self._error is not None:
+                raise ModelUnavailable(f"The model failed to load: {self._error}")
+            raise ModelUnavailable("The model is still loading; try again shortly.")
+        generation = Generation(request, backend.prepare(request.messages, request.sampling.max_tokens))
+        with self._lock:
+            # QUEUE_SIZE requests may wait behind the running one; an idle engine takes one more.
+            if self._waiting >= self._queue_size + (0 if self._running else 1):
+                raise ServerBusy("The server is busy with other requests; try again shortly.")
+            self._waiting += 1
+        self._queue.put(generation)
+        return generation
+
+    def _load_and_serve(self) -> None:
+        begin = time.perf_counter()
+        try:
+            backend = self._load()
+        except Exception as exc:  # noqa: BLE001 - any load failure becomes /health's reason
+            log.exception("model failed to load")
+            self._error = str(exc) or type(exc).__name__
+            return
+        self.load_seconds = time.perf_counter() - begin
+        self._backend = backend
+        log.info("model %s ready in %.1f s", backend.name, self.load_seconds)
+        while True:
+            generation = self._queue.get()
+            with self._lock:
+                self._waiting -= 1
+                self._running = True
+            try:
+                if not generation.cancelled:
+                    self._run(backend, generation)
+            finally:
+                with self._lock:
+                    self._running = False
+
+    def _run(self, backend: Backend, generation: Generation) -> None:
+        """Generate one request, turning tokens into events; failures reach the consumer as 500."""
+        try:
+            for event in run_generation(backend, generation):
+                generation.put(event)
+        except Exception:
+            log.exception("generation failed")
+            generation.put(GenerationFailed("generation failed"))
+
+
+def run_generation(backend: Backend, generation: Generation) -> Iterator[Event]:
+    """The events of one generation: Started, TextDelta..., Finished (nothing more once cancelled)."""
+    prompt, sampling = generation.prompt, generation.request.sampling
+    timings = Timings(image_tokens=prompt.image_tokens, prompt_tokens=prompt.prompt_tokens)
+    began = time.perf_counter()
+    timings.queue_ms = (began - generation.submitted) * 1000
+    yield Started()
+    matcher = StopMatcher(sampling.stop)
+    count, finish_reason, first_at, stopped = 0, "length", None, False
+    tokens = backend.generate(prompt, sampling, lambda: generation.cancelled)
+    try:
+        for token in tokens:
+            now = time.perf_counter()
+            if first_at is None:
+                first_at = now
+                timings.prompt_ms = (now - began) * 1000
+                timings.ttft_ms = (now - generation.submitted) * 1000
+            timings.decode_ms = (now - first_at) * 1000
+            count += 1
+            if token.eos:
+                finish_reason = "stop"
+                break
+            text, stopped = matcher.feed(token.text)
+            if text:
+                yield TextDelta(text)
+            if stopped:  # the stop string itself is never sent
+                finish_reason = "stop"
+                break
+    finally:
+        tokens.close()  # frees the backend's per-request state at once, however we left the loop
+    if generation.cancelled:
+        log.info("generation cancelled after %d tokens", count)
+        return
+    if not stopped and (rest := matcher.flush()):
+        yield TextDelta(rest)  # text held back as a possible stop string's start, which it was not
+    timings.completion_tokens = count
+    yield Finished(finish_reason, prompt.prompt_tokens, count, timings)

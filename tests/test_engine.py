@@ -1,0 +1,154 @@
+"""The engine's scheduling: loading states, one generation at a time, a bounded queue, cancel, stops.
+
+These tests drive the engine with a scripted backend so that queue states can be held still;
+the model itself is exercised in test_model.py and test_api.py.
+"""
+import threading
+from dataclasses import dataclass
+
+import pytest
+
+from engine import Engine, Token
+from errors import GenerationFailed, ModelUnavailable, ServerBusy
+from inference import ChatRequest, Finished, Message, SamplingParams, Started, TextDelta, TextPart
+
+
+@dataclass
+class ScriptedPrompt:
+    prompt_tokens: int = 5
+    image_tokens: int = 0
+
+
+class ScriptedBackend:
+    """Yields the given texts as tokens; each token waits for `gate` when one is set."""
+
+    name, device, dtype = "scripted", "cpu", "float32"
+
+    def __init__(self, texts, eos_at_end=True, gate=None, fail_after=None):
+        self.texts, self.eos_at_end, self.gate, self.fail_after = texts, eos_at_end, gate, fail_after
+        self.tokens_made = 0
+        self.started = threading.Event()
+
+    def prepare(self, messages, max_tokens):
+        return ScriptedPrompt()
+
+    def generate(self, prompt, sampling, cancelled):
+        self.started.set()
+        for i, text in enumerate(self.texts[: sampling.max_tokens]):
+            if self.gate is not None:
+                self.gate.wait(5)
+            if self.fail_after is not None and i >= self.fail_after:
+                raise RuntimeError("backend broke")
+            self.tokens_made += 1
+            yield Token(i, text)
+            if cancelled():
+                return
+        if self.eos_at_end and len(self.texts) < sampling.max_tokens:
+            yield Token(99, "", eos=True)
+
+
+def chat(max_tokens=10, stop=()):
+    sampling = SamplingParams(max_tokens, 0.0, 1.0, 0, 0.0, stop=stop)
+    return ChatRequest((Message("user", (TextPart("hi"),)),), sampling)
+
+
+def ready_engine(backend, queue_size=2):
+    engine = Engine(lambda: backend, queue_size).start()
+    for _ in range(500):
+        if engine.status == "ok":
+            return engine
+        threading.Event().wait(0.01)
+    raise AssertionError("engine did not become ready")
+
+
+def test_events_of_a_whole_generation():
+    engine = ready_engine(ScriptedBackend(["Hel", "lo"]))
+    events = list(engine.submit(chat()))
+    assert isinstance(events[0], Started)
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hel", "lo"]
+    finished = events[-1]
+    assert isinstance(finished, Finished)
+    assert (finished.finish_reason, finished.completion_tokens, finished.prompt_tokens) == ("stop", 3, 5)
+
+
+def test_max_tokens_ends_with_length():
+    engine = ready_engine(ScriptedBackend(["a", "b", "c"]))
+    finished = list(engine.submit(chat(max_tokens=2)))[-1]
+    assert (finished.finish_reason, finished.completion_tokens) == ("length", 2)
+
+
+def test_stop_string_ends_with_stop_and_is_not_sent():
+    engine = ready_engine(ScriptedBackend(["one ", "EN", "D two"], eos_at_end=False))
+    events = list(engine.submit(chat(stop=("END",))))
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "one "
+    assert events[-1].finish_reason == "stop"
+
+
+def test_while_loading_and_after_a_failed_load_requests_get_503():
+    release = threading.Event()
+
+    def slow_load():
+        release.wait(5)
+        raise OSError("no such model")
+
+    engine = Engine(slow_load, 2).start()
+    assert engine.status == "loading"
+    with pytest.raises(ModelUnavailable, match="loading"):
+        engine.submit(chat())
+    release.set()
+    for _ in range(500):
+        if engine.status == "error":
+            break
+        threading.Event().wait(0.01)
+    assert engine.error == "no such model"
+    with pytest.raises(ModelUnavailable, match="no such model"):
+        engine.submit(chat())
+
+
+def test_a_full_queue_answers_busy_and_frees_up_after():
+    gate = threading.Event()
+    backend = ScriptedBackend(["x"] * 3, gate=gate)
+    engine = ready_engine(backend, queue_size=1)
+    running = engine.submit(chat())
+    assert backend.started.wait(5)  # the first generation is running
+    waiting = engine.submit(chat())  # one may wait
+    with pytest.raises(ServerBusy):
+        engine.submit(chat())
+    gate.set()
+    assert list(running)[-1].finish_reason == "stop"
+    assert list(waiting)[-1].finish_reason == "stop"
+    assert list(engine.submit(chat()))[-1].finish_reason == "stop"
+
+
+def test_cancel_stops_a_running_generation():
+    gate = threading.Event()
+    backend = ScriptedBackend(["x"] * 1000, gate=gate)
+    engine = ready_engine(backend)
+    generation = engine.submit(chat(max_tokens=1000))
+    assert backend.started.wait(5)
+    generation.cancel()
+    gate.set()
+    follow_up = engine.submit(chat(max_tokens=1))
+    assert list(follow_up)[-1].completion_tokens == 1
+    assert backend.tokens_made < 1000 and backend.tokens_made <= 3
+
+
+def test_a_request_cancelled_while_queued_never_runs():
+    gate = threading.Event()
+    backend = ScriptedBackend(["x"] * 2, gate=gate)
+    engine = ready_engine(backend)
+    first = engine.submit(chat())
+    assert backend.started.wait(5)
+    queued = engine.submit(chat())
+    queued.cancel()
+    gate.set()
+    list(first)
+    list(engine.submit(chat()))
+    assert backend.tokens_made == 4  # first and last ran two tokens each; the cancelled one none
+
+
+def test_a_backend_failure_reaches_the_consumer_as_a_server_error():
+    engine = ready_engine(ScriptedBackend(["a", "b"], fail_after=1))
+    with pytest.raises(GenerationFailed):
+        list(engine.submit(chat()))
+    assert list(engine.submit(chat(max_tokens=1)))[-1].completion_tokens == 1  # the engine lives on
