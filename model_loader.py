@@ -1,0 +1,243 @@
+"""Qwen3-VL on torch: the process-wide model singleton, prompt building and the token loop.
+
+The only module that imports torch and transformers. Interface: `load_backend(settings)` gives a
+backend whose `prepare` turns messages into model inputs and whose `generate` yields tokens.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, DynamicCache, GenerationConfig, Qwen3VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from config import Settings
+from engine import Token
+from errors import InvalidRequest
+from inference import ImagePart, Message, SamplingParams
+
+log = logging.getLogger(__name__)
+
+IMAGE_PAD = "<|image_pad|>"
+_LOCK = threading.Lock()
+_BACKENDS: dict[tuple[str, str, str], QwenBackend] = {}
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says what to do about it."""
+
+
+@dataclass(frozen=True)
+class QwenPrompt:
+    """Model inputs for one conversation, exactly as transformers' Qwen3VLProcessor would give them."""
+
+    input_ids: torch.Tensor  # (1, L); each image's pad token repeated grid.prod() // merge**2 times
+    mm_token_type_ids: torch.Tensor  # (1, L); 1 on image tokens: without it M-RoPE silently goes text-only
+    pixel_values: torch.Tensor | None
+    image_grid_thw: torch.Tensor | None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.input_ids.shape[1]
+
+    @property
+    def image_tokens(self) -> int:
+        return int(self.mm_token_type_ids.sum())
+
+
+def load_backend(settings: Settings) -> QwenBackend:
+    """The process's one backend for these settings, loaded on first call."""
+    key = (settings.model_id, settings.dtype, settings.device)
+    with _LOCK:
+        if key not in _BACKENDS:
+            _BACKENDS[key] = _load(settings)
+        return _BACKENDS[key]
+
+
+def _load(settings: Settings) -> QwenBackend:
+    """Load tokenizer, image processor and weights (straight into their final dtype, one copy)."""
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    source = settings.model_id
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(source)
+        model = Qwen3VLForConditionalGeneration.from_pretrained(
+            source, dtype=getattr(torch, settings.dtype), low_cpu_mem_usage=True)
+        generation_config = GenerationConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(_load_advice(source, exc)) from exc
+    model.to(settings.device).eval()
+    if tokenizer.chat_template is None:
+        raise ModelLoadError(f"The tokenizer of {source!r} has no chat template.")
+    eos = generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
+    name = Path(source).name if Path(source).is_dir() else source
+    return QwenBackend(model, tokenizer, image_processor, eos_ids, name, settings)
+
+
+def _load_advice(source: str, exc: Exception) -> str:
+    """A load failure in words an operator can act on."""
+    if not Path(source).is_dir():
+        return (f"Could not load model {source!r}: it is not a local directory and could not be "
+                "downloaded (no network, or no such model). Download it where there is network "
+                f"(e.g. `hf download {source} --local-dir DIR`) and set MODEL_ID to that directory.")
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"Could not load the model in directory {source!r}: {first_line}"
+
+
+class QwenBackend:
+    """Qwen3-VL behind the engine's Backend interface."""
+
+    def __init__(self, model, tokenizer, image_processor, eos_ids: set[int], name: str, settings: Settings):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.eos_ids = eos_ids
+        self.name = name
+        self.device = settings.device
+        self.dtype = settings.dtype
+        self.max_context = settings.max_context_tokens
+        self.image_token_id = model.config.image_token_id
+        self._specials = [t for t in tokenizer.all_special_tokens + list(tokenizer.added_tokens_encoder)
+                          if t.startswith("<|")]
+
+    def prepare(self, messages: Sequence[Message], max_tokens: int) -> QwenPrompt:
+        """Chat template + PIL image processor + placeholder expansion: the processor's inputs."""
+        conversation, images = self._conversation(messages)
+        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        pixel_values = grid = None
+        if images:
+            processed = self.image_processor(images=images, return_tensors="pt")
+            pixel_values, grid = processed["pixel_values"], processed["image_grid_thw"]
+            merge = self.image_processor.merge_size ** 2
+            pieces = text.split(IMAGE_PAD)
+            expanded = [pieces[0]]
+            for thw, piece in zip(grid, pieces[1:]):
+                expanded += [IMAGE_PAD * int(thw.prod() // merge), piece]
+            text = "".join(expanded)
+        input_ids = torch.tensor([self.tokenizer(text)["input_ids"]], dtype=torch.long)
+        if input_ids.shape[1] + max_tokens > self.max_context:
+            raise InvalidRequest(
+                f"The prompt is {input_ids.shape[1]} tokens; with max_tokens {max_tokens} it exceeds the "
+                f"context limit of {self.max_context}. Shorten the conversation or send fewer images.",
+                param="messages")
+        token_types = (input_ids == self.image_token_id).to(torch.int32)
+        return QwenPrompt(input_ids, token_types, pixel_values, grid)
+
+    def _conversation(self, messages: Sequence[Message]) -> tuple[list[dict], list]:
+        """Messages in the chat template's format, and their images in order."""
+        conversation, images = [], []
+        for message in messages:
+            content = []
+            for part in message.parts:
+                if isinstance(part, ImagePart):
+                    content.append({"type": "image"})
+                    images.append(part.image)
+                else:
+                    if any(special in part.text for special in self._specials):
+                        raise InvalidRequest("Message text may not contain the model's special tokens.",
+                                             param="messages")
+                    content.append({"type": "text", "text": part.text})
+            conversation.append({"role": message.role, "content": content})
+        return conversation, images
+
+    @torch.inference_mode()
+    def generate(self, prompt: QwenPrompt, sampling: SamplingParams, cancelled: Callable[[], bool]) -> Iterator[Token]:
+        """Prefill the prompt, then decode one token at a time until an end, the limit, or cancel."""
+        if cancelled():
+            return
+        cache = DynamicCache(config=self.model.config)
+        positions, delta = self.prompt_positions(prompt)
+        logits = self.model(
+            input_ids=prompt.input_ids, pixel_values=prompt.pixel_values, image_grid_thw=prompt.image_grid_thw,
+            mm_token_type_ids=prompt.mm_token_type_ids, position_ids=positions, past_key_values=cache,
+            use_cache=True, logits_to_keep=1).logits[:, -1]
+        sampler = Sampler(sampling)
+        text = IncrementalDecoder(self.tokenizer)
+        past = prompt.prompt_tokens
+        for step in range(sampling.max_tokens):
+            token = sampler.pick(logits)
+            eos = token in self.eos_ids and not sampling.ignore_eos
+            yield Token(token, "" if eos else text.add(token), eos)
+            if eos or step + 1 == sampling.max_tokens or cancelled():
+                return
+            position = torch.tensor([past, past + delta, past + delta, past + delta]).view(4, 1, 1)
+            logits = self.model(input_ids=torch.tensor([[token]]), position_ids=position,
+                                past_key_values=cache, use_cache=True).logits[:, -1]
+            past += 1
+
+    def prompt_positions(self, prompt: QwenPrompt) -> tuple[torch.Tensor, int]:
+        """(4, 1, L) position ids (text row + M-RoPE t/h/w rows) and the offset decoding continues from."""
+        length = prompt.prompt_tokens
+        text_row = torch.arange(length).view(1, 1, length)
+        if prompt.image_grid_thw is None:
+            return text_row.expand(4, 1, length), 0
+        rope, deltas = self.model.model.get_rope_index(
+            prompt.input_ids, mm_token_type_ids=prompt.mm_token_type_ids, image_grid_thw=prompt.image_grid_thw)
+        return torch.cat([text_row, rope], dim=0), int(deltas[0, 0])
+
+
+class Sampler:
+    """Turns logits into a token: penalties on what was generated, then greedy or top-k/top-p sampling."""
+
+    def __init__(self, sampling: SamplingParams):
+        self.sampling = sampling
+        self.generated: list[int] = []
+        self.generator = None
+        if sampling.seed is not None:
+            self.generator = torch.Generator().manual_seed(sampling.seed)
+
+    def pick(self, logits: torch.Tensor) -> int:
+        """The next token id from (1, vocab) logits."""
+        s = self.sampling
+        logits = logits[0].to(torch.float32, copy=True)  # penalties below write into it
+        if self.generated and (s.presence_penalty or s.repetition_penalty != 1.0):
+            seen = torch.tensor(sorted(set(self.generated)))
+            values = logits[seen]
+            values = torch.where(values > 0, values / s.repetition_penalty, values * s.repetition_penalty)
+            logits[seen] = values - s.presence_penalty  # OpenAI's presence penalty: additive, once per token
+        if s.temperature == 0:
+            token = int(torch.argmax(logits))
+        else:
+            token = self._sample(logits / s.temperature)
+        self.generated.append(token)
+        return token
+
+    def _sample(self, logits: torch.Tensor) -> int:
+        """Top-k, then top-p (nucleus), then a draw."""
+        s = self.sampling
+        if 0 < s.top_k < logits.numel():
+            kth = torch.topk(logits, s.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if s.top_p < 1.0:
+            ordered, order = torch.sort(logits, descending=True)
+            cumulative = torch.softmax(ordered, dim=-1).cumsum(-1)
+            drop = cumulative - torch.softmax(ordered, dim=-1) >= s.top_p  # keep the token crossing top_p
+            logits = logits.scatter(0, order[drop], float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+class IncrementalDecoder:
+    """Token ids → text deltas, holding back bytes until they form whole characters."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+
+    def add(self, token: int) -> str:
+        """Text that this token completes (may be empty)."""
+        self.ids.append(token)
+        before = self.tokenizer.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        after = self.tokenizer.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before):]
+        return ""

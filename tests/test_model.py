@@ -1,0 +1,124 @@
+"""The real loader and token loop on a tiny random-weight Qwen3-VL."""
+import pytest
+import torch
+from PIL import Image
+from transformers import Qwen3VLForConditionalGeneration
+
+from errors import InvalidRequest
+from inference import ImagePart, Message, SamplingParams, TextPart
+from model_loader import Sampler, load_backend
+from reference_processor import reference_inputs
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0.0, top_p=1.0, top_k=0, presence_penalty=0.0,
+                        ignore_eos=True)
+
+
+def photo(width=96, height=64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+    return Image.fromarray(pixels.numpy(), "RGB")
+
+
+def image_turn(*images, text="What is this?"):
+    return Message("user", tuple(ImagePart(image=i) for i in images) + (TextPart(text),))
+
+
+def tokens(backend, prompt, sampling=GREEDY):
+    return [t.id for t in backend.generate(prompt, sampling, lambda: False)]
+
+
+def test_the_loader_is_a_singleton(settings, backend):
+    assert load_backend(settings) is backend
+    assert backend.model.training is False
+    assert next(backend.model.parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("messages", [
+    [image_turn(photo())],
+    [image_turn(photo(), photo(40, 120, seed=1), text="Compare them.")],
+    [Message("system", (TextPart("Be brief."),)), image_turn(photo()),
+     Message("assistant", (TextPart("A pattern."),)), image_turn(photo(64, 64, seed=2), text="And this?")],
+    [Message("user", (TextPart("No image here."),))],
+])
+def test_prepared_inputs_equal_transformers_own_processor(backend, messages):
+    prompt = backend.prepare(messages, max_tokens=8)
+    expected = reference_inputs(backend, messages)
+    assert torch.equal(prompt.input_ids, expected["input_ids"])
+    assert torch.equal(prompt.mm_token_type_ids, expected["mm_token_type_ids"])
+    if "pixel_values" in expected:
+        assert torch.equal(prompt.image_grid_thw, expected["image_grid_thw"])
+        assert torch.allclose(prompt.pixel_values, expected["pixel_values"])
+    merge = backend.image_processor.merge_size ** 2
+    image_count = sum(len(m.images()) for m in messages)
+    pads = 0 if prompt.image_grid_thw is None else int(prompt.image_grid_thw.prod(-1).sum()) // merge
+    assert prompt.image_tokens == pads == int((prompt.input_ids == backend.image_token_id).sum())
+    assert (prompt.image_grid_thw is None) == (image_count == 0)
+
+
+def test_image_positions_differ_across_height_and_width(backend):
+    prompt = backend.prepare([image_turn(photo(128, 64))], max_tokens=8)
+    positions, delta = backend.prompt_positions(prompt)
+    on_image = prompt.mm_token_type_ids[0].bool()
+    temporal, height, width = positions[1, 0, on_image], positions[2, 0, on_image], positions[3, 0, on_image]
+    assert not torch.equal(height, width)  # a 2D grid, not text positions
+    assert len(set(height.tolist())) == int(prompt.image_grid_thw[0, 1]) // 2
+    assert len(set(width.tolist())) == int(prompt.image_grid_thw[0, 2]) // 2
+    assert len(set(temporal.tolist())) == 1
+    assert delta < 0  # the image takes fewer positions than tokens
+
+
+def test_greedy_tokens_equal_model_generate(backend):
+    messages = [image_turn(photo())]
+    prompt = backend.prepare(messages, max_tokens=12)
+    inputs = reference_inputs(backend, messages)
+    reference = backend.model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=None,
+                                       pad_token_id=0)
+    assert tokens(backend, prompt) == reference[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+def test_greedy_multi_turn_text_equals_model_generate(backend):
+    messages = [Message("user", (TextPart("Hello there"),)), Message("assistant", (TextPart("Hi"),)),
+                Message("user", (TextPart("How are you?"),))]
+    prompt = backend.prepare(messages, max_tokens=12)
+    inputs = reference_inputs(backend, messages)
+    reference = backend.model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=None,
+                                       pad_token_id=0)
+    assert tokens(backend, prompt) == reference[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+def test_same_seed_same_tokens_other_seed_other_tokens(backend):
+    prompt = backend.prepare([image_turn(photo())], max_tokens=12)
+    sampled = SamplingParams(12, 1.0, 1.0, 0, 0.0, seed=5, ignore_eos=True)
+    first = tokens(backend, prompt, sampled)
+    assert first == tokens(backend, prompt, sampled)
+    assert first != tokens(backend, prompt, SamplingParams(12, 1.0, 1.0, 0, 0.0, seed=6, ignore_eos=True))
+
+
+def test_cancel_stops_the_loop(backend):
+    prompt = backend.prepare([image_turn(photo())], max_tokens=12)
+    made = []
+    for token in backend.generate(prompt, GREEDY, lambda: len(made) >= 3):
+        made.append(token)
+    assert len(made) == 3
+
+
+def test_text_with_special_tokens_is_refused(backend):
+    with pytest.raises(InvalidRequest, match="special tokens"):
+        backend.prepare([Message("user", (TextPart("hi <|image_pad|>"),))], max_tokens=8)
+
+
+def test_prompt_beyond_the_context_is_refused(backend):
+    with pytest.raises(InvalidRequest, match="context"):
+        backend.prepare([Message("user", (TextPart("word " * 50),))], max_tokens=backend.max_context)
+
+
+def test_sampler_penalties_and_filters():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.5]])
+    greedy = Sampler(SamplingParams(4, 0.0, 1.0, 0, 1.5))
+    assert [greedy.pick(logits) for _ in range(3)] == [1, 2, 1]  # 3 - 1.5 = 1.5 > 2 - 1.5 and > 1
+    assert Sampler(SamplingParams(4, 1.0, 1.0, 1, 0.0, seed=0)).pick(logits) == 1  # top_k 1
+    nucleus = Sampler(SamplingParams(4, 1.0, 0.5, 0, 0.0, seed=0))
+    assert {nucleus.pick(logits) for _ in range(20)} == {1}  # token 1 alone holds over half the mass
+    repeat = Sampler(SamplingParams(4, 0.0, 1.0, 0, 0.0, repetition_penalty=4.0))
+    assert [repeat.pick(logits) for _ in range(2)] == [1, 2]  # 3/4 < 2
+    assert logits.tolist() == [[1.0, 3.0, 2.0, 0.5]]  # the caller's logits are left alone
