@@ -1,0 +1,55 @@
+"""Loupe: ask questions about images with Qwen3-VL on a CPU. `create_app()` builds the Flask app."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, render_template
+
+import api
+from config import Settings
+from engine import Backend, Engine
+from errors import register_error_handlers
+from images import ACCEPTED_FORMATS
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: Settings | None = None, engine: Engine | None = None) -> Flask:
+    """The app factory; with no engine given, one starts loading the configured model in the background."""
+    settings = config if config is not None else Settings.from_env()
+    _configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_request_bytes  # a `messages` field may hold images
+    app.json.sort_keys = False
+    if engine is None:
+        engine = Engine(lambda: load_model(settings), settings.queue_size).start()
+    app.extensions["loupe"] = api.Services(settings, engine)
+    app.register_blueprint(api.bp)
+    register_error_handlers(app)
+
+    @app.get("/")
+    def index():
+        """The chat page."""
+        return render_template("index.html", settings=settings, accepted_types=sorted(ACCEPTED_FORMATS.values()))
+
+    return app
+
+
+def load_model(settings: Settings) -> Backend:
+    """Load the model; torch is imported here, on the engine's thread, never by the web layer."""
+    import model_loader
+
+    return model_loader.load_backend(settings)
+
+
+def _configure_logging(level: str) -> None:
+    """Log to stderr at the configured level, unless a host (gunicorn, pytest) already set logging up."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+if __name__ == "__main__":
+    dev_settings = Settings.from_env()
+    create_app(dev_settings).run(host=dev_settings.host, port=dev_settings.port, threaded=True)
