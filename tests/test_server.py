@@ -1,0 +1,118 @@
+"""The real gunicorn server on the tiny model: the openai client, the README's examples, disconnects."""
+import base64
+import http.client
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from openai import OpenAI
+from PIL import Image
+
+from live_server import ROOT
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    from live_server import LiveServer
+
+    live = LiveServer({"MODEL_ID": str(tiny_model_dir), "MAX_NEW_TOKENS": "8", "THREADS": "4"},
+                      tmp_path_factory.mktemp("server") / "server.log")
+    yield live.start()
+    live.stop()
+
+
+@pytest.fixture
+def photo(tmp_path):
+    path = tmp_path / "photo.jpg"
+    Image.effect_noise((120, 90), 60).convert("RGB").save(path, "JPEG")
+    return path
+
+
+def image_message(path):
+    url = "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": "What is in this picture?"}]}]
+
+
+def test_openai_client_text_image_and_stream(server, photo):
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    assert [m.id for m in client.models.list().data] == [server.health()["model"]]
+    text = client.chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    assert text.choices[0].message.role == "assistant" and text.usage.completion_tokens <= 4
+    image = client.chat.completions.create(model="x", messages=image_message(photo), max_tokens=3)
+    assert image.usage.prompt_tokens > text.usage.prompt_tokens
+    stream = client.chat.completions.create(model="x", messages=image_message(photo), max_tokens=5,
+                                            stream=True, stream_options={"include_usage": True},
+                                            extra_body={"ignore_eos": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 5
+
+
+def test_openai_client_sees_errors_as_exceptions(server):
+    import openai
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}], temperature=9)
+    assert caught.value.body["param"] == "temperature"
+
+
+def readme_blocks(language, readme_text):
+    return re.findall(rf"```{language}\n(.*?)```", readme_text, re.S)
+
+
+def test_readme_curl_examples_work_as_written(server, photo, readme_text):
+    examples = [b for b in readme_blocks("bash", readme_text) if "localhost:8000/v1/chat/completions" in b]
+    assert len(examples) == 3
+    for example in examples:
+        command = example.replace("localhost:8000", server.url.removeprefix("http://"))
+        result = subprocess.run(["bash", "-c", command], cwd=photo.parent, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0, result.stderr
+        if "stream=true" in example:
+            assert result.stdout.rstrip().endswith("data: [DONE]")
+        else:
+            assert json.loads(result.stdout)["object"] == "chat.completion"
+
+
+def test_readme_openai_example_works_as_written(server, photo, readme_text):
+    [example] = readme_blocks("python", readme_text)
+    script = example.replace("http://localhost:8000/v1", server.url + "/v1")
+    result = subprocess.run([sys.executable, "-c", script], cwd=photo.parent, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_client_disconnect_stops_the_generation(server):
+    body = json.dumps({"messages": [{"role": "user", "content": "Go on"}], "max_tokens": 2000,
+                       "ignore_eos": True, "stream": True})
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200
+    response.fp.readline()  # the first frame: the model is generating
+    connection.sock.close()
+    connection.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "generation cancelled after" not in server.log():
+        time.sleep(0.1)
+    made = int(re.search(r"generation cancelled after (\d+) tokens", server.log()).group(1))
+    assert made < 2000
+    assert server.health()["status"] == "ok"
+
+
+def test_without_network_or_a_local_copy_the_server_still_serves_and_says_why(live_server, tmp_path):
+    server = live_server(ready_status="error", MODEL_ID="Qwen/Qwen3-VL-2B-Instruct", HF_HOME=str(tmp_path / "hf"))
+    health = server.health()
+    assert "set MODEL_ID to that directory" in health["error"]
+    request = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    request.request("POST", "/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
+                    {"Content-Type": "application/json"})
+    response = request.getresponse()
+    assert response.status == 503
+    assert json.load(response)["error"]["type"] == "unavailable_error"
