@@ -68,6 +68,19 @@ class Settings:
         900, "gunicorn worker timeout in seconds; longer than the slowest CPU generation."
     )
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
+    data_dir: str = _setting(
+        "data", "Directory for the history: the SQLite database (by default) and `images/`; created on "
+        "first start. Relative paths are from the working directory."
+    )
+    database_url: str = _setting(
+        "", "SQLAlchemy URL of the history database, e.g. `postgresql+psycopg://…` for several instances "
+        "sharing one history; empty: SQLite at `DATA_DIR/history.db`."
+    )
+    history: bool = _setting(True, "Record every inference and its images; `off` records nothing at all.")
+    history_max_days: int = _setting(0, "Delete history records older than this many days; 0 keeps all.")
+    history_max_records: int = _setting(
+        0, "Keep at most this many history records, deleting the oldest; 0 keeps all."
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
@@ -103,12 +116,21 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.upper()} must be positive")
-        if self.queue_size < 0 or self.torch_threads < 0:
-            raise ValueError("QUEUE_SIZE and TORCH_THREADS must not be negative")
+        for name in ("queue_size", "torch_threads", "history_max_days", "history_max_records"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.upper()} must not be negative")
         if self.max_new_tokens > self.max_new_tokens_limit:
             raise ValueError("MAX_NEW_TOKENS must not exceed MAX_NEW_TOKENS_LIMIT")
         if self.image_max_edge < 32:
             raise ValueError("IMAGE_MAX_EDGE must be at least 32 (the model's smallest image side)")
+
+
+    @property
+    def history_database_url(self) -> str:
+        """Where the history lives: DATABASE_URL, or a SQLite file in DATA_DIR."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(Path(self.data_dir) / 'history.db').resolve()}"
 
 
 def env_name(f: dataclasses.Field) -> str:

@@ -33,7 +33,7 @@ def load_request_images(request: ChatRequest, settings: Settings, fetch: Fetcher
         for part in message.parts:
             if isinstance(part, ImagePart) and part.image is None:
                 data = part.data if part.data is not None else _bytes_from_url(part.url or "", settings, fetch)
-                part = ImagePart(image=decode_image(data, settings, param=f"image[{index}]"))
+                part = read_image(data, settings, param=f"image[{index}]")
                 index += 1
             parts.append(part)
         messages.append(Message(message.role, tuple(parts)))
@@ -72,6 +72,13 @@ def decode_data_url(url: str, settings: Settings) -> bytes:
 
 def decode_image(data: bytes, settings: Settings, param: str = "image") -> Image.Image:
     """Validate image bytes and return an RGB image ready for the model's image processor."""
+    image = read_image(data, settings, param).image
+    assert image is not None
+    return image
+
+
+def read_image(data: bytes, settings: Settings, param: str = "image") -> ImagePart:
+    """Validate image bytes: a loaded part with the RGB image, the original bytes, MIME type and size."""
     if len(data) > settings.max_image_bytes:
         raise _too_large(settings)
     image = _open(data, param)
@@ -79,7 +86,7 @@ def decode_image(data: bytes, settings: Settings, param: str = "image") -> Image
         raise UnsupportedMediaType(
             f"Image format {image.format or 'unknown'} is not supported; send PNG, JPEG, WebP or GIF.",
             param=param)
-    width, height = image.size
+    mime, (width, height) = ACCEPTED_FORMATS[image.format], image.size
     if width * height > MAX_PIXELS:
         raise PayloadTooLarge(f"The image is {width}x{height} pixels; the limit is {MAX_PIXELS:,} pixels.",
                               param=param)
@@ -92,7 +99,8 @@ def decode_image(data: bytes, settings: Settings, param: str = "image") -> Image
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
         raise InvalidRequest("The image could not be decoded (it may be truncated or corrupt).",
                              param=param) from None
-    return fit_to_edges(to_rgb(image), settings.image_max_edge)
+    return ImagePart(data=data, image=fit_to_edges(to_rgb(image), settings.image_max_edge),
+                     mime=mime, width=width, height=height)
 
 
 def _open(data: bytes, param: str) -> Image.Image:

@@ -20,11 +20,18 @@ class TextPart:
 
 @dataclass(frozen=True)
 class ImagePart:
-    """An image in a message: raw bytes or a URL until loaded, then a normalised RGB image."""
+    """An image in a message: bytes or a URL until loaded; then also the normalised RGB image.
+
+    A loaded part keeps the original bytes with their MIME type and size, so the history can store
+    exactly what the client sent.
+    """
 
     data: bytes | None = None
     url: str | None = None
     image: Image | None = None
+    mime: str | None = None
+    width: int | None = None
+    height: int | None = None
 
 
 Part = Union[TextPart, ImagePart]

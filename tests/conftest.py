@@ -19,11 +19,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def settings(tiny_model_dir) -> Settings:
-    """Test settings: the tiny model, small limits so tests stay quick."""
-    return Settings.from_mapping({"MODEL_ID": str(tiny_model_dir), "MAX_NEW_TOKENS": "8",
-                                  "MAX_IMAGE_BYTES": str(2 * 1024 * 1024), "MAX_IMAGES": "3",
-                                  "MAX_REQUEST_BYTES": str(4 * 1024 * 1024), "QUEUE_SIZE": "2"})
+def settings(tiny_model_dir, tmp_path_factory) -> Settings:
+    """Test settings: the tiny model, small limits so tests stay quick, history in a temporary directory."""
+    settings = Settings.from_mapping({"MODEL_ID": str(tiny_model_dir), "MAX_NEW_TOKENS": "8",
+                                      "MAX_IMAGE_BYTES": str(2 * 1024 * 1024), "MAX_IMAGES": "3",
+                                      "MAX_REQUEST_BYTES": str(4 * 1024 * 1024), "QUEUE_SIZE": "2"})
+    return settings.replace(data_dir=str(tmp_path_factory.mktemp("history")))
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,9 @@ class LiveServer:
     def __init__(self, env: dict[str, str], log_path: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "HOST": "127.0.0.1", "PORT": str(self.port), **env}
+        # History goes next to the log unless the test says where: never into the repository.
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "HOST": "127.0.0.1", "PORT": str(self.port),
+                    "DATA_DIR": str(log_path.parent / "data"), **env}
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 

@@ -26,6 +26,8 @@ def test_values_are_converted_to_their_types():
     ({"MAX_NEW_TOKENS": "4096"}, "MAX_NEW_TOKENS"),
     ({"IMAGE_MAX_EDGE": "16"}, "IMAGE_MAX_EDGE"),
     ({"QUEUE_SIZE": "-1"}, "QUEUE_SIZE"),
+    ({"HISTORY_MAX_DAYS": "-1"}, "HISTORY_MAX_DAYS"),
+    ({"HISTORY": "sometimes"}, "HISTORY"),
 ])
 def test_bad_values_name_the_variable(env, words):
     with pytest.raises(ValueError, match=words):
@@ -43,3 +45,11 @@ def test_every_setting_is_documented_in_the_readme(readme_text):
     for name, default, help_text in documented_settings():
         assert help_text
         assert f"`{name}`" in readme_text, f"{name} is missing from the README's configuration table"
+
+
+def test_history_settings(tmp_path):
+    settings = Settings.from_mapping({"DATA_DIR": str(tmp_path), "HISTORY": "off", "HISTORY_MAX_RECORDS": "5"})
+    assert (settings.history, settings.history_max_records, settings.history_max_days) == (False, 5, 0)
+    assert settings.history_database_url == f"sqlite:///{tmp_path / 'history.db'}"
+    assert Settings.from_mapping({"DATABASE_URL": "postgresql://db/loupe"}).history_database_url == (
+        "postgresql://db/loupe")

@@ -125,6 +125,15 @@ def test_load_request_images_decodes_every_image_part():
     assert loaded.messages[0].parts[2] == TextPart("hi")
 
 
+def test_loaded_parts_keep_the_original_bytes_type_and_size_for_the_history():
+    data = encode(Image.new("RGB", (300, 200)), "JPEG")
+    url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
+    loaded = load_request_images(_request(ImagePart(data=data), ImagePart(url=url)), SETTINGS)
+    for part in loaded.image_parts():
+        assert (part.data, part.mime, part.width, part.height) == (data, "image/jpeg", 300, 200)
+        assert part.image.size == (64, 43)  # what the model sees is scaled; the original is kept whole
+
+
 @pytest.mark.parametrize("url", ["http://example.com/cat.png", "https://example.com/cat.png"])
 def test_remote_urls_are_refused_unless_allowed(url):
     with pytest.raises(InvalidRequest, match="Remote image URLs"):
