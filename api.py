@@ -9,9 +9,11 @@ from werkzeug.exceptions import BadRequest
 
 from config import Settings
 from engine import Engine, Generation
-from errors import InvalidRequest, UnsupportedMediaType
+from errors import GenerationFailed, InvalidRequest, LoupeError, UnsupportedMediaType
+from history_recorder import Recording
+from history_store import HistoryStore
 from images import load_request_images
-from inference import ChatRequest
+from inference import ChatRequest, Event
 from protocol import parse_form_request, parse_json_request
 from remote_images import fetch_image
 from responses import CompletionMeta, collect, completion_body, stream_frames
@@ -27,6 +29,22 @@ class Services:
 
     settings: Settings
     engine: Engine
+    history: HistoryStore | None = None
+
+
+@dataclass(frozen=True)
+class ChatRun:
+    """One request on the engine: its events (recorded when history is on) and how to end it."""
+
+    generation: Generation
+    events: Iterator[Event]
+    recording: Recording | None
+
+    def close(self) -> None:
+        """The request is over, however it ended: stop the generation, settle the record."""
+        self.generation.cancel()
+        if self.recording is not None:
+            self.recording.close()
 
 
 def services() -> Services:
@@ -37,17 +55,16 @@ def services() -> Services:
 @bp.post("/v1/chat/completions")
 def chat_completions():
     """OpenAI Chat Completions, from JSON or form-data, whole or streamed."""
-    settings, engine = services().settings, services().engine
-    chat = load_request_images(read_chat_request(settings), settings, fetch_image)
-    generation = engine.submit(chat)
-    meta = CompletionMeta(model=engine.backend.name)
+    chat = load_chat_request()
+    run = start_chat(chat)
+    meta = CompletionMeta(model=served_model_name())
     if chat.stream:
-        return Response(_cancel_on_close(stream_frames(generation, meta, chat.include_usage), generation),
+        return Response(_close_at_end(stream_frames(run.events, meta, chat.include_usage), run),
                         mimetype="text/event-stream", headers=SSE_HEADERS)
     try:
-        text, finished = collect(generation)
+        text, finished = collect(run.events)
     finally:
-        generation.cancel()
+        run.close()
     return jsonify(completion_body(meta, text, finished))
 
 
@@ -76,6 +93,32 @@ def served_model_name() -> str:
     return backend.name if backend is not None else services().settings.model_id
 
 
+def load_chat_request() -> ChatRequest:
+    """The request body as a ChatRequest with every image decoded (and its original bytes kept)."""
+    settings = services().settings
+    return load_request_images(read_chat_request(settings), settings, fetch_image)
+
+
+def start_chat(chat: ChatRequest) -> ChatRun:
+    """Queue a chat on the engine; with history on, its outcome is recorded, refusals included."""
+    history = services().history
+    recording = None
+    if history is not None:
+        recording = Recording(history, chat, request.remote_addr, served_model_name())
+    try:
+        generation = services().engine.submit(chat)
+    except LoupeError as error:
+        if recording is not None:
+            recording.fail(error)
+        raise
+    except Exception:
+        if recording is not None:
+            recording.fail(GenerationFailed("submit failed"))
+        raise
+    events = recording.observe(generation) if recording is not None else iter(generation)
+    return ChatRun(generation, events, recording)
+
+
 def read_chat_request(settings: Settings) -> ChatRequest:
     """The request body as a ChatRequest, by content type."""
     mimetype = request.mimetype
@@ -91,9 +134,9 @@ def read_chat_request(settings: Settings) -> ChatRequest:
     raise UnsupportedMediaType("Send application/json or multipart/form-data.")
 
 
-def _cancel_on_close(frames: Iterator[str], generation: Generation) -> Iterator[str]:
-    """Stop the generation when the stream ends for any reason, a client disconnect included."""
+def _close_at_end(frames: Iterator[str], run: ChatRun) -> Iterator[str]:
+    """Close the run when the stream ends for any reason, a client disconnect included."""
     try:
         yield from frames
     finally:
-        generation.cancel()
+        run.close()

@@ -6,16 +6,22 @@ import logging
 from flask import Flask, render_template
 
 import api
+import history_api
 from config import Settings
 from engine import Backend, Engine
 from errors import register_error_handlers
+from history_store import HistoryStore
 from images import ACCEPTED_FORMATS
 
 log = logging.getLogger(__name__)
 
 
-def create_app(config: Settings | None = None, engine: Engine | None = None) -> Flask:
-    """The app factory; with no engine given, one starts loading the configured model in the background."""
+def create_app(config: Settings | None = None, engine: Engine | None = None,
+               history: HistoryStore | None = None) -> Flask:
+    """The app factory; with no engine given, one starts loading the configured model in the background.
+
+    With no history store given, one is opened (and migrated) from the settings unless HISTORY is off.
+    """
     settings = config if config is not None else Settings.from_env()
     _configure_logging(settings.log_level)
     app = Flask(__name__)
@@ -24,8 +30,11 @@ def create_app(config: Settings | None = None, engine: Engine | None = None) -> 
     app.json.sort_keys = False
     if engine is None:
         engine = Engine(lambda: load_model(settings), settings.queue_size).start()
-    app.extensions["loupe"] = api.Services(settings, engine)
+    if history is None and settings.history:
+        history = HistoryStore.open(settings)
+    app.extensions["loupe"] = api.Services(settings, engine, history if settings.history else None)
     app.register_blueprint(api.bp)
+    app.register_blueprint(history_api.bp)
     register_error_handlers(app)
 
     @app.get("/")
