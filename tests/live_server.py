@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -61,6 +62,17 @@ class LiveServer:
     def log(self) -> str:
         """What the server wrote so far."""
         return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the workers and the master at once, as a crash or the OOM killer would."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        for child in children:  # the worker first: it is the one writing the history
+            os.kill(int(child), signal.SIGKILL)
+        self.process.kill()
+        self.process.wait()
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL if it lingers)."""
