@@ -4,7 +4,9 @@ import collections
 import http.client
 import json
 import random
+import re
 import sqlite3
+import subprocess
 import threading
 import time
 import urllib.request
@@ -126,3 +128,24 @@ def test_sigkill_during_requests_leaves_a_consistent_history(live_server, tmp_pa
     for summary in listing["data"][:20]:
         status, _, fetched = call(server, "GET", summary["thumbnail_url"])
         assert status == 200 and fetched in images
+
+
+def test_readme_history_examples_work_as_written(live_server, tmp_path, readme_text):
+    server = live_server(DATA_DIR=str(tmp_path / "data"), MAX_NEW_TOKENS="4")
+    (tmp_path / "photo.jpg").write_bytes(jpeg(tmp_path))
+    blocks = [b for b in re.findall(r"```bash\n(.*?)```", readme_text, re.S) if "localhost:8000/inferences" in b]
+    assert len(blocks) == 3
+    outputs = []
+    for block in blocks:
+        command = block.replace("localhost:8000", server.url.removeprefix("http://"))
+        result = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout)
+    created = json.loads(outputs[0])
+    assert created["object"] == "inference" and created["status"] == "completed"
+    assert [r["id"] for r in json.loads(outputs[1])["data"]] == [created["id"]]
+    record, deleted = [json.loads(line) for line in outputs[2].strip().split("\n")]
+    assert record["id"] == created["id"] and deleted == {"id": created["id"], "object": "inference.deleted",
+                                                         "deleted": True}
+    assert call(server, "GET", f"/inferences/{created['id']}")[0] == 404
