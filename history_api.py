@@ -57,7 +57,9 @@ def get_image(record_id: str, position: int):
     if not path.is_file():
         log.error("history: image %s of %s is missing on disk", row["sha256"], record_id)
         raise NotFound(f"Inference {record_id} has no image {position}.")
-    response = send_file(path, mimetype=row["mime"], etag=row["sha256"], max_age=31536000, conditional=True)
+    response = send_file(path, mimetype=row["mime"], etag=row["sha256"], max_age=86400, conditional=True)
+    response.cache_control.public = False
+    response.cache_control.private = True  # someone's photo: browsers may cache it, shared proxies not
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
 

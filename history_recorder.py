@@ -58,19 +58,18 @@ class Recording:
         if self.saved:
             return
         self.saved = True
-        messages, new_images = messages_and_images(self._chat)
-        record = {
-            "id": self.id, "created_at": self._created_at, "finished_at": utcnow(), "status": status,
-            "client": self._client, "model": self._model, "messages": messages,
-            "sampling": _jsonable(dataclasses.asdict(self._chat.sampling)), "stream": self._chat.stream,
-            "answer": "".join(self._pieces),
-            "finish_reason": finished.finish_reason if finished else None,
-            "usage": usage_dict(finished) if finished else None,
-            "timings": finished.timings.to_dict() if finished else None,
-            "error": {**error.to_dict()["error"], "status": error.status} if error else None,
-        }
         try:
-            self._store.add(record, new_images)
+            messages, new_images = messages_and_images(self._chat)
+            self._store.add({
+                "id": self.id, "created_at": self._created_at, "finished_at": utcnow(), "status": status,
+                "client": self._client, "model": self._model, "messages": messages,
+                "sampling": _jsonable(dataclasses.asdict(self._chat.sampling)), "stream": self._chat.stream,
+                "answer": "".join(self._pieces),
+                "finish_reason": finished.finish_reason if finished else None,
+                "usage": usage_dict(finished) if finished else None,
+                "timings": finished.timings.to_dict() if finished else None,
+                "error": {**error.to_dict()["error"], "status": error.status} if error else None,
+            }, new_images)
         except Exception:
             log.exception("history: could not record inference %s", self.id)
         else:

@@ -57,6 +57,8 @@ def test_a_chat_with_an_image_is_recorded_with_its_original_bytes(history_client
         fetched = history_client.get(url)
         assert fetched.status_code == 200 and fetched.data == image and fetched.mimetype == "image/png"
         assert fetched.headers["X-Content-Type-Options"] == "nosniff"
+        assert "private" in fetched.headers["Cache-Control"] and fetched.headers["ETag"] == f'"{sha256_of(image)}"'
+    assert history_client.get(record["images"][0]["url"], headers={"If-None-Match": sha256_of(image)}).status_code == 304
     database = (data_dir / "history.db").read_bytes() + (data_dir / "history.db-wal").read_bytes()
     assert base64.b64encode(image)[:40] not in database  # images are files, never base64 in the database
 
@@ -206,3 +208,16 @@ def test_with_history_off_nothing_is_written_and_the_routes_say_so(app, settings
     assert not data_dir.exists()
     for response in (client.get("/inferences"), client.post("/inferences", data={"prompt": "hi"})):
         assert response.status_code == 404 and response.get_json()["error"]["code"] == "history_disabled"
+
+
+def test_a_history_fault_is_logged_and_never_breaks_the_answer(app, settings, tmp_path, caplog):
+    from history_schema import make_engine
+    from history_store import HistoryStore
+    from image_store import ImageStore
+
+    unmigrated = HistoryStore(make_engine(f"sqlite:///{tmp_path / 'empty.db'}"), ImageStore(tmp_path / "images"))
+    client = create_app(settings, engine=app.extensions["loupe"].engine, history=unmigrated).test_client()
+    response = client.post("/v1/chat/completions", json=ask(max_tokens=1))
+    assert response.status_code == 200
+    assert "history: could not record inference" in caplog.text
+    assert client.post("/inferences", data={"prompt": "hi", "max_tokens": "1"}).status_code == 500

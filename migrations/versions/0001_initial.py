@@ -19,7 +19,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("finished_at", sa.DateTime(), nullable=True),
         sa.Column("status", sa.String(16), nullable=False),
-        sa.Column("model", sa.String(200), nullable=False),
+        sa.Column("model", sa.Text(), nullable=False),
         sa.Column("messages", sa.JSON(), nullable=False),
         sa.Column("sampling", sa.JSON(), nullable=False),
         sa.Column("stream", sa.Boolean(), nullable=False),
