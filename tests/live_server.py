@@ -28,9 +28,10 @@ class LiveServer:
     def __init__(self, env: dict[str, str], log_path: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        # History goes next to the log unless the test says where: never into the repository.
+        # History goes next to the log unless the test says where: never into the repository, nor
+        # into a database the developer's environment happens to name.
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "HOST": "127.0.0.1", "PORT": str(self.port),
-                    "DATA_DIR": str(log_path.parent / "data"), **env}
+                    "DATA_DIR": str(log_path.parent / "data"), "DATABASE_URL": "", "HISTORY": "on", **env}
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
