@@ -33,6 +33,7 @@ class Token:
     id: int
     text: str
     eos: bool = False
+    cached_prompt_tokens: int = 0  # on the first token: prompt tokens reused from the prefix cache
 
 
 class Backend(Protocol):
@@ -195,6 +196,7 @@ def run_generation(backend: Backend, generation: Generation) -> Iterator[Event]:
             now = time.perf_counter()
             if first_at is None:
                 first_at = now
+                timings.cached_tokens = token.cached_prompt_tokens
                 timings.prompt_ms = (now - began) * 1000
                 timings.ttft_ms = (now - generation.submitted) * 1000
             timings.decode_ms = (now - first_at) * 1000

@@ -5,6 +5,8 @@ backend whose `prepare` turns messages into model inputs and whose `generate` yi
 """
 from __future__ import annotations
 
+import copy
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -19,10 +21,12 @@ from config import Settings
 from engine import Token
 from errors import InvalidRequest
 from inference import ImagePart, Message, SamplingParams
+from prefix_cache import PrefixCache
 
 log = logging.getLogger(__name__)
 
 IMAGE_PAD = "<|image_pad|>"
+MIN_SHARED_TO_COPY = 32  # a shorter shared prefix (a system prompt, say) is cheaper to recompute than copy
 _LOCK = threading.Lock()
 _BACKENDS: dict[tuple[str, str, str], QwenBackend] = {}
 
@@ -39,6 +43,10 @@ class QwenPrompt:
     mm_token_type_ids: torch.Tensor  # (1, L); 1 on image tokens: without it M-RoPE silently goes text-only
     pixel_values: torch.Tensor | None
     image_grid_thw: torch.Tensor | None
+    # Per position: the token id, or for image tokens a digest of the image's pixels, so that two
+    # prompts share a prefix only if they share its images too (all image pads have the same id).
+    keys: tuple[int, ...] = ()
+    image_spans: tuple[tuple[int, int], ...] = ()  # token [start, end) of each image
 
     @property
     def prompt_tokens(self) -> int:
@@ -103,6 +111,7 @@ class QwenBackend:
         self.dtype = settings.dtype
         self.max_context = settings.max_context_tokens
         self.image_token_id = model.config.image_token_id
+        self.prefix_cache = PrefixCache(settings.prefix_cache_tokens) if settings.prefix_cache_tokens else None
         self._specials = [t for t in tokenizer.all_special_tokens + list(tokenizer.added_tokens_encoder)
                           if t.startswith("<|")]
 
@@ -127,7 +136,8 @@ class QwenBackend:
                 f"context limit of {self.max_context}. Shorten the conversation or send fewer images.",
                 param="messages")
         token_types = (input_ids == self.image_token_id).to(torch.int32)
-        return QwenPrompt(input_ids, token_types, pixel_values, grid)
+        keys, spans = _content_keys(input_ids, token_types, pixel_values, grid, self.image_processor.merge_size)
+        return QwenPrompt(input_ids, token_types, pixel_values, grid, keys, spans)
 
     def _conversation(self, messages: Sequence[Message]) -> tuple[list[dict], list]:
         """Messages in the chat template's format, and their images in order."""
@@ -151,25 +161,61 @@ class QwenBackend:
         """Prefill the prompt, then decode one token at a time until an end, the limit, or cancel."""
         if cancelled():
             return
-        cache = DynamicCache(config=self.model.config)
-        positions, delta = self.prompt_positions(prompt)
-        logits = self.model(
-            input_ids=prompt.input_ids, pixel_values=prompt.pixel_values, image_grid_thw=prompt.image_grid_thw,
-            mm_token_type_ids=prompt.mm_token_type_ids, position_ids=positions, past_key_values=cache,
-            use_cache=True, logits_to_keep=1).logits[:, -1]
+        cache, cached, logits, delta = self._prefill(prompt)
         sampler = Sampler(sampling)
         text = IncrementalDecoder(self.tokenizer)
-        past = prompt.prompt_tokens
-        for step in range(sampling.max_tokens):
-            token = sampler.pick(logits)
-            eos = token in self.eos_ids and not sampling.ignore_eos
-            yield Token(token, "" if eos else text.add(token), eos)
-            if eos or step + 1 == sampling.max_tokens or cancelled():
-                return
-            position = torch.tensor([past, past + delta, past + delta, past + delta]).view(4, 1, 1)
-            logits = self.model(input_ids=torch.tensor([[token]]), position_ids=position,
-                                past_key_values=cache, use_cache=True).logits[:, -1]
-            past += 1
+        fed, intact = list(prompt.keys), True
+        try:
+            for step in range(sampling.max_tokens):
+                token = sampler.pick(logits)
+                eos = token in self.eos_ids and not sampling.ignore_eos
+                yield Token(token, "" if eos else text.add(token), eos, cached if step == 0 else 0)
+                if eos or step + 1 == sampling.max_tokens or cancelled():
+                    return
+                past = len(fed)
+                position = torch.tensor([past, past + delta, past + delta, past + delta]).view(4, 1, 1)
+                intact = False  # a failure inside the forward pass leaves the cache half-written
+                logits = self.model(input_ids=torch.tensor([[token]]), position_ids=position,
+                                    past_key_values=cache, use_cache=True).logits[:, -1]
+                fed.append(token)
+                intact = True
+        finally:
+            if self.prefix_cache is not None and intact:
+                self.prefix_cache.put(fed, cache)
+
+    def _prefill(self, prompt: QwenPrompt) -> tuple[DynamicCache, int, torch.Tensor, int]:
+        """Read the prompt (only what no cached prefix covers): (cache, reused tokens, logits, rope delta)."""
+        positions, delta = self.prompt_positions(prompt)
+        cache, start = self._cached_prefix(prompt)
+        new_images = [i for i, (first, _) in enumerate(prompt.image_spans) if first >= start]
+        pixel_values = grid = None
+        if new_images:
+            rows = prompt.image_grid_thw.prod(-1).tolist()
+            offsets = [sum(rows[:i]) for i in range(len(rows) + 1)]
+            pixel_values = torch.cat([prompt.pixel_values[offsets[i]:offsets[i + 1]] for i in new_images])
+            grid = prompt.image_grid_thw[new_images]
+        logits = self.model(
+            input_ids=prompt.input_ids[:, start:], pixel_values=pixel_values, image_grid_thw=grid,
+            mm_token_type_ids=prompt.mm_token_type_ids[:, start:], position_ids=positions[:, :, start:],
+            past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        return cache, start, logits, delta
+
+    def _cached_prefix(self, prompt: QwenPrompt) -> tuple[DynamicCache, int]:
+        """A cache already holding the longest reusable prefix of the prompt, and that prefix's length."""
+        match = self.prefix_cache.find(prompt.keys) if self.prefix_cache is not None else None
+        start = 0 if match is None else min(match.shared, prompt.prompt_tokens - 1)  # read >= 1 token
+        for first, end in prompt.image_spans:
+            if first < start < end:
+                start = first  # an image's features come whole from the vision encoder: never split one
+        cache = None
+        if match is not None and start == match.length:
+            cache = self.prefix_cache.take(match)  # a follow-up extends the earlier conversation in place
+        elif match is not None and start >= MIN_SHARED_TO_COPY:
+            cache = copy.deepcopy(self.prefix_cache.get(match))  # a branch (regenerate): keep the original
+        if cache is None:
+            return DynamicCache(config=self.model.config), 0
+        cache.crop(start - cache.get_seq_length())  # transformers 5: minus the tokens to drop
+        return cache, start
 
     def prompt_positions(self, prompt: QwenPrompt) -> tuple[torch.Tensor, int]:
         """(4, 1, L) position ids (text row + M-RoPE t/h/w rows) and the offset decoding continues from."""
@@ -180,6 +226,25 @@ class QwenBackend:
         rope, deltas = self.model.model.get_rope_index(
             prompt.input_ids, mm_token_type_ids=prompt.mm_token_type_ids, image_grid_thw=prompt.image_grid_thw)
         return torch.cat([text_row, rope], dim=0), int(deltas[0, 0])
+
+
+def _content_keys(input_ids: torch.Tensor, token_types: torch.Tensor, pixel_values: torch.Tensor | None,
+                  grid: torch.Tensor | None, merge_size: int) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """Per-position prefix-cache keys (image tokens keyed by their pixels) and each image's token span."""
+    keys = input_ids[0].tolist()
+    if grid is None:
+        return tuple(keys), ()
+    starts = [i for i, t in enumerate(token_types[0].tolist()) if t and (i == 0 or not token_types[0, i - 1])]
+    spans, row = [], 0
+    for start, thw in zip(starts, grid):
+        rows = int(thw.prod())
+        digest = hashlib.blake2b(pixel_values[row:row + rows].numpy().tobytes(), digest_size=7).digest()
+        base = int.from_bytes(digest, "big") << 16
+        count = rows // merge_size**2
+        keys[start:start + count] = [-(base + k) for k in range(count)]  # negative: never a token id
+        spans.append((start, start + count))
+        row += rows
+    return tuple(keys), tuple(spans)
 
 
 class Sampler:

@@ -31,6 +31,7 @@ def usage_dict(finished: Finished) -> dict:
         "prompt_tokens": finished.prompt_tokens,
         "completion_tokens": finished.completion_tokens,
         "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": finished.timings.cached_tokens},
     }
 
 

@@ -122,3 +122,54 @@ def test_sampler_penalties_and_filters():
     repeat = Sampler(SamplingParams(4, 0.0, 1.0, 0, 0.0, repetition_penalty=4.0))
     assert [repeat.pick(logits) for _ in range(2)] == [1, 2]  # 3/4 < 2
     assert logits.tolist() == [[1.0, 3.0, 2.0, 0.5]]  # the caller's logits are left alone
+
+
+def first_token_and_ids(backend, prompt, sampling=GREEDY):
+    made = list(backend.generate(prompt, sampling, lambda: False))
+    return made[0].cached_prompt_tokens, [t.id for t in made]
+
+
+def generate_reference(backend, messages, count=12):
+    inputs = reference_inputs(backend, messages)
+    output = backend.model.generate(**inputs, max_new_tokens=count, do_sample=False, eos_token_id=None,
+                                    pad_token_id=0)
+    return output[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+def test_a_follow_up_reuses_the_conversation_and_answers_as_without_the_cache(backend):
+    first_turn = [image_turn(photo(80, 80, seed=11), text="What is it?")]
+    cached, first_ids = first_token_and_ids(backend, backend.prepare(first_turn, 12))
+    assert cached == 0
+    answer = backend.tokenizer.decode(first_ids, skip_special_tokens=True)
+    follow_up = first_turn + [Message("assistant", (TextPart(answer),)), Message("user", (TextPart("Why?"),))]
+    prompt = backend.prepare(follow_up, 12)
+    cached, ids = first_token_and_ids(backend, prompt)
+    assert cached > prompt.image_spans[0][1]  # the image was not read again
+    assert ids == generate_reference(backend, follow_up)
+
+
+def test_regenerating_copies_the_cached_prefix_and_keeps_the_original(backend):
+    messages = [image_turn(photo(80, 64, seed=12), text="Again?")]
+    prompt = backend.prepare(messages, 12)
+    _, first = first_token_and_ids(backend, prompt)
+    cached, second = first_token_and_ids(backend, prompt)
+    assert cached == prompt.prompt_tokens - 1 and second == first
+    cached, third = first_token_and_ids(backend, prompt)
+    assert cached == prompt.prompt_tokens - 1 and third == first
+
+
+def test_the_same_words_about_another_image_reuse_nothing(backend):
+    first_token_and_ids(backend, backend.prepare([image_turn(photo(80, 64, seed=13), text="Same words")], 12))
+    other = backend.prepare([image_turn(photo(80, 64, seed=14), text="Same words")], 12)
+    cached, ids = first_token_and_ids(backend, other)
+    assert cached == 0
+    assert ids == generate_reference(backend, [image_turn(photo(80, 64, seed=14), text="Same words")])
+
+
+def test_image_tokens_are_keyed_by_their_pixels(backend):
+    one = backend.prepare([image_turn(photo(seed=1))], 8)
+    two = backend.prepare([image_turn(photo(seed=2))], 8)
+    assert torch.equal(one.input_ids, two.input_ids)  # the same pad tokens...
+    start, end = one.image_spans[0]
+    assert one.keys[:start] == two.keys[:start] and one.keys[end:] == two.keys[end:]
+    assert not set(one.keys[start:end]) & set(two.keys[start:end])  # ...but not the same keys

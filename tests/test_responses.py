@@ -20,7 +20,8 @@ def test_completion_body_is_an_openai_chat_completion():
     assert body["object"] == "chat.completion" and body["model"] == "tiny" and body["id"] == "chatcmpl-1"
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
     assert body["choices"][0]["finish_reason"] == "length"
-    assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
+    assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
     assert body["timings"]["image_tokens"] == 4
     assert body["timings"]["decode_tokens_per_second"] == 20.0  # 2 decoded tokens in 0.1 s
 
