@@ -23,7 +23,7 @@ def create_app(config: Settings | None = None, engine: Engine | None = None) -> 
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_request_bytes  # a `messages` field may hold images
     app.json.sort_keys = False
     if engine is None:
-        engine = Engine(lambda: load_model(settings), settings.queue_size).start()
+        engine = Engine(lambda: load_model(settings), settings.queue_size, settings.max_batch).start()
     app.extensions["loupe"] = api.Services(settings, engine)
     app.register_blueprint(api.bp)
     register_error_handlers(app)

@@ -21,6 +21,8 @@ from config import Settings
 from engine import Token
 from errors import InvalidRequest
 from inference import ImagePart, Message, SamplingParams
+from model_batch import DecodeBatch
+from model_sampling import IncrementalDecoder, Sampler
 from prefix_cache import PrefixCache
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,22 @@ class QwenPrompt:
     @property
     def image_tokens(self) -> int:
         return int(self.mm_token_type_ids.sum())
+
+
+@dataclass(eq=False)  # identity, not value: a sequence is a row of the decode batch
+class QwenSequence:
+    """One generation in progress: its prompt, sampling state and what the model has read so far."""
+
+    prompt: QwenPrompt
+    sampling: SamplingParams
+    sampler: Sampler
+    decoder: IncrementalDecoder
+    delta: int  # M-RoPE: decoding positions run this far from the token count
+    fed: list[int]  # prefix-cache keys of everything in the KV cache
+    logits: torch.Tensor
+    cached_prompt_tokens: int
+    pending: int | None = None
+    intact: bool = True
 
 
 def load_backend(settings: Settings) -> QwenBackend:
@@ -112,6 +130,7 @@ class QwenBackend:
         self.max_context = settings.max_context_tokens
         self.image_token_id = model.config.image_token_id
         self.prefix_cache = PrefixCache(settings.prefix_cache_tokens) if settings.prefix_cache_tokens else None
+        self.batch = DecodeBatch(model.config)  # used by the engine's thread only
         self._specials = [t for t in tokenizer.all_special_tokens + list(tokenizer.added_tokens_encoder)
                           if t.startswith("<|")]
 
@@ -157,31 +176,54 @@ class QwenBackend:
         return conversation, images
 
     @torch.inference_mode()
+    def start(self, prompt: QwenPrompt, sampling: SamplingParams) -> QwenSequence:
+        """Read a prompt (reusing a cached prefix) and add it to the decode batch."""
+        cache, cached, logits, delta = self._prefill(prompt)
+        sequence = QwenSequence(prompt, sampling, Sampler(sampling), IncrementalDecoder(self.tokenizer),
+                                delta, list(prompt.keys), logits, cached)
+        self.batch.add(sequence, cache)
+        return sequence
+
+    def sample(self, sequence: QwenSequence) -> Token:
+        """Pick the sequence's next token from its latest logits; `advance` feeds it to the model."""
+        token = sequence.sampler.pick(sequence.logits)
+        sequence.pending = token
+        eos = token in self.eos_ids and not sequence.sampling.ignore_eos
+        cached, sequence.cached_prompt_tokens = sequence.cached_prompt_tokens, 0
+        return Token(token, "" if eos else sequence.decoder.add(token), eos, cached)
+
+    @torch.inference_mode()
+    def advance(self) -> None:
+        """One forward pass feeding every sequence in the batch its pending token."""
+        rows: list[QwenSequence] = self.batch.rows
+        positions = [[len(s.fed)] + [len(s.fed) + s.delta] * 3 for s in rows]
+        for sequence in rows:
+            sequence.intact = False  # a failure inside the pass leaves every cache half-written
+        logits = self.batch.forward(self.model, [s.pending for s in rows], positions)
+        for index, sequence in enumerate(rows):
+            sequence.fed.append(sequence.pending)
+            sequence.logits, sequence.pending, sequence.intact = logits[index:index + 1], None, True
+
+    def finish(self, sequence: QwenSequence) -> None:
+        """Take the sequence out of the batch and keep its cache for follow-up questions."""
+        own = self.batch.remove(sequence)
+        if self.prefix_cache is not None and sequence.intact:
+            self.prefix_cache.put(sequence.fed, own)
+
     def generate(self, prompt: QwenPrompt, sampling: SamplingParams, cancelled: Callable[[], bool]) -> Iterator[Token]:
-        """Prefill the prompt, then decode one token at a time until an end, the limit, or cancel."""
+        """One sequence on its own: tokens until an end, the limit, or `cancelled()`."""
         if cancelled():
             return
-        cache, cached, logits, delta = self._prefill(prompt)
-        sampler = Sampler(sampling)
-        text = IncrementalDecoder(self.tokenizer)
-        fed, intact = list(prompt.keys), True
+        sequence = self.start(prompt, sampling)
         try:
             for step in range(sampling.max_tokens):
-                token = sampler.pick(logits)
-                eos = token in self.eos_ids and not sampling.ignore_eos
-                yield Token(token, "" if eos else text.add(token), eos, cached if step == 0 else 0)
-                if eos or step + 1 == sampling.max_tokens or cancelled():
+                token = self.sample(sequence)
+                yield token
+                if token.eos or step + 1 == sampling.max_tokens or cancelled():
                     return
-                past = len(fed)
-                position = torch.tensor([past, past + delta, past + delta, past + delta]).view(4, 1, 1)
-                intact = False  # a failure inside the forward pass leaves the cache half-written
-                logits = self.model(input_ids=torch.tensor([[token]]), position_ids=position,
-                                    past_key_values=cache, use_cache=True).logits[:, -1]
-                fed.append(token)
-                intact = True
+                self.advance()
         finally:
-            if self.prefix_cache is not None and intact:
-                self.prefix_cache.put(fed, cache)
+            self.finish(sequence)
 
     def _prefill(self, prompt: QwenPrompt) -> tuple[DynamicCache, int, torch.Tensor, int]:
         """Read the prompt (only what no cached prefix covers): (cache, reused tokens, logits, rope delta)."""
@@ -245,64 +287,3 @@ def _content_keys(input_ids: torch.Tensor, token_types: torch.Tensor, pixel_valu
         spans.append((start, start + count))
         row += rows
     return tuple(keys), tuple(spans)
-
-
-class Sampler:
-    """Turns logits into a token: penalties on what was generated, then greedy or top-k/top-p sampling."""
-
-    def __init__(self, sampling: SamplingParams):
-        self.sampling = sampling
-        self.generated: list[int] = []
-        self.generator = None
-        if sampling.seed is not None:
-            self.generator = torch.Generator().manual_seed(sampling.seed)
-
-    def pick(self, logits: torch.Tensor) -> int:
-        """The next token id from (1, vocab) logits."""
-        s = self.sampling
-        logits = logits[0].to(torch.float32, copy=True)  # penalties below write into it
-        if self.generated and (s.presence_penalty or s.repetition_penalty != 1.0):
-            seen = torch.tensor(sorted(set(self.generated)))
-            values = logits[seen]
-            values = torch.where(values > 0, values / s.repetition_penalty, values * s.repetition_penalty)
-            logits[seen] = values - s.presence_penalty  # OpenAI's presence penalty: additive, once per token
-        if s.temperature == 0:
-            token = int(torch.argmax(logits))
-        else:
-            token = self._sample(logits / s.temperature)
-        self.generated.append(token)
-        return token
-
-    def _sample(self, logits: torch.Tensor) -> int:
-        """Top-k, then top-p (nucleus), then a draw."""
-        s = self.sampling
-        if 0 < s.top_k < logits.numel():
-            kth = torch.topk(logits, s.top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if s.top_p < 1.0:
-            ordered, order = torch.sort(logits, descending=True)
-            cumulative = torch.softmax(ordered, dim=-1).cumsum(-1)
-            drop = cumulative - torch.softmax(ordered, dim=-1) >= s.top_p  # keep the token crossing top_p
-            logits = logits.scatter(0, order[drop], float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
-
-
-class IncrementalDecoder:
-    """Token ids → text deltas, holding back bytes until they form whole characters."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix = 0
-        self.read = 0
-
-    def add(self, token: int) -> str:
-        """Text that this token completes (may be empty)."""
-        self.ids.append(token)
-        before = self.tokenizer.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
-        after = self.tokenizer.decode(self.ids[self.prefix:], skip_special_tokens=True)
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            self.prefix, self.read = self.read, len(self.ids)
-            return after[len(before):]
-        return ""

@@ -193,7 +193,7 @@ def test_a_server_fault_is_a_500_that_says_nothing_of_its_cause(settings, caplog
 
 
 def test_a_full_queue_is_429_and_a_closed_stream_stops_the_generation(settings, backend, caplog):
-    app = create_app(settings.replace(queue_size=0))
+    app = create_app(settings.replace(queue_size=0, max_batch=1))
     client = app.test_client()
     engine = app.extensions["loupe"].engine
     for _ in range(500):

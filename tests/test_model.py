@@ -1,12 +1,14 @@
 """The real loader and token loop on a tiny random-weight Qwen3-VL."""
+from dataclasses import replace
+
 import pytest
 import torch
 from PIL import Image
-from transformers import Qwen3VLForConditionalGeneration
 
 from errors import InvalidRequest
 from inference import ImagePart, Message, SamplingParams, TextPart
-from model_loader import Sampler, load_backend
+from model_loader import load_backend
+from model_sampling import Sampler
 from reference_processor import reference_inputs
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, top_p=1.0, top_k=0, presence_penalty=0.0,
@@ -173,3 +175,35 @@ def test_image_tokens_are_keyed_by_their_pixels(backend):
     start, end = one.image_spans[0]
     assert one.keys[:start] == two.keys[:start] and one.keys[end:] == two.keys[end:]
     assert not set(one.keys[start:end]) & set(two.keys[start:end])  # ...but not the same keys
+
+
+def test_sequences_decoded_together_give_the_tokens_each_gives_alone(settings):
+    from model_loader import QwenBackend
+
+    # A backend of its own, without the prefix cache, so every sequence reads its whole prompt.
+    shared = load_backend(settings)
+    backend = QwenBackend(shared.model, shared.tokenizer, shared.image_processor, shared.eos_ids, "batch",
+                          settings.replace(prefix_cache_tokens=0))
+    conversations = [
+        [image_turn(photo(96, 64, seed=21), text="What is it?")],
+        [Message("user", (TextPart("A much longer question about nothing in particular at all"),))],
+        [image_turn(photo(64, 128, seed=22), photo(48, 48, seed=23), text="Two?")],
+    ]
+    lengths = [10, 4, 7]
+    alone = [tokens(backend, backend.prepare(c, n), replace(GREEDY, max_tokens=n))
+             for c, n in zip(conversations, lengths)]
+    made = {0: [], 1: [], 2: []}
+    sequences = {0: backend.start(backend.prepare(conversations[0], 10), GREEDY)}
+    for step in range(12):
+        if step == 2:  # the others join while the first is decoding
+            for i in (1, 2):
+                sequences[i] = backend.start(backend.prepare(conversations[i], lengths[i]), GREEDY)
+        for i, sequence in list(sequences.items()):
+            made[i].append(backend.sample(sequence).id)
+            if len(made[i]) == lengths[i]:
+                backend.finish(sequences.pop(i))  # leaves mid-batch
+        if not sequences:
+            break
+        backend.advance()
+    assert [made[i] for i in range(3)] == alone
+    assert len(backend.batch) == 0
