@@ -69,23 +69,13 @@ def test_image_positions_differ_across_height_and_width(backend):
     assert delta < 0  # the image takes fewer positions than tokens
 
 
-def test_greedy_tokens_equal_model_generate(backend):
-    messages = [image_turn(photo())]
-    prompt = backend.prepare(messages, max_tokens=12)
-    inputs = reference_inputs(backend, messages)
-    reference = backend.model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=None,
-                                       pad_token_id=0)
-    assert tokens(backend, prompt) == reference[0, inputs["input_ids"].shape[1]:].tolist()
-
-
-def test_greedy_multi_turn_text_equals_model_generate(backend):
-    messages = [Message("user", (TextPart("Hello there"),)), Message("assistant", (TextPart("Hi"),)),
-                Message("user", (TextPart("How are you?"),))]
-    prompt = backend.prepare(messages, max_tokens=12)
-    inputs = reference_inputs(backend, messages)
-    reference = backend.model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=None,
-                                       pad_token_id=0)
-    assert tokens(backend, prompt) == reference[0, inputs["input_ids"].shape[1]:].tolist()
+@pytest.mark.parametrize("messages", [
+    [image_turn(photo())],
+    [Message("user", (TextPart("Hello there"),)), Message("assistant", (TextPart("Hi"),)),
+     Message("user", (TextPart("How are you?"),))],
+], ids=["image", "multi-turn text"])
+def test_greedy_tokens_equal_model_generate(backend, messages):
+    assert tokens(backend, backend.prepare(messages, max_tokens=12)) == generate_reference(backend, messages)
 
 
 def test_same_seed_same_tokens_other_seed_other_tokens(backend):
