@@ -218,7 +218,10 @@ class Engine:
             log.exception("generation failed")
             for run in runs:
                 run.generation.put(GenerationFailed("generation failed"))
-                backend.finish(run.sequence)
+                try:
+                    backend.finish(run.sequence)
+                except Exception:  # the engine thread must outlive any one batch
+                    log.exception("could not release a failed sequence")
             runs.clear()
 
 
