@@ -197,3 +197,12 @@ def test_sequences_decoded_together_give_the_tokens_each_gives_alone(settings):
         backend.advance()
     assert [made[i] for i in range(3)] == alone
     assert len(backend.batch) == 0
+
+
+def test_bfloat16_loads_in_bfloat16_and_answers(settings):
+    backend = load_backend(settings.replace(dtype="bfloat16"))
+    assert backend.dtype == "bfloat16"
+    assert {p.dtype for p in backend.model.parameters()} == {torch.bfloat16}
+    prompt = backend.prepare([image_turn(photo())], max_tokens=4)
+    made = tokens(backend, prompt, replace(GREEDY, max_tokens=4))
+    assert len(made) == 4 and all(0 <= t < backend.model.config.text_config.vocab_size for t in made)
