@@ -131,8 +131,10 @@ class QwenBackend:
         self.image_token_id = model.config.image_token_id
         self.prefix_cache = PrefixCache(settings.prefix_cache_tokens) if settings.prefix_cache_tokens else None
         self.batch = DecodeBatch(model.config)  # used by the engine's thread only
-        self._specials = [t for t in tokenizer.all_special_tokens + list(tokenizer.added_tokens_encoder)
-                          if t.startswith("<|")]
+        # Chat-structure and vision tokens: text holding them would break the prompt (an image pad
+        # without pixels). Answers never contain them (they are skipped when decoding), so anything
+        # the server said can be sent back as history.
+        self._specials = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
 
     def prepare(self, messages: Sequence[Message], max_tokens: int) -> QwenPrompt:
         """Chat template + PIL image processor + placeholder expansion: the processor's inputs."""

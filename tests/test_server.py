@@ -94,7 +94,8 @@ def test_a_client_disconnect_stops_the_generation(server):
     connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
     response = connection.getresponse()
     assert response.status == 200
-    response.fp.readline()  # the first frame: the model is generating
+    while b"assistant" not in response.fp.readline():  # the role chunk: the model is generating
+        pass
     connection.sock.close()
     connection.close()
     deadline = time.monotonic() + 30
