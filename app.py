@@ -29,7 +29,7 @@ def create_app(config: Settings | None = None, engine: Engine | None = None,
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_request_bytes  # a `messages` field may hold images
     app.json.sort_keys = False
     if engine is None:
-        engine = Engine(lambda: load_model(settings), settings.queue_size).start()
+        engine = Engine(lambda: load_model(settings), settings.queue_size, settings.max_batch).start()
     if history is None and settings.history:
         history = HistoryStore.open(settings)
     app.extensions["loupe"] = api.Services(settings, engine, history if settings.history else None)

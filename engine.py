@@ -33,10 +33,11 @@ class Token:
     id: int
     text: str
     eos: bool = False
+    cached_prompt_tokens: int = 0  # on the first token: prompt tokens reused from the prefix cache
 
 
 class Backend(Protocol):
-    """What the engine needs from a model: prepare prompts, generate tokens."""
+    """What the engine needs from a model: prepare prompts, then decode a batch of sequences."""
 
     name: str
     device: str
@@ -45,8 +46,17 @@ class Backend(Protocol):
     def prepare(self, messages: Sequence[Message], max_tokens: int) -> Prompt:
         """Tokenise the conversation and process its images (raises InvalidRequest if too long)."""
 
-    def generate(self, prompt: Prompt, sampling: SamplingParams, cancelled: Callable[[], bool]) -> Iterator[Token]:
-        """Yield tokens until end of answer (unless ignored), `max_tokens`, or `cancelled()`."""
+    def start(self, prompt: Prompt, sampling: SamplingParams) -> object:
+        """Read the prompt and add a sequence for it to the decode batch."""
+
+    def sample(self, sequence: object) -> Token:
+        """The sequence's next token."""
+
+    def advance(self) -> None:
+        """Feed every sequence in the batch its last sampled token (one forward pass)."""
+
+    def finish(self, sequence: object) -> None:
+        """Remove a sequence from the batch."""
 
 
 class Generation:
@@ -83,18 +93,23 @@ class Generation:
 
 
 class Engine:
-    """Loads the backend once, in the background, and serves a bounded FIFO queue with one worker."""
+    """Loads the backend once, in the background, and serves a bounded FIFO queue with one worker.
 
-    def __init__(self, load: Callable[[], Backend], queue_size: int):
+    The worker decodes up to `max_batch` generations together, one token each per step (they share
+    each pass over the weights); waiting requests join between steps, in order.
+    """
+
+    def __init__(self, load: Callable[[], Backend], queue_size: int, max_batch: int = 1):
         self._load = load
         self._queue_size = queue_size
+        self._max_batch = max_batch
         self._queue: queue.Queue[Generation] = queue.Queue()
         self._waiting = 0
         self._lock = threading.Lock()
         self._backend: Backend | None = None
         self._error: str | None = None
         self._started = False
-        self._running = False
+        self._active = 0
         self.load_seconds: float | None = None
 
     def start(self) -> Engine:
@@ -122,9 +137,9 @@ class Engine:
         return self._backend
 
     @property
-    def running(self) -> bool:
-        """Whether a generation is under way."""
-        return self._running
+    def running(self) -> int:
+        """Generations under way."""
+        return self._active
 
     @property
     def queue_depth(self) -> int:
@@ -140,8 +155,8 @@ class Engine:
             raise ModelUnavailable("The model is still loading; try again shortly.")
         generation = Generation(request, backend.prepare(request.messages, request.sampling.max_tokens))
         with self._lock:
-            # QUEUE_SIZE requests may wait behind the running one; an idle engine takes one more.
-            if self._waiting >= self._queue_size + (0 if self._running else 1):
+            # QUEUE_SIZE requests may wait once the batch is full; free batch places take more.
+            if self._waiting >= self._queue_size + self._max_batch - self._active:
                 raise ServerBusy("The server is busy with other requests; try again shortly.")
             self._waiting += 1
         self._queue.put(generation)
@@ -158,62 +173,99 @@ class Engine:
         self.load_seconds = time.perf_counter() - begin
         self._backend = backend
         log.info("model %s ready in %.1f s", backend.name, self.load_seconds)
+        runs: list[_Run] = []
         while True:
-            generation = self._queue.get()
+            self._admit(backend, runs)
+            self._step(backend, runs)
+            self._active = len(runs)
+
+    def _admit(self, backend: Backend, runs: list[_Run]) -> None:
+        """Start waiting requests while the batch has room; wait for one when there is nothing to do."""
+        while len(runs) < self._max_batch:
+            try:
+                generation = self._queue.get(block=not runs)
+            except queue.Empty:
+                return
             with self._lock:
                 self._waiting -= 1
-                self._running = True
+                self._active = len(runs) + 1
+            if generation.cancelled:
+                continue
+            run = _Run(generation)
             try:
-                if not generation.cancelled:
-                    self._run(backend, generation)
-            finally:
-                with self._lock:
-                    self._running = False
+                run.sequence = backend.start(generation.prompt, generation.request.sampling)
+            except Exception:
+                log.exception("reading the prompt failed")
+                generation.put(GenerationFailed("prefill failed"))
+                continue
+            runs.append(run)
 
-    def _run(self, backend: Backend, generation: Generation) -> None:
-        """Generate one request, turning tokens into events; failures reach the consumer as 500."""
+    def _step(self, backend: Backend, runs: list[_Run]) -> None:
+        """One token for every run; finished and cancelled ones leave before the next pass."""
         try:
-            for event in run_generation(backend, generation):
-                generation.put(event)
+            for run in list(runs):
+                if run.generation.cancelled:
+                    log.info("generation cancelled after %d tokens", run.count)
+                    done = True
+                else:
+                    done = run.on_token(backend.sample(run.sequence))
+                if done:
+                    runs.remove(run)
+                    backend.finish(run.sequence)
+            if runs:
+                backend.advance()
         except Exception:
             log.exception("generation failed")
-            generation.put(GenerationFailed("generation failed"))
+            for run in runs:
+                run.generation.put(GenerationFailed("generation failed"))
+                try:
+                    backend.finish(run.sequence)
+                except Exception:  # the engine thread must outlive any one batch
+                    log.exception("could not release a failed sequence")
+            runs.clear()
 
 
-def run_generation(backend: Backend, generation: Generation) -> Iterator[Event]:
-    """The events of one generation: Started, TextDelta..., Finished (nothing more once cancelled)."""
-    prompt, sampling = generation.prompt, generation.request.sampling
-    timings = Timings(image_tokens=prompt.image_tokens, prompt_tokens=prompt.prompt_tokens)
-    began = time.perf_counter()
-    timings.queue_ms = (began - generation.submitted) * 1000
-    yield Started()
-    matcher = StopMatcher(sampling.stop)
-    count, finish_reason, first_at, stopped = 0, "length", None, False
-    tokens = backend.generate(prompt, sampling, lambda: generation.cancelled)
-    try:
-        for token in tokens:
-            now = time.perf_counter()
-            if first_at is None:
-                first_at = now
-                timings.prompt_ms = (now - began) * 1000
-                timings.ttft_ms = (now - generation.submitted) * 1000
-            timings.decode_ms = (now - first_at) * 1000
-            count += 1
-            if token.eos:
-                finish_reason = "stop"
-                break
-            text, stopped = matcher.feed(token.text)
-            if text:
-                yield TextDelta(text)
-            if stopped:  # the stop string itself is never sent
-                finish_reason = "stop"
-                break
-    finally:
-        tokens.close()  # frees the backend's per-request state at once, however we left the loop
-    if generation.cancelled:
-        log.info("generation cancelled after %d tokens", count)
-        return
-    if not stopped and (rest := matcher.flush()):
-        yield TextDelta(rest)  # text held back as a possible stop string's start, which it was not
-    timings.completion_tokens = count
-    yield Finished(finish_reason, prompt.prompt_tokens, count, timings)
+class _Run:
+    """One generation in the batch: its timings, stop strings and token count, turned into events."""
+
+    def __init__(self, generation: Generation):
+        self.generation = generation
+        self.sampling = generation.request.sampling
+        prompt = generation.prompt
+        self.timings = Timings(image_tokens=prompt.image_tokens, prompt_tokens=prompt.prompt_tokens)
+        self.began = time.perf_counter()
+        self.timings.queue_ms = (self.began - generation.submitted) * 1000
+        self.matcher = StopMatcher(self.sampling.stop)
+        self.count = 0
+        self.first_at: float | None = None
+        self.sequence: object = None
+        generation.put(Started())
+
+    def on_token(self, token: Token) -> bool:
+        """Send what the token adds to the answer; True when the generation is over."""
+        now = time.perf_counter()
+        if self.first_at is None:
+            self.first_at = now
+            self.timings.cached_tokens = token.cached_prompt_tokens
+            self.timings.prompt_ms = (now - self.began) * 1000
+            self.timings.ttft_ms = (now - self.generation.submitted) * 1000
+        self.timings.decode_ms = (now - self.first_at) * 1000
+        self.count += 1
+        if token.eos:
+            return self._finish("stop")
+        text, stopped = self.matcher.feed(token.text)
+        if text:
+            self.generation.put(TextDelta(text))
+        if stopped:  # the stop string itself is never sent
+            return self._finish("stop", flush=False)
+        if self.count >= self.sampling.max_tokens:
+            return self._finish("length")
+        return False
+
+    def _finish(self, reason: str, flush: bool = True) -> bool:
+        """Send held-back text (it was no stop string after all) and the Finished event."""
+        if flush and (rest := self.matcher.flush()):
+            self.generation.put(TextDelta(rest))
+        self.timings.completion_tokens = self.count
+        self.generation.put(Finished(reason, self.timings.prompt_tokens, self.count, self.timings))
+        return True

@@ -84,6 +84,7 @@ class Timings:
 
     image_tokens: int = 0
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     queue_ms: float = 0.0
     prompt_ms: float = 0.0
     ttft_ms: float = 0.0
@@ -97,6 +98,7 @@ class Timings:
         return {
             "image_tokens": self.image_tokens,
             "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
             "queue_ms": round(self.queue_ms, 1),
             "prompt_ms": round(self.prompt_ms, 1),
             "ttft_ms": round(self.ttft_ms, 1),

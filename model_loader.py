@@ -5,6 +5,8 @@ backend whose `prepare` turns messages into model inputs and whose `generate` yi
 """
 from __future__ import annotations
 
+import copy
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -19,10 +21,14 @@ from config import Settings
 from engine import Token
 from errors import InvalidRequest
 from inference import ImagePart, Message, SamplingParams
+from model_batch import DecodeBatch
+from model_sampling import IncrementalDecoder, Sampler
+from prefix_cache import PrefixCache
 
 log = logging.getLogger(__name__)
 
 IMAGE_PAD = "<|image_pad|>"
+MIN_SHARED_TO_COPY = 32  # a shorter shared prefix (a system prompt, say) is cheaper to recompute than copy
 _LOCK = threading.Lock()
 _BACKENDS: dict[tuple[str, str, str], QwenBackend] = {}
 
@@ -39,6 +45,10 @@ class QwenPrompt:
     mm_token_type_ids: torch.Tensor  # (1, L); 1 on image tokens: without it M-RoPE silently goes text-only
     pixel_values: torch.Tensor | None
     image_grid_thw: torch.Tensor | None
+    # Per position: the token id, or for image tokens a digest of the image's pixels, so that two
+    # prompts share a prefix only if they share its images too (all image pads have the same id).
+    keys: tuple[int, ...] = ()
+    image_spans: tuple[tuple[int, int], ...] = ()  # token [start, end) of each image
 
     @property
     def prompt_tokens(self) -> int:
@@ -47,6 +57,22 @@ class QwenPrompt:
     @property
     def image_tokens(self) -> int:
         return int(self.mm_token_type_ids.sum())
+
+
+@dataclass(eq=False)  # identity, not value: a sequence is a row of the decode batch
+class QwenSequence:
+    """One generation in progress: its prompt, sampling state and what the model has read so far."""
+
+    prompt: QwenPrompt
+    sampling: SamplingParams
+    sampler: Sampler
+    decoder: IncrementalDecoder
+    delta: int  # M-RoPE: decoding positions run this far from the token count
+    fed: list[int]  # prefix-cache keys of everything in the KV cache
+    logits: torch.Tensor
+    cached_prompt_tokens: int
+    pending: int | None = None
+    intact: bool = True
 
 
 def load_backend(settings: Settings) -> QwenBackend:
@@ -103,8 +129,12 @@ class QwenBackend:
         self.dtype = settings.dtype
         self.max_context = settings.max_context_tokens
         self.image_token_id = model.config.image_token_id
-        self._specials = [t for t in tokenizer.all_special_tokens + list(tokenizer.added_tokens_encoder)
-                          if t.startswith("<|")]
+        self.prefix_cache = PrefixCache(settings.prefix_cache_tokens) if settings.prefix_cache_tokens else None
+        self.batch = DecodeBatch(model.config)  # used by the engine's thread only
+        # Chat-structure and vision tokens: text holding them would break the prompt (an image pad
+        # without pixels). Answers never contain them (they are skipped when decoding), so anything
+        # the server said can be sent back as history.
+        self._specials = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
 
     def prepare(self, messages: Sequence[Message], max_tokens: int) -> QwenPrompt:
         """Chat template + PIL image processor + placeholder expansion: the processor's inputs."""
@@ -127,7 +157,8 @@ class QwenBackend:
                 f"context limit of {self.max_context}. Shorten the conversation or send fewer images.",
                 param="messages")
         token_types = (input_ids == self.image_token_id).to(torch.int32)
-        return QwenPrompt(input_ids, token_types, pixel_values, grid)
+        keys, spans = _content_keys(input_ids, token_types, pixel_values, grid, self.image_processor.merge_size)
+        return QwenPrompt(input_ids, token_types, pixel_values, grid, keys, spans)
 
     def _conversation(self, messages: Sequence[Message]) -> tuple[list[dict], list]:
         """Messages in the chat template's format, and their images in order."""
@@ -147,29 +178,88 @@ class QwenBackend:
         return conversation, images
 
     @torch.inference_mode()
+    def start(self, prompt: QwenPrompt, sampling: SamplingParams) -> QwenSequence:
+        """Read a prompt (reusing a cached prefix) and add it to the decode batch."""
+        cache, cached, logits, delta = self._prefill(prompt)
+        sequence = QwenSequence(prompt, sampling, Sampler(sampling), IncrementalDecoder(self.tokenizer),
+                                delta, list(prompt.keys), logits, cached)
+        self.batch.add(sequence, cache)
+        return sequence
+
+    def sample(self, sequence: QwenSequence) -> Token:
+        """Pick the sequence's next token from its latest logits; `advance` feeds it to the model."""
+        token = sequence.sampler.pick(sequence.logits)
+        sequence.pending = token
+        eos = token in self.eos_ids and not sequence.sampling.ignore_eos
+        cached, sequence.cached_prompt_tokens = sequence.cached_prompt_tokens, 0
+        return Token(token, "" if eos else sequence.decoder.add(token), eos, cached)
+
+    @torch.inference_mode()
+    def advance(self) -> None:
+        """One forward pass feeding every sequence in the batch its pending token."""
+        rows: list[QwenSequence] = self.batch.rows
+        positions = [[len(s.fed)] + [len(s.fed) + s.delta] * 3 for s in rows]
+        for sequence in rows:
+            sequence.intact = False  # a failure inside the pass leaves every cache half-written
+        logits = self.batch.forward(self.model, [s.pending for s in rows], positions)
+        for index, sequence in enumerate(rows):
+            sequence.fed.append(sequence.pending)
+            sequence.logits, sequence.pending, sequence.intact = logits[index:index + 1], None, True
+
+    def finish(self, sequence: QwenSequence) -> None:
+        """Take the sequence out of the batch and keep its cache for follow-up questions."""
+        own = self.batch.remove(sequence)
+        if self.prefix_cache is not None and sequence.intact:
+            self.prefix_cache.put(sequence.fed, own)
+
     def generate(self, prompt: QwenPrompt, sampling: SamplingParams, cancelled: Callable[[], bool]) -> Iterator[Token]:
-        """Prefill the prompt, then decode one token at a time until an end, the limit, or cancel."""
+        """One sequence on its own: tokens until an end, the limit, or `cancelled()`."""
         if cancelled():
             return
-        cache = DynamicCache(config=self.model.config)
+        sequence = self.start(prompt, sampling)
+        try:
+            for step in range(sampling.max_tokens):
+                token = self.sample(sequence)
+                yield token
+                if token.eos or step + 1 == sampling.max_tokens or cancelled():
+                    return
+                self.advance()
+        finally:
+            self.finish(sequence)
+
+    def _prefill(self, prompt: QwenPrompt) -> tuple[DynamicCache, int, torch.Tensor, int]:
+        """Read the prompt (only what no cached prefix covers): (cache, reused tokens, logits, rope delta)."""
         positions, delta = self.prompt_positions(prompt)
+        cache, start = self._cached_prefix(prompt)
+        new_images = [i for i, (first, _) in enumerate(prompt.image_spans) if first >= start]
+        pixel_values = grid = None
+        if new_images:
+            rows = prompt.image_grid_thw.prod(-1).tolist()
+            offsets = [sum(rows[:i]) for i in range(len(rows) + 1)]
+            pixel_values = torch.cat([prompt.pixel_values[offsets[i]:offsets[i + 1]] for i in new_images])
+            grid = prompt.image_grid_thw[new_images]
         logits = self.model(
-            input_ids=prompt.input_ids, pixel_values=prompt.pixel_values, image_grid_thw=prompt.image_grid_thw,
-            mm_token_type_ids=prompt.mm_token_type_ids, position_ids=positions, past_key_values=cache,
-            use_cache=True, logits_to_keep=1).logits[:, -1]
-        sampler = Sampler(sampling)
-        text = IncrementalDecoder(self.tokenizer)
-        past = prompt.prompt_tokens
-        for step in range(sampling.max_tokens):
-            token = sampler.pick(logits)
-            eos = token in self.eos_ids and not sampling.ignore_eos
-            yield Token(token, "" if eos else text.add(token), eos)
-            if eos or step + 1 == sampling.max_tokens or cancelled():
-                return
-            position = torch.tensor([past, past + delta, past + delta, past + delta]).view(4, 1, 1)
-            logits = self.model(input_ids=torch.tensor([[token]]), position_ids=position,
-                                past_key_values=cache, use_cache=True).logits[:, -1]
-            past += 1
+            input_ids=prompt.input_ids[:, start:], pixel_values=pixel_values, image_grid_thw=grid,
+            mm_token_type_ids=prompt.mm_token_type_ids[:, start:], position_ids=positions[:, :, start:],
+            past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        return cache, start, logits, delta
+
+    def _cached_prefix(self, prompt: QwenPrompt) -> tuple[DynamicCache, int]:
+        """A cache already holding the longest reusable prefix of the prompt, and that prefix's length."""
+        match = self.prefix_cache.find(prompt.keys) if self.prefix_cache is not None else None
+        start = 0 if match is None else min(match.shared, prompt.prompt_tokens - 1)  # read >= 1 token
+        for first, end in prompt.image_spans:
+            if first < start < end:
+                start = first  # an image's features come whole from the vision encoder: never split one
+        cache = None
+        if match is not None and start == match.length:
+            cache = self.prefix_cache.take(match)  # a follow-up extends the earlier conversation in place
+        elif match is not None and start >= MIN_SHARED_TO_COPY:
+            cache = copy.deepcopy(self.prefix_cache.get(match))  # a branch (regenerate): keep the original
+        if cache is None:
+            return DynamicCache(config=self.model.config), 0
+        cache.crop(start - cache.get_seq_length())  # transformers 5: minus the tokens to drop
+        return cache, start
 
     def prompt_positions(self, prompt: QwenPrompt) -> tuple[torch.Tensor, int]:
         """(4, 1, L) position ids (text row + M-RoPE t/h/w rows) and the offset decoding continues from."""
@@ -182,62 +272,20 @@ class QwenBackend:
         return torch.cat([text_row, rope], dim=0), int(deltas[0, 0])
 
 
-class Sampler:
-    """Turns logits into a token: penalties on what was generated, then greedy or top-k/top-p sampling."""
-
-    def __init__(self, sampling: SamplingParams):
-        self.sampling = sampling
-        self.generated: list[int] = []
-        self.generator = None
-        if sampling.seed is not None:
-            self.generator = torch.Generator().manual_seed(sampling.seed)
-
-    def pick(self, logits: torch.Tensor) -> int:
-        """The next token id from (1, vocab) logits."""
-        s = self.sampling
-        logits = logits[0].to(torch.float32, copy=True)  # penalties below write into it
-        if self.generated and (s.presence_penalty or s.repetition_penalty != 1.0):
-            seen = torch.tensor(sorted(set(self.generated)))
-            values = logits[seen]
-            values = torch.where(values > 0, values / s.repetition_penalty, values * s.repetition_penalty)
-            logits[seen] = values - s.presence_penalty  # OpenAI's presence penalty: additive, once per token
-        if s.temperature == 0:
-            token = int(torch.argmax(logits))
-        else:
-            token = self._sample(logits / s.temperature)
-        self.generated.append(token)
-        return token
-
-    def _sample(self, logits: torch.Tensor) -> int:
-        """Top-k, then top-p (nucleus), then a draw."""
-        s = self.sampling
-        if 0 < s.top_k < logits.numel():
-            kth = torch.topk(logits, s.top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if s.top_p < 1.0:
-            ordered, order = torch.sort(logits, descending=True)
-            cumulative = torch.softmax(ordered, dim=-1).cumsum(-1)
-            drop = cumulative - torch.softmax(ordered, dim=-1) >= s.top_p  # keep the token crossing top_p
-            logits = logits.scatter(0, order[drop], float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
-
-
-class IncrementalDecoder:
-    """Token ids → text deltas, holding back bytes until they form whole characters."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix = 0
-        self.read = 0
-
-    def add(self, token: int) -> str:
-        """Text that this token completes (may be empty)."""
-        self.ids.append(token)
-        before = self.tokenizer.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
-        after = self.tokenizer.decode(self.ids[self.prefix:], skip_special_tokens=True)
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            self.prefix, self.read = self.read, len(self.ids)
-            return after[len(before):]
-        return ""
+def _content_keys(input_ids: torch.Tensor, token_types: torch.Tensor, pixel_values: torch.Tensor | None,
+                  grid: torch.Tensor | None, merge_size: int) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """Per-position prefix-cache keys (image tokens keyed by their pixels) and each image's token span."""
+    keys = input_ids[0].tolist()
+    if grid is None:
+        return tuple(keys), ()
+    starts = [i for i, t in enumerate(token_types[0].tolist()) if t and (i == 0 or not token_types[0, i - 1])]
+    spans, row = [], 0
+    for start, thw in zip(starts, grid):
+        rows = int(thw.prod())
+        digest = hashlib.blake2b(pixel_values[row:row + rows].numpy().tobytes(), digest_size=7).digest()
+        base = int.from_bytes(digest, "big") << 16
+        count = rows // merge_size**2
+        keys[start:start + count] = [-(base + k) for k in range(count)]  # negative: never a token id
+        spans.append((start, start + count))
+        row += rows
+    return tuple(keys), tuple(spans)

@@ -14,6 +14,7 @@ from inference import Event, Finished, Started, TextDelta
 log = logging.getLogger(__name__)
 
 SSE_DONE = "data: [DONE]\n\n"
+SSE_ACCEPTED = ": accepted\n\n"  # an SSE comment: clients ignore it; the page learns the upload is done
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ def usage_dict(finished: Finished) -> dict:
         "prompt_tokens": finished.prompt_tokens,
         "completion_tokens": finished.completion_tokens,
         "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": finished.timings.cached_tokens},
     }
 
 
@@ -82,6 +84,7 @@ def collect(events: Iterable[Event]) -> tuple[str, Finished]:
 def stream_frames(events: Iterable[Event], meta: CompletionMeta, include_usage: bool) -> Iterator[str]:
     """SSE frames in OpenAI's chunk format; an error after the start becomes an error frame."""
     role_sent = False
+    yield SSE_ACCEPTED
     try:
         for event in events:
             if not role_sent and isinstance(event, (Started, TextDelta, Finished)):

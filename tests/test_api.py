@@ -30,7 +30,7 @@ def ask(text="Hi", image=None, **fields):
 
 
 def sse_chunks(response):
-    lines = [line for line in response.get_data(as_text=True).split("\n\n") if line]
+    lines = [line for line in response.get_data(as_text=True).split("\n\n") if line and not line.startswith(":")]
     assert lines[-1] == "data: [DONE]"
     return [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
 
@@ -193,7 +193,7 @@ def test_a_server_fault_is_a_500_that_says_nothing_of_its_cause(settings, caplog
 
 
 def test_a_full_queue_is_429_and_a_closed_stream_stops_the_generation(settings, backend, caplog):
-    app = create_app(settings.replace(queue_size=0))
+    app = create_app(settings.replace(queue_size=0, max_batch=1))
     client = app.test_client()
     engine = app.extensions["loupe"].engine
     for _ in range(500):
@@ -203,6 +203,7 @@ def test_a_full_queue_is_429_and_a_closed_stream_stops_the_generation(settings, 
     stream = client.post("/v1/chat/completions",
                          json=ask(max_tokens=2000, ignore_eos=True, stream=True), buffered=False)
     frames = iter(stream.response)
+    assert next(frames).startswith(b":")  # accepted
     assert b"assistant" in next(frames)  # the engine has started on it
     busy = client.post("/v1/chat/completions", json=ask())
     assert busy.status_code == 429

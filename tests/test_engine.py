@@ -20,7 +20,7 @@ class ScriptedPrompt:
 
 
 class ScriptedBackend:
-    """Yields the given texts as tokens; each token waits for `gate` when one is set."""
+    """Gives each sequence the given texts as tokens; every sample waits for `gate` when one is set."""
 
     name, device, dtype = "scripted", "cpu", "float32"
 
@@ -28,23 +28,36 @@ class ScriptedBackend:
         self.texts, self.eos_at_end, self.gate, self.fail_after = texts, eos_at_end, gate, fail_after
         self.tokens_made = 0
         self.started = threading.Event()
+        self.batch = []
+        self.widest_batch = 0
 
     def prepare(self, messages, max_tokens):
         return ScriptedPrompt()
 
-    def generate(self, prompt, sampling, cancelled):
+    def start(self, prompt, sampling):
         self.started.set()
-        for i, text in enumerate(self.texts[: sampling.max_tokens]):
-            if self.gate is not None:
-                self.gate.wait(5)
-            if self.fail_after is not None and i >= self.fail_after:
-                raise RuntimeError("backend broke")
-            self.tokens_made += 1
-            yield Token(i, text)
-            if cancelled():
-                return
-        if self.eos_at_end and len(self.texts) < sampling.max_tokens:
-            yield Token(99, "", eos=True)
+        sequence = {"step": 0}
+        self.batch.append(sequence)
+        self.widest_batch = max(self.widest_batch, len(self.batch))
+        return sequence
+
+    def sample(self, sequence):
+        if self.gate is not None:
+            self.gate.wait(5)
+        step = sequence["step"]
+        if self.fail_after is not None and step >= self.fail_after:
+            raise RuntimeError("backend broke")
+        self.tokens_made += 1
+        if step < len(self.texts):
+            return Token(step, self.texts[step])
+        return Token(99, "", eos=self.eos_at_end)
+
+    def advance(self):
+        for sequence in self.batch:
+            sequence["step"] += 1
+
+    def finish(self, sequence):
+        self.batch.remove(sequence)
 
 
 def chat(max_tokens=10, stop=()):
@@ -52,8 +65,8 @@ def chat(max_tokens=10, stop=()):
     return ChatRequest((Message("user", (TextPart("hi"),)),), sampling)
 
 
-def ready_engine(backend, queue_size=2):
-    engine = Engine(lambda: backend, queue_size).start()
+def ready_engine(backend, queue_size=2, max_batch=1):
+    engine = Engine(lambda: backend, queue_size, max_batch).start()
     for _ in range(500):
         if engine.status == "ok":
             return engine
@@ -144,7 +157,7 @@ def test_a_request_cancelled_while_queued_never_runs():
     gate.set()
     list(first)
     list(engine.submit(chat()))
-    assert backend.tokens_made == 4  # first and last ran two tokens each; the cancelled one none
+    assert backend.tokens_made == 6  # first and last sampled "x", "x" and the end each; the cancelled none
 
 
 def test_a_backend_failure_reaches_the_consumer_as_a_server_error():
@@ -152,3 +165,18 @@ def test_a_backend_failure_reaches_the_consumer_as_a_server_error():
     with pytest.raises(GenerationFailed):
         list(engine.submit(chat()))
     assert list(engine.submit(chat(max_tokens=1)))[-1].completion_tokens == 1  # the engine lives on
+
+
+def test_concurrent_generations_are_decoded_together_and_each_gets_its_own_answer():
+    gate = threading.Event()
+    backend = ScriptedBackend(["a", "b", "c"], gate=gate)
+    engine = ready_engine(backend, queue_size=0, max_batch=3)
+    generations = [engine.submit(chat(max_tokens=n)) for n in (1, 2, 3)]
+    with pytest.raises(ServerBusy):
+        engine.submit(chat())  # three in the batch, none may wait
+    gate.set()
+    results = [list(g) for g in generations]
+    assert backend.widest_batch == 3
+    assert ["".join(e.text for e in r if isinstance(e, TextDelta)) for r in results] == ["a", "ab", "abc"]
+    assert [r[-1].finish_reason for r in results] == ["length", "length", "length"]
+    assert backend.batch == []

@@ -86,6 +86,7 @@ def test_a_stream_the_client_closes_is_recorded_as_cancelled(history_client):
     stream = history_client.post("/v1/chat/completions", json=ask(max_tokens=2000, ignore_eos=True, stream=True),
                                  buffered=False)
     frames = iter(stream.response)
+    assert next(frames).startswith(b":")  # accepted
     assert b"assistant" in next(frames)
     next(frames)
     stream.close()  # the client goes away

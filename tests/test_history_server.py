@@ -53,11 +53,12 @@ def test_a_record_and_its_image_survive_a_restart(live_server, tmp_path):
     connection.request("POST", "/v1/chat/completions", chat_body(image, max_tokens=2000, ignore_eos=True,
                                                                  stream=True), {"Content-Type": "application/json"})
     response = connection.getresponse()
-    response.fp.readline()
+    while b"assistant" not in response.fp.readline():  # until the model is generating
+        pass
     connection.sock.close()
     connection.close()
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and "cancelled" not in server.log():
+    while time.monotonic() < deadline and len(json.loads(call(server, "GET", "/inferences")[2])["data"]) < 2:
         time.sleep(0.1)
     server.stop()
 

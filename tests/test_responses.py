@@ -3,7 +3,7 @@ import json
 
 from errors import InvalidRequest
 from inference import Finished, Started, TextDelta, Timings
-from responses import SSE_DONE, CompletionMeta, collect, completion_body, sse_frame, stream_frames
+from responses import SSE_ACCEPTED, SSE_DONE, CompletionMeta, collect, completion_body, sse_frame, stream_frames
 
 META = CompletionMeta(model="tiny", id="chatcmpl-1", created=123)
 FINISHED = Finished("length", prompt_tokens=10, completion_tokens=3,
@@ -12,7 +12,7 @@ FINISHED = Finished("length", prompt_tokens=10, completion_tokens=3,
 
 
 def parse(frames):
-    return [json.loads(f[len("data: "):]) for f in frames if f != SSE_DONE]
+    return [json.loads(f[len("data: "):]) for f in frames if f not in (SSE_DONE, SSE_ACCEPTED)]
 
 
 def test_completion_body_is_an_openai_chat_completion():
@@ -20,7 +20,8 @@ def test_completion_body_is_an_openai_chat_completion():
     assert body["object"] == "chat.completion" and body["model"] == "tiny" and body["id"] == "chatcmpl-1"
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
     assert body["choices"][0]["finish_reason"] == "length"
-    assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
+    assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
     assert body["timings"]["image_tokens"] == 4
     assert body["timings"]["decode_tokens_per_second"] == 20.0  # 2 decoded tokens in 0.1 s
 
@@ -31,7 +32,7 @@ def test_collect_joins_text_until_finished():
 
 def test_stream_frames_role_first_finish_last_then_done():
     frames = list(stream_frames([Started(), TextDelta("hi"), FINISHED], META, include_usage=False))
-    assert frames[-1] == SSE_DONE
+    assert frames[0] == SSE_ACCEPTED and frames[-1] == SSE_DONE
     chunks = parse(frames)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert chunks[1]["choices"][0]["delta"] == {"content": "hi"}

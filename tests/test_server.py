@@ -11,7 +11,6 @@ import pytest
 from openai import OpenAI
 from PIL import Image
 
-from live_server import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +94,8 @@ def test_a_client_disconnect_stops_the_generation(server):
     connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
     response = connection.getresponse()
     assert response.status == 200
-    response.fp.readline()  # the first frame: the model is generating
+    while b"assistant" not in response.fp.readline():  # the role chunk: the model is generating
+        pass
     connection.sock.close()
     connection.close()
     deadline = time.monotonic() + 30
@@ -116,3 +116,18 @@ def test_without_network_or_a_local_copy_the_server_still_serves_and_says_why(li
     response = request.getresponse()
     assert response.status == 503
     assert json.load(response)["error"]["type"] == "unavailable_error"
+
+
+def test_concurrent_streams_each_get_their_whole_answer(server):
+    import concurrent.futures
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+
+    def ask(n):
+        stream = client.chat.completions.create(
+            model="x", messages=[{"role": "user", "content": f"Question {n}"}], max_tokens=20 + n,
+            stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+        return list(stream)[-1].usage.completion_tokens
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(ask, range(4))) == [20, 21, 22, 23]

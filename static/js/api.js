@@ -1,0 +1,145 @@
+/**
+ * The page's client for Loupe's public API: streamed chat completions and the health check.
+ */
+import { readEventData } from "./sse.js";
+
+/** An error to show the person: the server's `error.message`, or our own words for what went wrong. */
+export class ApiError extends Error {
+  constructor(message, { status = 0, type = "", code = "" } = {}) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.type = type;
+    this.code = code;
+  }
+}
+
+const STATUS_WORDS = {
+  400: "The server could not use this request",
+  413: "The request is too large for the server",
+  415: "The server does not accept this kind of data",
+  429: "The server is busy with other requests; try again shortly",
+  500: "The server had an error while answering",
+  502: "The server could not be reached through the proxy",
+  503: "The model is not ready yet; try again shortly",
+  504: "The server took too long to answer",
+};
+
+/** The readable message of a non-2xx response: the OpenAI error envelope's message if there is one. */
+async function errorFromResponse(response) {
+  let message = "";
+  let type = "";
+  let code = "";
+  try {
+    const body = await response.json();
+    if (body && body.error) {
+      message = typeof body.error === "string" ? body.error : body.error.message || "";
+      type = body.error.type || "";
+      code = body.error.code || "";
+    }
+  } catch {
+    // not JSON: fall back to words for the status
+  }
+  if (!message) {
+    const words = STATUS_WORDS[response.status] || "The server answered with an error";
+    message = `${words} (HTTP ${response.status}).`;
+  }
+  return new ApiError(message, { status: response.status, type, code });
+}
+
+/**
+ * Stream one chat completion. Yields events:
+ *   {kind: "started"}                      the model began on this request (it was queued until then)
+ *   {kind: "text", text}                   answer text
+ *   {kind: "finish", reason, timings}      the end of the answer
+ *   {kind: "usage", usage}                 token counts
+ * Throws ApiError for anything the person should read; an aborted request throws the AbortError.
+ * @param {string} url
+ * @param {object} body  the JSON request (stream: true is set here)
+ * @param {AbortSignal} signal
+ */
+export async function* streamChat(url, body, signal) {
+  let response;
+  try {
+    response = await fetch(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }),
+      signal,
+      cache: "no-store",
+    });
+  } catch (error) {
+    if (signal.aborted) throw error;
+    throw new ApiError("Could not reach the server. Check that Loupe is running and try again.");
+  }
+  if (!response.ok) throw await errorFromResponse(response);
+  if (!response.body) throw new ApiError("The server's answer had no body.");
+
+  let started = false;
+  let finished = false;
+  try {
+    for await (const data of readEventData(response.body)) {
+      if (data === "[DONE]") return;
+      let chunk;
+      try {
+        chunk = JSON.parse(data);
+      } catch {
+        throw new ApiError("The server sent a part of the answer that could not be read.");
+      }
+      if (chunk.error) {
+        const error = chunk.error;
+        throw new ApiError(error.message || "The server had an error while answering.", {
+          status: 0, type: error.type || "", code: error.code || "",
+        });
+      }
+      const choice = Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
+      if (choice) {
+        const delta = choice.delta || {};
+        if (!started) {
+          started = true;
+          yield { kind: "started" };
+        }
+        if (typeof delta.content === "string" && delta.content !== "") {
+          yield { kind: "text", text: delta.content };
+        }
+        if (choice.finish_reason) {
+          finished = true;
+          yield { kind: "finish", reason: choice.finish_reason, timings: chunk.timings || null };
+        }
+      }
+      if (chunk.usage) yield { kind: "usage", usage: chunk.usage };
+    }
+  } catch (error) {
+    if (signal.aborted || error instanceof ApiError) throw error;
+    throw new ApiError("The connection to the server broke while the answer was streaming.");
+  }
+  if (!finished) {
+    throw new ApiError("The answer was cut off: the server closed the connection before it finished.");
+  }
+}
+
+/**
+ * Ask /health how the model is doing.
+ * @returns {Promise<{state: "ok"|"loading"|"error"|"offline", model?: string, error?: string, queueDepth?: number}>}
+ */
+export async function fetchHealth(url, signal) {
+  let response;
+  try {
+    response = await fetch(url, { cache: "no-store", signal, headers: { Accept: "application/json" } });
+  } catch (error) {
+    if (signal && signal.aborted) throw error;
+    return { state: "offline" };
+  }
+  let body = {};
+  try {
+    body = await response.json();
+  } catch {
+    return { state: "offline" };
+  }
+  if (body.status === "ok") {
+    return { state: "ok", model: body.model, device: body.device, dtype: body.dtype, queueDepth: body.queue_depth };
+  }
+  if (body.status === "loading") return { state: "loading", model: body.model };
+  if (body.status === "error") return { state: "error", error: body.error || "unknown reason" };
+  return { state: "offline" };
+}

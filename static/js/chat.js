@@ -1,0 +1,192 @@
+/**
+ * The chat controller: the message box and its buttons, sending a turn with its history,
+ * following the stream, Stop, Regenerate / Retry and New chat.
+ */
+import { ApiError, streamChat } from "./api.js";
+import { AnswerView } from "./answer-view.js";
+
+export const TASK_PROMPTS = {
+  describe: "Describe this image in detail.",
+  ocr: "Extract all the text in this image, in reading order. Keep the layout where it matters "
+    + "(use a Markdown table for tables). If there is no text, say so.",
+  explain: "Explain this image: what it shows, what it means, and anything notable about it.",
+};
+
+const STICK_TO_BOTTOM_PX = 96;
+
+export class ChatController {
+  /**
+   * @param {object} parts  {config, elements, conversation, tray, settings, health, announce}
+   */
+  constructor({ config, elements, conversation, tray, settings, health, announce }) {
+    this.config = config;
+    this.el = elements;
+    this.conversation = conversation;
+    this.tray = tray;
+    this.settings = settings;
+    this.health = health;
+    this.announce = announce;
+    this.current = null;
+    this.stickToBottom = true;
+    this.coarsePointer = window.matchMedia("(pointer: coarse)");
+
+    const { form, prompt, stop, newChat, scroller, tasks } = elements;
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.sendFromComposer();
+    });
+    prompt.addEventListener("keydown", (event) => this.onPromptKey(event));
+    prompt.addEventListener("input", () => {
+      this.autosize();
+      this.updateControls();
+    });
+    stop.addEventListener("click", () => this.stop());
+    newChat.addEventListener("click", () => this.newChat());
+    for (const button of tasks) {
+      button.addEventListener("click", () => this.sendFromComposer(TASK_PROMPTS[button.dataset.task]));
+    }
+    scroller.addEventListener("scroll", () => {
+      const gap = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight;
+      this.stickToBottom = gap < STICK_TO_BOTTOM_PX;
+    }, { passive: true });
+    document.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && this.current && !document.querySelector("dialog[open]")) this.stop();
+    });
+    health.subscribe(() => this.updateControls());
+    this.autosize();
+    this.updateControls();
+  }
+
+  get generating() {
+    return this.current !== null;
+  }
+
+  onPromptKey(event) {
+    if (event.key !== "Enter" || event.shiftKey || event.isComposing || event.keyCode === 229) return;
+    if (this.coarsePointer.matches) return;  // on a touch keyboard Enter is a new line; the button sends
+    event.preventDefault();
+    if (!this.el.send.disabled && !this.generating) this.el.form.requestSubmit();
+  }
+
+  autosize() {
+    const { prompt } = this.el;
+    prompt.style.height = "auto";
+    prompt.style.height = `${Math.min(prompt.scrollHeight + 2, Math.round(window.innerHeight * 0.35))}px`;
+  }
+
+  updateControls() {
+    const { send, stop, prompt, tasks } = this.el;
+    const ready = this.health.ready;
+    const idle = !this.generating;
+    const hasInput = prompt.value.trim() !== "" || this.tray.count > 0;
+    send.disabled = !idle || !ready || this.tray.busy || !hasInput;
+    send.hidden = !idle;
+    stop.hidden = idle;
+    for (const button of tasks) button.disabled = !idle || !ready || this.tray.busy;
+    const last = this.conversation.last;
+    for (const exchange of this.conversation.exchanges) {
+      exchange.answer?.setRegenerable(idle && ready && exchange === last);
+    }
+  }
+
+  /** Send what is in the message box (and the attached images); a task button adds its prompt. */
+  sendFromComposer(taskPrompt = "") {
+    if (this.generating || !this.health.ready || this.tray.busy) return;
+    const typed = this.el.prompt.value.trim();
+    if (taskPrompt && this.tray.count === 0 && !this.conversation.hasImages()) {
+      this.tray.showProblems(["Attach an image first: the tasks are about an image."]);
+      this.el.attachButton.focus();
+      return;
+    }
+    if (!typed && !taskPrompt && this.tray.count === 0) return;
+    let text = taskPrompt ? [taskPrompt, typed].filter(Boolean).join("\n\n") : typed;
+    const images = this.tray.take();
+    if (!text) text = TASK_PROMPTS.describe;
+    this.el.prompt.value = "";
+    this.autosize();
+    const exchange = this.conversation.addExchange(text, images);
+    this.stickToBottom = true;
+    this.run(exchange);
+  }
+
+  /** Ask for (or again for) the answer of an exchange, streaming it into a new answer view. */
+  async run(exchange) {
+    const imagesInTurn = this.conversation.hasImages();
+    const view = new AnswerView({
+      hasImages: imagesInTurn,
+      announce: this.announce,
+      onChange: () => this.followStream(),
+      onRegenerate: () => this.regenerate(),
+      onRetry: () => this.regenerate(),
+    });
+    this.conversation.setLeftOut(exchange, false);
+    this.conversation.attachAnswer(exchange, view);
+    const abort = new AbortController();
+    this.current = { exchange, view, abort };
+    this.updateControls();
+    this.followStream(true);
+
+    const body = {
+      messages: this.conversation.buildMessages(this.settings.systemPrompt, exchange),
+      ...this.settings.requestFields(),
+    };
+    let reason = null;
+    let timings = null;
+    let usage = null;
+    try {
+      for await (const event of streamChat(this.config.urls.chat, body, abort.signal)) {
+        if (event.kind === "started") view.setPhase("reading");
+        else if (event.kind === "text") {
+          exchange.text += event.text;
+          view.append(event.text);
+        } else if (event.kind === "finish") {
+          reason = event.reason;
+          timings = event.timings;
+        } else if (event.kind === "usage") usage = event.usage;
+      }
+      view.finish(reason, timings, usage);
+    } catch (error) {
+      if (abort.signal.aborted) {
+        view.stopped();
+      } else {
+        const message = error instanceof ApiError ? error.message : `Something went wrong in the page: ${error}`;
+        view.failed(message);
+        if (!exchange.text) this.conversation.setLeftOut(exchange, true);
+        if (error instanceof ApiError && (error.status === 503 || error.status === 0)) this.health.refresh();
+      }
+    } finally {
+      this.current = null;
+      const focusWasOnStop = document.activeElement === this.el.stop || document.activeElement === document.body;
+      this.updateControls();
+      this.followStream();
+      if (focusWasOnStop) this.el.prompt.focus();
+    }
+  }
+
+  followStream(force = false) {
+    const { scroller } = this.el;
+    if (force || this.stickToBottom) scroller.scrollTop = scroller.scrollHeight;
+  }
+
+  stop() {
+    if (this.current) this.current.abort.abort();
+  }
+
+  regenerate() {
+    const last = this.conversation.last;
+    if (!last || this.generating || !this.health.ready) return;
+    this.stickToBottom = true;
+    this.run(last);
+  }
+
+  newChat() {
+    this.stop();
+    this.conversation.clear();
+    this.tray.clear();
+    this.el.prompt.value = "";
+    this.autosize();
+    this.updateControls();
+    this.el.prompt.focus();
+    this.announce("New chat started.");
+  }
+}

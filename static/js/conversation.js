@@ -1,0 +1,118 @@
+/**
+ * The conversation: the turns on screen and the history sent with each request
+ * (user turns with their images again, assistant turns as text).
+ */
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/** A user turn's element: its images and its text (plain text, never HTML). */
+function renderUserTurn(text, images) {
+  const root = element("article", "turn user");
+  root.append(element("h3", "visually-hidden", "You"));
+  const body = element("div", "turn-body");
+  if (images.length) {
+    const strip = element("div", "turn-images");
+    for (const image of images) {
+      const img = element("img");
+      img.src = image.dataUrl;
+      img.alt = image.name;
+      img.width = image.width;
+      img.height = image.height;
+      img.decoding = "async";
+      strip.append(img);
+    }
+    body.append(strip);
+  }
+  body.append(element("div", "bubble", text));
+  const note = element("p", "turn-note");
+  note.hidden = true;
+  body.append(note);
+  root.append(body);
+  return root;
+}
+
+export class Conversation {
+  /** @param {HTMLElement} container  where turns go; @param {HTMLElement} emptyState shown when empty */
+  constructor(container, emptyState) {
+    this.container = container;
+    this.emptyState = emptyState;
+    /** @type {{user: {text: string, images: object[], element: HTMLElement}, answer: object|null,
+     *          text: string, left: boolean}[]} */
+    this.exchanges = [];
+  }
+
+  get isEmpty() {
+    return this.exchanges.length === 0;
+  }
+
+  get last() {
+    return this.exchanges[this.exchanges.length - 1] || null;
+  }
+
+  /** Images kept in the history (each is sent again with every request). */
+  imageCount() {
+    return this.exchanges.filter((x) => !x.left).reduce((sum, x) => sum + x.user.images.length, 0);
+  }
+
+  hasImages() {
+    return this.imageCount() > 0;
+  }
+
+  /** Put a new user turn on screen; the answer comes with `attachAnswer`. */
+  addExchange(text, images) {
+    const exchange = { user: { text, images, element: renderUserTurn(text, images) }, answer: null, text: "", left: false };
+    this.exchanges.push(exchange);
+    this.emptyState.hidden = true;
+    this.container.append(exchange.user.element);
+    return exchange;
+  }
+
+  attachAnswer(exchange, view) {
+    if (exchange.answer) exchange.answer.dispose();
+    exchange.answer = view;
+    exchange.text = "";
+    exchange.user.element.after(view.root);
+  }
+
+  /** A failed exchange stays on screen but is left out of the history, so it cannot break later requests. */
+  setLeftOut(exchange, leftOut) {
+    exchange.left = leftOut;
+    exchange.user.element.classList.toggle("left-out", leftOut);
+    const note = exchange.user.element.querySelector(".turn-note");
+    note.hidden = !leftOut;
+    note.textContent = leftOut ? "Not answered — left out of the conversation. Retry to send it again." : "";
+  }
+
+  /**
+   * The `messages` of a request: system prompt, then every kept exchange up to and including `upTo`.
+   * @param {string} systemPrompt
+   * @param {object} upTo  the exchange being answered
+   */
+  buildMessages(systemPrompt, upTo) {
+    const messages = [];
+    if (systemPrompt.trim()) messages.push({ role: "system", content: systemPrompt });
+    for (const exchange of this.exchanges) {
+      if (exchange.left && exchange !== upTo) continue;
+      const content = exchange.user.images.map((image) => ({ type: "image_url", image_url: { url: image.dataUrl } }));
+      if (exchange.user.text) content.push({ type: "text", text: exchange.user.text });
+      messages.push({ role: "user", content });
+      if (exchange === upTo) break;
+      if (exchange.text) messages.push({ role: "assistant", content: exchange.text });
+    }
+    return messages;
+  }
+
+  clear() {
+    for (const exchange of this.exchanges) {
+      if (exchange.answer) exchange.answer.dispose();
+      exchange.user.element.remove();
+    }
+    this.exchanges = [];
+    this.emptyState.hidden = false;
+  }
+}

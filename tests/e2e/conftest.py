@@ -1,0 +1,117 @@
+"""Browser fixtures for the end-to-end tests: Debian's Chromium driven by Playwright, pages that fail
+the test on any console error, and screenshots kept under artifacts/screenshots/."""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # reported by the `browser` fixture, so the other test folders still run
+    sync_playwright = None
+else:
+    # The tiny model answers in a second or two, but a busy CI machine can be slow: wait up to 20 s.
+    expect.set_options(timeout=20_000)
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM = os.environ.get("LOUPE_CHROMIUM", "/usr/bin/chromium")
+# As root, in a sandbox with no outside network: no sandbox, no GPU, no background calls home.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+]
+VIEWPORTS = {
+    "desktop": {"viewport": {"width": 1280, "height": 800}},
+    "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True,
+              "device_scale_factor": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session (Debian's package; never a downloaded browser)."""
+    if sync_playwright is None:
+        pytest.fail("Playwright for Python is missing: pip install playwright (never `playwright install`)")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@dataclass
+class ConsoleWatch:
+    """Console errors and uncaught exceptions of a page; a test may allow errors it provokes on purpose."""
+
+    errors: list[str] = field(default_factory=list)
+    allowed: list[re.Pattern] = field(default_factory=list)
+
+    def allow(self, pattern: str) -> None:
+        """Accept console errors matching `pattern` (e.g. the browser's log line of an expected 503)."""
+        self.allowed.append(re.compile(pattern))
+
+    def unexpected(self) -> list[str]:
+        return [e for e in self.errors if not any(p.search(e) for p in self.allowed)]
+
+
+@dataclass
+class OpenPage:
+    """What `open_page` returns: the page and its console watch."""
+
+    page: object
+    console: ConsoleWatch
+
+
+@pytest.fixture
+def open_page(browser) -> Iterator:
+    """`open_page(url, device="desktop", **context_options)`: a fresh browser context and page.
+
+    The test fails if the page logs any console error (or throws) that it did not `console.allow`.
+    """
+    contexts = []
+    watches = []
+
+    def open_(url: str | None = None, device: str = "desktop", **options) -> OpenPage:
+        context = browser.new_context(**{**VIEWPORTS[device], **options})
+        context.set_default_timeout(20_000)
+        contexts.append(context)
+        page = context.new_page()
+        watch = ConsoleWatch()
+        watches.append(watch)
+
+        def on_console(message):
+            if message.type == "error":
+                location = message.location or {}
+                watch.errors.append(f"{message.text} [{location.get('url', '')}]")
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda error: watch.errors.append(f"uncaught: {error}"))
+        if url is not None:
+            page.goto(url)
+        return OpenPage(page, watch)
+
+    yield open_
+    problems = [error for watch in watches for error in watch.unexpected()]
+    for context in contexts:
+        context.close()
+    assert not problems, "console errors in the page:\n" + "\n".join(problems)
+
+
+@pytest.fixture(scope="session")
+def screenshot():
+    """`screenshot(page, name)`: save a full-window PNG to artifacts/screenshots/<name>.png."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    def take(page, name: str) -> Path:
+        path = SCREENSHOTS / f"{name}.png"
+        page.screenshot(path=str(path), animations="disabled", caret="initial")
+        return path
+
+    return take
