@@ -13,6 +13,7 @@ from alembic.script import ScriptDirectory
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK_KEY = 0x4C6F757065  # "Loupe": the PostgreSQL advisory lock held while migrating
 
 metadata = sa.MetaData()
 
@@ -86,6 +87,9 @@ def alembic_config(connection: sa.Connection) -> Config:
 def migrate(engine: sa.Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` (all of it by default) in one transaction."""
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Instances sharing one database may start together: they migrate one at a time.
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
         before = MigrationContext.configure(connection).get_current_revision()
         command.upgrade(alembic_config(connection), revision)
         after = MigrationContext.configure(connection).get_current_revision()
