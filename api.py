@@ -48,7 +48,7 @@ class ChatRun:
 
 
 def services() -> Services:
-    """The running app's settings and engine."""
+    """The running app's settings, engine and history store (None when HISTORY is off)."""
     return current_app.extensions["loupe"]
 
 
