@@ -12,6 +12,7 @@ from engine import Engine, Generation
 from errors import InvalidRequest, UnsupportedMediaType
 from images import load_request_images
 from inference import ChatRequest
+from observability import observe, request_id
 from protocol import parse_form_request, parse_json_request
 from remote_images import fetch_image
 from responses import CompletionMeta, collect, completion_body, stream_frames
@@ -40,12 +41,13 @@ def chat_completions():
     settings, engine = services().settings, services().engine
     chat = load_request_images(read_chat_request(settings), settings, fetch_image)
     generation = engine.submit(chat)
-    meta = CompletionMeta(model=engine.backend.name)
+    meta = CompletionMeta(model=engine.backend.name, id=f"chatcmpl-{request_id()}")
+    events = observe(generation)
     if chat.stream:
-        return Response(_cancel_on_close(stream_frames(generation, meta, chat.include_usage), generation),
+        return Response(_cancel_on_close(stream_frames(events, meta, chat.include_usage), generation),
                         mimetype="text/event-stream", headers=SSE_HEADERS)
     try:
-        text, finished = collect(generation)
+        text, finished = collect(events)
     finally:
         generation.cancel()
     return jsonify(completion_body(meta, text, finished))

@@ -10,6 +10,7 @@ from config import Settings
 from engine import Backend, Engine
 from errors import register_error_handlers
 from images import ACCEPTED_FORMATS
+from observability import configure_logging, init_request_ids
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 def create_app(config: Settings | None = None, engine: Engine | None = None) -> Flask:
     """The app factory; with no engine given, one starts loading the configured model in the background."""
     settings = config if config is not None else Settings.from_env()
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_request_bytes  # a `messages` field may hold images
@@ -25,6 +26,7 @@ def create_app(config: Settings | None = None, engine: Engine | None = None) -> 
     if engine is None:
         engine = Engine(lambda: load_model(settings), settings.queue_size).start()
     app.extensions["loupe"] = api.Services(settings, engine)
+    init_request_ids(app)
     app.register_blueprint(api.bp)
     register_error_handlers(app)
 
@@ -41,13 +43,6 @@ def load_model(settings: Settings) -> Backend:
     import model_loader
 
     return model_loader.load_backend(settings)
-
-
-def _configure_logging(level: str) -> None:
-    """Log to stderr at the configured level, unless a host (gunicorn, pytest) already set logging up."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 if __name__ == "__main__":

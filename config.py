@@ -13,9 +13,10 @@ DEFAULT_MODEL_ID = "Qwen/Qwen3-VL-2B-Instruct"
 MiB = 1024 * 1024
 
 
-def _setting(default, help: str, env: str | None = None):  # noqa: A002 - "help" reads best here
+def _setting(default, help: str, env: str | None = None, secret: bool = False):  # noqa: A002 - "help" reads best
     """A dataclass field that carries its documentation (and its variable name, if not the field's)."""
-    return field(default=default, metadata={"help": help, "env": env})
+    # Secrets stay out of repr() so a logged Settings never shows an API key.
+    return field(default=default, repr=not secret, metadata={"help": help, "env": env})
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ class Settings:
         900, "gunicorn worker timeout in seconds; longer than the slowest CPU generation."
     )
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
+    log_format: str = _setting(
+        "text", "`text` (one readable line per event) or `json` (one JSON object per line)."
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
@@ -107,6 +111,8 @@ class Settings:
             raise ValueError("QUEUE_SIZE and TORCH_THREADS must not be negative")
         if self.max_new_tokens > self.max_new_tokens_limit:
             raise ValueError("MAX_NEW_TOKENS must not exceed MAX_NEW_TOKENS_LIMIT")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"LOG_FORMAT must be text or json, not {self.log_format!r}")
         if self.image_max_edge < 32:
             raise ValueError("IMAGE_MAX_EDGE must be at least 32 (the model's smallest image side)")
 

@@ -26,7 +26,23 @@ graceful_timeout = 30
 # Seconds an idle keep-alive connection stays open (the page polls /health).
 keepalive = 5
 
-# Access log to stdout, errors to stderr.
-accesslog = "-"
+# No gunicorn access log: the app logs one line per request itself, with its id and token counts.
+accesslog = None
 errorlog = "-"
 loglevel = _settings.log_level.lower()
+
+if _settings.log_format == "json":
+    # gunicorn's own lines (boot, worker start and stop) in the app's JSON format too. The root logger
+    # is set here as well, since gunicorn's defaults would otherwise give it a plain-text handler.
+    _handler = {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id"],
+                "stream": "ext://sys.stderr"}
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "observability.JsonFormatter"}},
+        "filters": {"request_id": {"()": "observability.RequestIdFilter"}},
+        "handlers": {"json": _handler},
+        "root": {"level": _settings.log_level.upper(), "handlers": ["json"]},
+        "loggers": {"gunicorn.error": {"level": _settings.log_level.upper(), "handlers": ["json"],
+                                       "propagate": False, "qualname": "gunicorn.error"}},
+    }
