@@ -62,14 +62,22 @@ def models():
 
 @bp.get("/health")
 def health():
-    """Readiness: 200 once the model is loaded, 503 while loading or after a failed load."""
+    """Readiness: 200 once the model is loaded; 503 while loading, after a failed load or when stopping."""
     settings, engine = services().settings, services().engine
+    if engine.draining:
+        return jsonify({"status": "shutting_down"}), 503
     if engine.status == "ok":
         return jsonify({"status": "ok", "model": engine.backend.name, "device": engine.backend.device,
                         "dtype": engine.backend.dtype, "queue_depth": engine.queue_depth})
     if engine.status == "error":
         return jsonify({"status": "error", "error": engine.error}), 503
     return jsonify({"status": "loading", "model": settings.model_id}), 503
+
+
+@bp.get("/live")
+def live():
+    """Liveness: 200 whenever the process can answer, whatever the model is doing."""
+    return jsonify({"status": "alive"})
 
 
 def served_model_name() -> str:

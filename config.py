@@ -69,6 +69,9 @@ class Settings:
         900, "gunicorn worker timeout in seconds; longer than the slowest CPU generation."
     )
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
+    shutdown_grace: int = _setting(
+        30, "Seconds running generations get to finish after SIGTERM before the process exits."
+    )
     log_format: str = _setting(
         "text", "`text` (one readable line per event) or `json` (one JSON object per line)."
     )
@@ -113,6 +116,8 @@ class Settings:
             raise ValueError("MAX_NEW_TOKENS must not exceed MAX_NEW_TOKENS_LIMIT")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"LOG_FORMAT must be text or json, not {self.log_format!r}")
+        if self.shutdown_grace < 0:
+            raise ValueError("SHUTDOWN_GRACE must not be negative")
         if self.image_max_edge < 32:
             raise ValueError("IMAGE_MAX_EDGE must be at least 32 (the model's smallest image side)")
 

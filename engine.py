@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from errors import GenerationFailed, LoupeError, ModelUnavailable, ServerBusy
+from errors import GenerationFailed, LoupeError, ModelUnavailable, ServerBusy, ShuttingDown
 from inference import ChatRequest, Event, Finished, Message, SamplingParams, Started, TextDelta, Timings
 from stops import StopMatcher
 
@@ -95,6 +95,7 @@ class Engine:
         self._error: str | None = None
         self._started = False
         self._running = False
+        self._draining = False
         self.load_seconds: float | None = None
 
     def start(self) -> Engine:
@@ -131,8 +132,19 @@ class Engine:
         """Requests waiting for their turn."""
         return self._waiting
 
+    @property
+    def draining(self) -> bool:
+        """Whether the engine is finishing its work before the process stops, and taking no more."""
+        return self._draining
+
+    def drain(self) -> None:
+        """Refuse new requests from now on; running and queued ones still complete."""
+        self._draining = True
+
     def submit(self, request: ChatRequest) -> Generation:
-        """Prepare the prompt on the caller's thread and queue it; 503 if not ready, 429 if full."""
+        """Prepare the prompt on the caller's thread and queue it; 503 if not ready or stopping, 429 if full."""
+        if self._draining:
+            raise ShuttingDown("The server is shutting down; send the request to another instance or retry.")
         backend = self._backend
         if backend is None:
             if self._error is not None:

@@ -82,6 +82,14 @@ class ModelUnavailable(LoupeError):
     code = "model_not_ready"
 
 
+class ShuttingDown(LoupeError):
+    """The server is stopping (SIGTERM): it finishes running work but takes no new generations."""
+
+    status = 503
+    type = "unavailable_error"
+    code = "shutting_down"
+
+
 class GenerationFailed(LoupeError):
     """The model failed while generating; details are only in the log."""
 

@@ -1,4 +1,5 @@
 """gunicorn settings for Loupe: `gunicorn -c gunicorn.conf.py 'app:create_app()'`."""
+import lifecycle
 from config import Settings
 
 _settings = Settings.from_env()
@@ -20,8 +21,8 @@ preload_app = False
 # A worker silent for this long is restarted; longer than the slowest CPU generation.
 timeout = _settings.generation_timeout
 
-# Time running requests get to finish on SIGTERM before the worker is stopped.
-graceful_timeout = 30
+# Time running requests get to finish on SIGTERM before the worker is stopped (SHUTDOWN_GRACE).
+graceful_timeout = _settings.shutdown_grace
 
 # Seconds an idle keep-alive connection stays open (the page polls /health).
 keepalive = 5
@@ -46,3 +47,13 @@ if _settings.log_format == "json":
         "loggers": {"gunicorn.error": {"level": _settings.log_level.upper(), "handlers": ["json"],
                                        "propagate": False, "qualname": "gunicorn.error"}},
     }
+
+
+def post_worker_init(worker):
+    """Tell the app when SIGTERM begins the graceful stop, so /health and new generations say 503."""
+    lifecycle.drain_on_sigterm(worker.wsgi)
+
+
+def worker_exit(server, worker):
+    """Log whether the worker stops with generations unfinished."""
+    lifecycle.report_exit(worker.wsgi)

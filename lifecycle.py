@@ -1,0 +1,45 @@
+"""Graceful shutdown: on SIGTERM stop taking generations, let running ones finish, then exit."""
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from types import FrameType
+
+from flask import Flask
+
+log = logging.getLogger(__name__)
+
+SignalHandler = Callable[[int, FrameType | None], object]
+
+
+def begin_shutdown(app: Flask) -> None:
+    """Make /health say `shutting_down` and refuse new generations; running and queued ones go on."""
+    services = app.extensions["loupe"]
+    engine = services.engine
+    engine.drain()
+    log.info("shutting down: %s generation running, %d queued; up to %d s to finish",
+             "one" if engine.running else "no", engine.queue_depth, services.settings.shutdown_grace)
+
+
+def report_exit(app: Flask) -> None:
+    """Say whether the process stops with work unfinished (the grace period ran out)."""
+    engine = app.extensions["loupe"].engine
+    if engine.running or engine.queue_depth:
+        log.warning("stopped with unfinished work: %s generation running, %d queued",
+                    "one" if engine.running else "no", engine.queue_depth)
+    else:
+        log.info("stopped with no unfinished work")
+
+
+def drain_on_sigterm(app: Flask) -> None:
+    """Run begin_shutdown() on SIGTERM, then the server's own handler (gunicorn's graceful stop)."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        begin_shutdown(app)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn does: a signal must not break a running request
