@@ -11,6 +11,7 @@ from engine import Backend, Engine
 from errors import register_error_handlers
 from images import ACCEPTED_FORMATS
 from observability import configure_logging, init_request_ids
+from security import init_security
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ def create_app(config: Settings | None = None, engine: Engine | None = None) -> 
     if engine is None:
         engine = Engine(lambda: load_model(settings), settings.queue_size).start()
     app.extensions["loupe"] = api.Services(settings, engine)
-    init_request_ids(app)
+    init_request_ids(app)  # first, so even a refused request has an id and a log line
+    init_security(app, settings)
     app.register_blueprint(api.bp)
     register_error_handlers(app)
 

@@ -69,6 +69,23 @@ class Settings:
         900, "gunicorn worker timeout in seconds; longer than the slowest CPU generation."
     )
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
+    api_key: str = _setting(
+        "", "API keys, comma-separated; when set (or API_KEY_FILE is), `/v1/*` needs "
+        "`Authorization: Bearer <key>`. Empty: no key needed.", secret=True,
+    )
+    api_key_file: str = _setting(
+        "", "A file of API keys, one per line (blank lines and `#` comments ignored); read at start."
+    )
+    metrics_require_key: bool = _setting(
+        False, "Whether `/metrics` also needs an API key (it is open by default, for scrapers)."
+    )
+    cors_origins: str = _setting(
+        "", "Origins allowed to call the API from a browser, comma-separated, or `*`. "
+        "Empty: same origin only (no CORS headers)."
+    )
+    cors_allow_credentials: bool = _setting(
+        False, "Let cross-origin pages send cookies and HTTP auth (never with `CORS_ORIGINS=*`)."
+    )
     shutdown_grace: int = _setting(
         30, "Seconds running generations get to finish after SIGTERM before the process exits."
     )
@@ -118,8 +135,27 @@ class Settings:
             raise ValueError(f"LOG_FORMAT must be text or json, not {self.log_format!r}")
         if self.shutdown_grace < 0:
             raise ValueError("SHUTDOWN_GRACE must not be negative")
+        if self.cors_allow_credentials and "*" in self.cors_origin_list():
+            raise ValueError("CORS_ALLOW_CREDENTIALS cannot be used with CORS_ORIGINS=*; list the origins")
+        if self.api_key_file and not Path(self.api_key_file).is_file():
+            raise ValueError(f"API_KEY_FILE={self.api_key_file!r} is not a readable file")
+        if self.api_key_file and not self.api_keys():
+            raise ValueError(f"API_KEY_FILE={self.api_key_file!r} holds no keys")
         if self.image_max_edge < 32:
             raise ValueError("IMAGE_MAX_EDGE must be at least 32 (the model's smallest image side)")
+
+
+    def api_keys(self) -> tuple[str, ...]:
+        """Every accepted API key, from API_KEY and API_KEY_FILE; empty when the API is open."""
+        keys = [k.strip() for k in self.api_key.split(",")]
+        if self.api_key_file:
+            lines = Path(self.api_key_file).read_text().splitlines()
+            keys += [line.strip() for line in lines if not line.strip().startswith("#")]
+        return tuple(k for k in keys if k)
+
+    def cors_origin_list(self) -> list[str]:
+        """CORS_ORIGINS as a list; empty means same-origin only."""
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
 
 def env_name(f: dataclasses.Field) -> str:
