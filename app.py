@@ -11,6 +11,7 @@ from engine import Backend, Engine
 from errors import register_error_handlers
 from images import ACCEPTED_FORMATS
 from observability import configure_logging, init_request_ids
+from rate_limits import init_rate_limits
 from security import init_security
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def create_app(config: Settings | None = None, engine: Engine | None = None) -> 
     init_request_ids(app)  # first, so even a refused request has an id and a log line
     init_security(app, settings)
     app.register_blueprint(api.bp)
+    init_rate_limits(app, settings)
     register_error_handlers(app)
 
     @app.get("/")

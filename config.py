@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dotenv import dotenv_values
+from limits import parse_many
 
 DEFAULT_MODEL_ID = "Qwen/Qwen3-VL-2B-Instruct"
+RATE_LIMIT_STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+unix://", "redis+sentinel://",
+                              "redis+cluster://")
 MiB = 1024 * 1024
 
 
@@ -79,6 +82,14 @@ class Settings:
     metrics_require_key: bool = _setting(
         False, "Whether `/metrics` also needs an API key (it is open by default, for scrapers)."
     )
+    rate_limit: str = _setting(
+        "30/minute", "Generation requests one client (IP address) may make, e.g. `30/minute` or "
+        "`10/minute;500/day`; `off` for no limit. Past it: 429 with `Retry-After`."
+    )
+    rate_limit_storage: str = _setting(
+        "memory://", "Where rate-limit counters live: `memory://` (this process) or a Redis URI such as "
+        "`redis://redis:6379/0`, shared by several instances."
+    )
     cors_origins: str = _setting(
         "", "Origins allowed to call the API from a browser, comma-separated, or `*`. "
         "Empty: same origin only (no CORS headers)."
@@ -135,6 +146,13 @@ class Settings:
             raise ValueError(f"LOG_FORMAT must be text or json, not {self.log_format!r}")
         if self.shutdown_grace < 0:
             raise ValueError("SHUTDOWN_GRACE must not be negative")
+        if self.rate_limit.lower() != "off":
+            try:
+                parse_many(self.rate_limit)
+            except ValueError:
+                raise ValueError(f"RATE_LIMIT={self.rate_limit!r} is not a limit like 30/minute, or off") from None
+        if not self.rate_limit_storage.startswith(RATE_LIMIT_STORAGE_SCHEMES):
+            raise ValueError("RATE_LIMIT_STORAGE must be memory:// or a redis:// URI")
         if self.cors_allow_credentials and "*" in self.cors_origin_list():
             raise ValueError("CORS_ALLOW_CREDENTIALS cannot be used with CORS_ORIGINS=*; list the origins")
         if self.api_key_file and not Path(self.api_key_file).is_file():
