@@ -98,7 +98,8 @@ class Settings:
         False, "Let cross-origin pages send cookies and HTTP auth (never with `CORS_ORIGINS=*`)."
     )
     shutdown_grace: int = _setting(
-        30, "Seconds running generations get to finish after SIGTERM before the process exits."
+        30, "Seconds running and queued generations get to finish after SIGTERM; then they end with a "
+        "503 error and the process exits."
     )
     log_format: str = _setting(
         "text", "`text` (one readable line per event) or `json` (one JSON object per line)."

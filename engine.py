@@ -68,6 +68,11 @@ class Generation:
         """Whether the client gave up on this generation."""
         return self._cancelled.is_set()
 
+    def fail(self, error: LoupeError) -> None:
+        """End this generation with an error for its consumer, and stop the engine working on it."""
+        self._cancelled.set()
+        self._events.put(error)
+
     def put(self, event: Event | LoupeError) -> None:
         """Hand an event (or an error) to the consumer; the engine calls this."""
         self._events.put(event)
@@ -96,6 +101,7 @@ class Engine:
         self._started = False
         self._running = False
         self._draining = False
+        self._current: Generation | None = None
         self.load_seconds: float | None = None
 
     def start(self) -> Engine:
@@ -141,6 +147,14 @@ class Engine:
         """Refuse new requests from now on; running and queued ones still complete."""
         self._draining = True
 
+    def abort_all(self, error: LoupeError) -> int:
+        """End the running and every queued generation with `error`; returns how many there were."""
+        with self._lock:
+            pending = list(self._queue.queue) + ([self._current] if self._current is not None else [])
+        for generation in pending:
+            generation.fail(error)
+        return len(pending)
+
     def submit(self, request: ChatRequest) -> Generation:
         """Prepare the prompt on the caller's thread and queue it; 503 if not ready or stopping, 429 if full."""
         if self._draining:
@@ -175,12 +189,14 @@ class Engine:
             with self._lock:
                 self._waiting -= 1
                 self._running = True
+                self._current = generation
             try:
                 if not generation.cancelled:
                     self._run(backend, generation)
             finally:
                 with self._lock:
                     self._running = False
+                    self._current = None
 
     def _run(self, backend: Backend, generation: Generation) -> None:
         """Generate one request, turning tokens into events; failures reach the consumer as 500."""

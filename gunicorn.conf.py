@@ -21,8 +21,9 @@ preload_app = False
 # A worker silent for this long is restarted; longer than the slowest CPU generation.
 timeout = _settings.generation_timeout
 
-# Time running requests get to finish on SIGTERM before the worker is stopped (SHUTDOWN_GRACE).
-graceful_timeout = _settings.shutdown_grace
+# On SIGTERM the app gives generations SHUTDOWN_GRACE seconds, then ends them with a 503 error;
+# gunicorn waits a little longer, so those errors reach the clients before the worker stops.
+graceful_timeout = _settings.shutdown_grace + lifecycle.EXIT_SLACK_SECONDS
 
 # Seconds an idle keep-alive connection stays open (the page polls /health).
 keepalive = 5

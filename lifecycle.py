@@ -3,23 +3,42 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from collections.abc import Callable
 from types import FrameType
 
 from flask import Flask
+
+from errors import ShuttingDown
 
 log = logging.getLogger(__name__)
 
 SignalHandler = Callable[[int, FrameType | None], object]
 
 
-def begin_shutdown(app: Flask) -> None:
-    """Make /health say `shutting_down` and refuse new generations; running and queued ones go on."""
+# gunicorn's graceful_timeout is SHUTDOWN_GRACE plus this, so ended streams can send their error frame.
+EXIT_SLACK_SECONDS = 5
+
+
+def begin_shutdown(app: Flask) -> threading.Timer:
+    """Make /health say `shutting_down` and refuse new generations; running and queued ones go on
+    for SHUTDOWN_GRACE seconds, then end with a clear 503 error. Returns the grace timer."""
     services = app.extensions["loupe"]
     engine = services.engine
     engine.drain()
+    grace = services.settings.shutdown_grace
     log.info("shutting down: %s generation running, %d queued; up to %d s to finish",
-             "one" if engine.running else "no", engine.queue_depth, services.settings.shutdown_grace)
+             "one" if engine.running else "no", engine.queue_depth, grace)
+
+    def end_unfinished() -> None:
+        ended = engine.abort_all(ShuttingDown("The server stopped before this generation finished."))
+        if ended:
+            log.warning("grace period over: ended %d unfinished generation(s)", ended)
+
+    timer = threading.Timer(grace, end_unfinished)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def report_exit(app: Flask) -> None:

@@ -81,16 +81,38 @@ def test_sigterm_lets_the_running_stream_finish_refuses_new_work_and_exits(live_
     assert finished[-1]["completion_tokens"] == 60  # the stream's own log line, with its tokens
 
 
-def test_a_generation_longer_than_the_grace_period_is_cut_off(live_server):
+def test_a_generation_longer_than_the_grace_period_ends_with_a_clear_error(live_server):
     server = live_server(SHUTDOWN_GRACE="1")
     _, stream = post_stream(server, max_tokens=2000)
     began = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
-    assert server.process.wait(20) is not None
+    rest = stream.read().decode()
+    assert '"code":"shutting_down"' in rest.replace(" ", "") and "[DONE]" not in rest
+    assert server.process.wait(20) == 0
     assert time.monotonic() - began < 10
-    try:
-        rest = stream.read().decode()
-    except http.client.IncompleteRead as cut:
-        rest = cut.partial.decode()
-    assert "[DONE]" not in rest
-    assert "stopped with unfinished work: one generation running" in server.log()
+    assert "grace period over: ended 1 unfinished generation(s)" in server.log()
+    assert "stopped with no unfinished work" in server.log()
+
+
+def test_the_grace_timer_ends_queued_and_running_generations(settings):
+    from test_engine import ScriptedBackend
+
+    gate = threading.Event()  # never opened until the end: the running generation makes no progress
+    engine = Engine(lambda: ScriptedBackend(["a"] * 100, gate=gate), queue_size=2).start()
+    app = create_app(settings.replace(shutdown_grace=0), engine=engine)
+    client = app.test_client()
+    deadline = time.monotonic() + 10
+    while engine.status != "ok" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    running = client.post("/v1/chat/completions", json=ask(max_tokens=2000, stream=True), buffered=False)
+    assert b"assistant" in next(iter(running.response))
+    results = []
+    waiter = threading.Thread(target=lambda: results.append(client.post("/v1/chat/completions", json=ask())))
+    waiter.start()
+    while engine.queue_depth == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    begin_shutdown(app).join(5)
+    waiter.join(5)
+    assert results[0].status_code == 503 and results[0].get_json()["error"]["code"] == "shutting_down"
+    assert b"shutting_down" in b"".join(running.response)
+    gate.set()
