@@ -10,6 +10,7 @@ from config import Settings
 from engine import Backend, Engine
 from errors import register_error_handlers
 from images import ACCEPTED_FORMATS
+from metrics import init_metrics
 from observability import configure_logging, init_request_ids
 from rate_limits import init_rate_limits
 from security import init_security
@@ -31,6 +32,7 @@ def create_app(config: Settings | None = None, engine: Engine | None = None) -> 
     init_request_ids(app)  # first, so even a refused request has an id and a log line
     init_security(app, settings)
     app.register_blueprint(api.bp)
+    init_metrics(app, engine)
     init_rate_limits(app, settings)
     register_error_handlers(app)
 

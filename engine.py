@@ -87,6 +87,10 @@ class Generation:
                 return
 
 
+# Told how each generation ended: `stop`, `length`, `cancelled` or `error`, and its timings if it finished.
+Observer = Callable[[str, "Timings | None"], None]
+
+
 class Engine:
     """Loads the backend once, in the background, and serves a bounded FIFO queue with one worker."""
 
@@ -102,6 +106,7 @@ class Engine:
         self._running = False
         self._draining = False
         self._current: Generation | None = None
+        self._observers: list[Observer] = []
         self.load_seconds: float | None = None
 
     def start(self) -> Engine:
@@ -146,6 +151,10 @@ class Engine:
     def drain(self) -> None:
         """Refuse new requests from now on; running and queued ones still complete."""
         self._draining = True
+
+    def add_observer(self, observer: Observer) -> None:
+        """Call `observer(outcome, timings)` after each generation (metrics use this)."""
+        self._observers.append(observer)
 
     def abort_all(self, error: LoupeError) -> int:
         """End the running and every queued generation with `error`; returns how many there were."""
@@ -200,12 +209,25 @@ class Engine:
 
     def _run(self, backend: Backend, generation: Generation) -> None:
         """Generate one request, turning tokens into events; failures reach the consumer as 500."""
+        outcome, timings = "cancelled", None
         try:
             for event in run_generation(backend, generation):
                 generation.put(event)
+                if isinstance(event, Finished):
+                    outcome, timings = event.finish_reason, event.timings
         except Exception:
             log.exception("generation failed")
+            outcome = "error"
             generation.put(GenerationFailed("generation failed"))
+        self._notify(outcome, timings)
+
+    def _notify(self, outcome: str, timings: Timings | None) -> None:
+        """Tell the observers how a generation ended; their failures never stop the engine."""
+        for observer in self._observers:
+            try:
+                observer(outcome, timings)
+            except Exception:  # noqa: BLE001 - a metrics bug must not take generation down
+                log.exception("generation observer failed")
 
 
 def run_generation(backend: Backend, generation: Generation) -> Iterator[Event]:
