@@ -27,7 +27,7 @@ def create_app(config: Settings | None = None, engine: Engine | None = None) -> 
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_request_bytes  # a `messages` field may hold images
     app.json.sort_keys = False
     if engine is None:
-        engine = Engine(lambda: load_model(settings), settings.queue_size).start()
+        engine = Engine(lambda: load_model(settings), settings.queue_size, settings.request_timeout).start()
     app.extensions["loupe"] = api.Services(settings, engine)
     init_request_ids(app)  # first, so even a refused request has an id and a log line
     init_security(app, settings)

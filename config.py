@@ -56,6 +56,10 @@ class Settings:
     queue_size: int = _setting(
         8, "Requests that may wait while one generates; past that a request gets 429 (server busy)."
     )
+    request_timeout: float = _setting(
+        900.0, "Seconds a request may spend waiting in the queue and generating; past that it ends with "
+        "504 `request_timeout` and frees its place. 0: no limit."
+    )
     allow_remote_images: bool = _setting(
         False,
         "Fetch `http(s)` image URLs in JSON messages. Off: such URLs are refused with 400. "
@@ -141,6 +145,8 @@ class Settings:
                 raise ValueError(f"{name.upper()} must be positive")
         if self.queue_size < 0 or self.torch_threads < 0:
             raise ValueError("QUEUE_SIZE and TORCH_THREADS must not be negative")
+        if self.request_timeout < 0:
+            raise ValueError("REQUEST_TIMEOUT must not be negative (0 means no limit)")
         if self.max_new_tokens > self.max_new_tokens_limit:
             raise ValueError("MAX_NEW_TOKENS must not exceed MAX_NEW_TOKENS_LIMIT")
         if self.log_format not in ("text", "json"):

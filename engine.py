@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from errors import GenerationFailed, LoupeError, ModelUnavailable, ServerBusy, ShuttingDown
+from errors import GenerationFailed, LoupeError, ModelUnavailable, RequestTimeout, ServerBusy, ShuttingDown
 from inference import ChatRequest, Event, Finished, Message, SamplingParams, Started, TextDelta, Timings
 from stops import StopMatcher
 
@@ -52,16 +52,24 @@ class Backend(Protocol):
 class Generation:
     """One submitted request: iterate it for events; `cancel()` when the client has gone."""
 
-    def __init__(self, request: ChatRequest, prompt: Prompt):
+    def __init__(self, request: ChatRequest, prompt: Prompt, timeout: float = 0.0,
+                 on_cancel: Callable[[Generation], None] | None = None):
         self.request = request
         self.prompt = prompt
         self.submitted = time.perf_counter()
+        self.timeout = timeout
+        self.timed_out = False
+        self.holds_slot = False  # whether it counts against the queue (the engine sets and clears this)
+        self._deadline = self.submitted + timeout if timeout > 0 else None
+        self._on_cancel = on_cancel
         self._events: queue.Queue[Event | LoupeError] = queue.Queue()
         self._cancelled = threading.Event()
 
     def cancel(self) -> None:
-        """Ask the engine to stop (or never start) this generation."""
+        """Ask the engine to stop (or never start) this generation; a queued one frees its slot at once."""
         self._cancelled.set()
+        if self._on_cancel is not None:
+            self._on_cancel(self)
 
     @property
     def cancelled(self) -> bool:
@@ -70,7 +78,7 @@ class Generation:
 
     def fail(self, error: LoupeError) -> None:
         """End this generation with an error for its consumer, and stop the engine working on it."""
-        self._cancelled.set()
+        self.cancel()
         self._events.put(error)
 
     def put(self, event: Event | LoupeError) -> None:
@@ -79,12 +87,24 @@ class Generation:
 
     def __iter__(self) -> Iterator[Event]:
         while True:
-            event = self._events.get()
+            try:
+                event = self._events.get(timeout=self._remaining())
+            except queue.Empty:  # past the deadline, waiting or running: end it and free its slot
+                self.timed_out = True
+                self.fail(RequestTimeout(f"The request did not finish within REQUEST_TIMEOUT ({self.timeout:g} s) "
+                                         "of waiting and generating; ask for fewer tokens or retry later."))
+                continue
             if isinstance(event, LoupeError):
                 raise event
             yield event
             if isinstance(event, Finished):
                 return
+
+    def _remaining(self) -> float | None:
+        """Seconds left before the deadline (None: no deadline)."""
+        if self._deadline is None:
+            return None
+        return max(self._deadline - time.perf_counter(), 0.0)
 
 
 # Told how each generation ended: `stop`, `length`, `cancelled` or `error`, and its timings if it finished.
@@ -94,9 +114,10 @@ Observer = Callable[[str, "Timings | None"], None]
 class Engine:
     """Loads the backend once, in the background, and serves a bounded FIFO queue with one worker."""
 
-    def __init__(self, load: Callable[[], Backend], queue_size: int):
+    def __init__(self, load: Callable[[], Backend], queue_size: int, request_timeout: float = 0.0):
         self._load = load
         self._queue_size = queue_size
+        self._request_timeout = request_timeout
         self._queue: queue.Queue[Generation] = queue.Queue()
         self._waiting = 0
         self._lock = threading.Lock()
@@ -173,14 +194,23 @@ class Engine:
             if self._error is not None:
                 raise ModelUnavailable(f"The model failed to load: {self._error}")
             raise ModelUnavailable("The model is still loading; try again shortly.")
-        generation = Generation(request, backend.prepare(request.messages, request.sampling.max_tokens))
+        prompt = backend.prepare(request.messages, request.sampling.max_tokens)
+        generation = Generation(request, prompt, self._request_timeout, on_cancel=self._release_slot)
         with self._lock:
             # QUEUE_SIZE requests may wait behind the running one; an idle engine takes one more.
             if self._waiting >= self._queue_size + (0 if self._running else 1):
                 raise ServerBusy("The server is busy with other requests; try again shortly.")
             self._waiting += 1
+            generation.holds_slot = True
         self._queue.put(generation)
         return generation
+
+    def _release_slot(self, generation: Generation) -> None:
+        """Free a queue slot once per generation: when the worker takes it, or when it is cancelled first."""
+        with self._lock:
+            if generation.holds_slot:
+                generation.holds_slot = False
+                self._waiting -= 1
 
     def _load_and_serve(self) -> None:
         begin = time.perf_counter()
@@ -195,8 +225,8 @@ class Engine:
         log.info("model %s ready in %.1f s", backend.name, self.load_seconds)
         while True:
             generation = self._queue.get()
+            self._release_slot(generation)
             with self._lock:
-                self._waiting -= 1
                 self._running = True
                 self._current = generation
             try:
@@ -219,6 +249,8 @@ class Engine:
             log.exception("generation failed")
             outcome = "error"
             generation.put(GenerationFailed("generation failed"))
+        if outcome == "cancelled" and generation.timed_out:
+            outcome = "timeout"
         self._notify(outcome, timings)
 
     def _notify(self, outcome: str, timings: Timings | None) -> None:

@@ -100,6 +100,14 @@ class ShuttingDown(LoupeError):
     code = "shutting_down"
 
 
+class RequestTimeout(LoupeError):
+    """The request waited and ran longer than REQUEST_TIMEOUT; its slot is freed."""
+
+    status = 504
+    type = "timeout_error"
+    code = "request_timeout"
+
+
 class GenerationFailed(LoupeError):
     """The model failed while generating; details are only in the log."""
 
