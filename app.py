@@ -39,7 +39,9 @@ def create_app(config: Settings | None = None, engine: Engine | None = None) -> 
     @app.get("/")
     def index():
         """The chat page."""
-        return render_template("index.html", settings=settings, accepted_types=sorted(ACCEPTED_FORMATS.values()))
+        # api_key_required lets the page ask for a key before its first request instead of after a 401.
+        return render_template("index.html", settings=settings, accepted_types=sorted(ACCEPTED_FORMATS.values()),
+                               api_key_required=bool(settings.api_keys()))
 
     return app
 

@@ -155,3 +155,20 @@ def test_the_page_passes_the_content_security_policy(client):
     audit.feed(client.get("/").get_data(as_text=True))
     assert audit.scripts, "the page has scripts to check"
     assert audit.blocked == []
+
+
+def test_the_page_template_is_told_whether_a_key_is_required(app, keyed):
+    from flask import template_rendered
+
+    seen = []
+
+    def record(sender, template, context, **extra):
+        seen.append(context["api_key_required"])
+
+    template_rendered.connect(record)
+    try:
+        keyed.get("/")
+        app.test_client().get("/")
+    finally:
+        template_rendered.disconnect(record)
+    assert seen == [True, False]
