@@ -57,4 +57,6 @@ def post_worker_init(worker):
 
 def worker_exit(server, worker):
     """Log whether the worker stops with generations unfinished."""
-    lifecycle.report_exit(worker.wsgi)
+    app = getattr(worker, "wsgi", None)  # absent when the app failed to load (bad settings)
+    if app is not None:
+        lifecycle.report_exit(app)
