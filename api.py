@@ -14,6 +14,7 @@ from history_recorder import Recording
 from history_store import HistoryStore
 from images import load_request_images
 from inference import ChatRequest, Event
+from observability import observe, request_id
 from protocol import parse_form_request, parse_json_request
 from remote_images import fetch_image
 from responses import CompletionMeta, collect, completion_body, stream_frames
@@ -57,7 +58,7 @@ def chat_completions():
     """OpenAI Chat Completions, from JSON or form-data, whole or streamed."""
     chat = load_chat_request()
     run = start_chat(chat)
-    meta = CompletionMeta(model=served_model_name())
+    meta = CompletionMeta(model=served_model_name(), id=f"chatcmpl-{request_id()}")
     if chat.stream:
         return Response(_close_at_end(stream_frames(run.events, meta, chat.include_usage), run),
                         mimetype="text/event-stream", headers=SSE_HEADERS)
@@ -77,14 +78,22 @@ def models():
 
 @bp.get("/health")
 def health():
-    """Readiness: 200 once the model is loaded, 503 while loading or after a failed load."""
+    """Readiness: 200 once the model is loaded; 503 while loading, after a failed load or when stopping."""
     settings, engine = services().settings, services().engine
+    if engine.draining:
+        return jsonify({"status": "shutting_down"}), 503
     if engine.status == "ok":
         return jsonify({"status": "ok", "model": engine.backend.name, "device": engine.backend.device,
                         "dtype": engine.backend.dtype, "queue_depth": engine.queue_depth})
     if engine.status == "error":
         return jsonify({"status": "error", "error": engine.error}), 503
     return jsonify({"status": "loading", "model": settings.model_id}), 503
+
+
+@bp.get("/live")
+def live():
+    """Liveness: 200 whenever the process can answer, whatever the model is doing."""
+    return jsonify({"status": "alive"})
 
 
 def served_model_name() -> str:
@@ -116,7 +125,7 @@ def start_chat(chat: ChatRequest) -> ChatRun:
             recording.fail(GenerationFailed("submit failed"))
         raise
     events = recording.observe(generation) if recording is not None else iter(generation)
-    return ChatRun(generation, events, recording)
+    return ChatRun(generation, observe(events), recording)
 
 
 def read_chat_request(settings: Settings) -> ChatRequest:

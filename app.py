@@ -12,6 +12,10 @@ from engine import Backend, Engine
 from errors import register_error_handlers
 from history_store import HistoryStore
 from images import ACCEPTED_FORMATS
+from metrics import init_metrics
+from observability import configure_logging, init_request_ids
+from rate_limits import init_rate_limits
+from security import init_security
 
 log = logging.getLogger(__name__)
 
@@ -23,24 +27,31 @@ def create_app(config: Settings | None = None, engine: Engine | None = None,
     With no history store given, one is opened (and migrated) from the settings unless HISTORY is off.
     """
     settings = config if config is not None else Settings.from_env()
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_request_bytes  # a `messages` field may hold images
     app.json.sort_keys = False
     if engine is None:
-        engine = Engine(lambda: load_model(settings), settings.queue_size, settings.max_batch).start()
+        engine = Engine(lambda: load_model(settings), settings.queue_size, settings.max_batch,
+                        settings.request_timeout).start()
     if history is None and settings.history:
         history = HistoryStore.open(settings)
     app.extensions["loupe"] = api.Services(settings, engine, history if settings.history else None)
+    init_request_ids(app)  # first, so even a refused request has an id and a log line
+    init_security(app, settings)
     app.register_blueprint(api.bp)
     app.register_blueprint(history_api.bp)
+    init_metrics(app, engine)
+    init_rate_limits(app, settings)
     register_error_handlers(app)
 
     @app.get("/")
     def index():
         """The chat page."""
-        return render_template("index.html", settings=settings, accepted_types=sorted(ACCEPTED_FORMATS.values()))
+        # api_key_required lets the page ask for a key before its first request instead of after a 401.
+        return render_template("index.html", settings=settings, accepted_types=sorted(ACCEPTED_FORMATS.values()),
+                               api_key_required=bool(settings.api_keys()))
 
     return app
 
@@ -50,13 +61,6 @@ def load_model(settings: Settings) -> Backend:
     import model_loader
 
     return model_loader.load_backend(settings)
-
-
-def _configure_logging(level: str) -> None:
-    """Log to stderr at the configured level, unless a host (gunicorn, pytest) already set logging up."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 if __name__ == "__main__":

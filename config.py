@@ -8,14 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dotenv import dotenv_values
+from limits import parse_many
 
 DEFAULT_MODEL_ID = "Qwen/Qwen3-VL-2B-Instruct"
+RATE_LIMIT_STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+unix://", "redis+sentinel://",
+                              "redis+cluster://")
 MiB = 1024 * 1024
 
 
-def _setting(default, help: str, env: str | None = None):  # noqa: A002 - "help" reads best here
+def _setting(default, help: str, env: str | None = None, secret: bool = False):  # noqa: A002 - "help" reads best
     """A dataclass field that carries its documentation (and its variable name, if not the field's)."""
-    return field(default=default, metadata={"help": help, "env": env})
+    # Secrets stay out of repr() so a logged Settings never shows an API key.
+    return field(default=default, repr=not secret, metadata={"help": help, "env": env})
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,10 @@ class Settings:
     queue_size: int = _setting(
         8, "Requests that may wait while the batch is full; past that a request gets 429 (server busy)."
     )
+    request_timeout: float = _setting(
+        900.0, "Seconds a request may spend waiting in the queue and generating; past that it ends with "
+        "504 `request_timeout` and frees its place. 0: no limit."
+    )
     allow_remote_images: bool = _setting(
         False,
         "Fetch `http(s)` image URLs in JSON messages. Off: such URLs are refused with 400. "
@@ -91,6 +99,38 @@ class Settings:
     history_max_days: int = _setting(0, "Delete history records older than this many days; 0 keeps all.")
     history_max_records: int = _setting(
         0, "Keep at most this many history records, deleting the oldest; 0 keeps all."
+    )
+    api_key: str = _setting(
+        "", "API keys, comma-separated; when set (or API_KEY_FILE is), `/v1/*` needs "
+        "`Authorization: Bearer <key>`. Empty: no key needed.", secret=True,
+    )
+    api_key_file: str = _setting(
+        "", "A file of API keys, one per line (blank lines and `#` comments ignored); read at start."
+    )
+    metrics_require_key: bool = _setting(
+        False, "Whether `/metrics` also needs an API key (it is open by default, for scrapers)."
+    )
+    rate_limit: str = _setting(
+        "30/minute", "Generation requests one client (IP address) may make, e.g. `30/minute` or "
+        "`10/minute;500/day`; `off` for no limit. Past it: 429 with `Retry-After`."
+    )
+    rate_limit_storage: str = _setting(
+        "memory://", "Where rate-limit counters live: `memory://` (this process) or a Redis URI such as "
+        "`redis://redis:6379/0`, shared by several instances."
+    )
+    cors_origins: str = _setting(
+        "", "Origins allowed to call the API from a browser, comma-separated, or `*`. "
+        "Empty: same origin only (no CORS headers)."
+    )
+    cors_allow_credentials: bool = _setting(
+        False, "Let cross-origin pages send cookies and HTTP auth (never with `CORS_ORIGINS=*`)."
+    )
+    shutdown_grace: int = _setting(
+        30, "Seconds running and queued generations get to finish after SIGTERM; then they end with a "
+        "503 error and the process exits."
+    )
+    log_format: str = _setting(
+        "text", "`text` (one readable line per event) or `json` (one JSON object per line)."
     )
 
     @classmethod
@@ -131,11 +171,29 @@ class Settings:
                      "history_max_records"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.upper()} must not be negative")
+        if self.request_timeout < 0:
+            raise ValueError("REQUEST_TIMEOUT must not be negative (0 means no limit)")
         if self.max_new_tokens > self.max_new_tokens_limit:
             raise ValueError("MAX_NEW_TOKENS must not exceed MAX_NEW_TOKENS_LIMIT")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"LOG_FORMAT must be text or json, not {self.log_format!r}")
+        if self.shutdown_grace < 0:
+            raise ValueError("SHUTDOWN_GRACE must not be negative")
+        if self.rate_limit.lower() != "off":
+            try:
+                parse_many(self.rate_limit)
+            except ValueError:
+                raise ValueError(f"RATE_LIMIT={self.rate_limit!r} is not a limit like 30/minute, or off") from None
+        if not self.rate_limit_storage.startswith(RATE_LIMIT_STORAGE_SCHEMES):
+            raise ValueError("RATE_LIMIT_STORAGE must be memory:// or a redis:// URI")
+        if self.cors_allow_credentials and "*" in self.cors_origin_list():
+            raise ValueError("CORS_ALLOW_CREDENTIALS cannot be used with CORS_ORIGINS=*; list the origins")
+        if self.api_key_file and not Path(self.api_key_file).is_file():
+            raise ValueError(f"API_KEY_FILE={self.api_key_file!r} is not a readable file")
+        if self.api_key_file and not self.api_keys():
+            raise ValueError(f"API_KEY_FILE={self.api_key_file!r} holds no keys")
         if self.image_max_edge < 32:
             raise ValueError("IMAGE_MAX_EDGE must be at least 32 (the model's smallest image side)")
-
 
     @property
     def history_database_url(self) -> str:
@@ -143,6 +201,18 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(Path(self.data_dir) / 'history.db').resolve()}"
+
+    def api_keys(self) -> tuple[str, ...]:
+        """Every accepted API key, from API_KEY and API_KEY_FILE; empty when the API is open."""
+        keys = [k.strip() for k in self.api_key.split(",")]
+        if self.api_key_file:
+            lines = Path(self.api_key_file).read_text().splitlines()
+            keys += [line.strip() for line in lines if not line.strip().startswith("#")]
+        return tuple(k for k in keys if k)
+
+    def cors_origin_list(self) -> list[str]:
+        """CORS_ORIGINS as a list; empty means same-origin only."""
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
 
 def env_name(f: dataclasses.Field) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from errors import GenerationFailed, LoupeError, ModelUnavailable, ServerBusy
+from errors import GenerationFailed, LoupeError, ModelUnavailable, RequestTimeout, ServerBusy, ShuttingDown
 from inference import ChatRequest, Event, Finished, Message, SamplingParams, Started, TextDelta, Timings
 from stops import StopMatcher
 
@@ -62,21 +62,34 @@ class Backend(Protocol):
 class Generation:
     """One submitted request: iterate it for events; `cancel()` when the client has gone."""
 
-    def __init__(self, request: ChatRequest, prompt: Prompt):
+    def __init__(self, request: ChatRequest, prompt: Prompt, timeout: float = 0.0,
+                 on_cancel: Callable[[Generation], None] | None = None):
         self.request = request
         self.prompt = prompt
         self.submitted = time.perf_counter()
+        self.timeout = timeout
+        self.timed_out = False
+        self.holds_slot = False  # whether it counts against the queue (the engine sets and clears this)
+        self._deadline = self.submitted + timeout if timeout > 0 else None
+        self._on_cancel = on_cancel
         self._events: queue.Queue[Event | LoupeError] = queue.Queue()
         self._cancelled = threading.Event()
 
     def cancel(self) -> None:
-        """Ask the engine to stop (or never start) this generation."""
+        """Ask the engine to stop (or never start) this generation; a queued one frees its slot at once."""
         self._cancelled.set()
+        if self._on_cancel is not None:
+            self._on_cancel(self)
 
     @property
     def cancelled(self) -> bool:
         """Whether the client gave up on this generation."""
         return self._cancelled.is_set()
+
+    def fail(self, error: LoupeError) -> None:
+        """End this generation with an error for its consumer, and stop the engine working on it."""
+        self.cancel()
+        self._events.put(error)
 
     def put(self, event: Event | LoupeError) -> None:
         """Hand an event (or an error) to the consumer; the engine calls this."""
@@ -84,12 +97,28 @@ class Generation:
 
     def __iter__(self) -> Iterator[Event]:
         while True:
-            event = self._events.get()
+            try:
+                event = self._events.get(timeout=self._remaining())
+            except queue.Empty:  # past the deadline, waiting or running: end it and free its slot
+                self.timed_out = True
+                self.fail(RequestTimeout(f"The request did not finish within REQUEST_TIMEOUT ({self.timeout:g} s) "
+                                         "of waiting and generating; ask for fewer tokens or retry later."))
+                continue
             if isinstance(event, LoupeError):
                 raise event
             yield event
             if isinstance(event, Finished):
                 return
+
+    def _remaining(self) -> float | None:
+        """Seconds left before the deadline (None: no deadline)."""
+        if self._deadline is None:
+            return None
+        return max(self._deadline - time.perf_counter(), 0.0)
+
+
+# Told how each generation ended: `stop`, `length`, `cancelled` or `error`, and its timings if it finished.
+Observer = Callable[[str, "Timings | None"], None]
 
 
 class Engine:
@@ -99,10 +128,12 @@ class Engine:
     each pass over the weights); waiting requests join between steps, in order.
     """
 
-    def __init__(self, load: Callable[[], Backend], queue_size: int, max_batch: int = 1):
+    def __init__(self, load: Callable[[], Backend], queue_size: int, max_batch: int = 1,
+                 request_timeout: float = 0.0):
         self._load = load
         self._queue_size = queue_size
         self._max_batch = max_batch
+        self._request_timeout = request_timeout
         self._queue: queue.Queue[Generation] = queue.Queue()
         self._waiting = 0
         self._lock = threading.Lock()
@@ -110,6 +141,9 @@ class Engine:
         self._error: str | None = None
         self._started = False
         self._active = 0
+        self._runs: list[_Run] = []  # the batch; only the engine's thread changes it
+        self._draining = False
+        self._observers: list[Observer] = []
         self.load_seconds: float | None = None
 
     def start(self) -> Engine:
@@ -146,21 +180,53 @@ class Engine:
         """Requests waiting for their turn."""
         return self._waiting
 
+    @property
+    def draining(self) -> bool:
+        """Whether the engine is finishing its work before the process stops, and taking no more."""
+        return self._draining
+
+    def drain(self) -> None:
+        """Refuse new requests from now on; running and queued ones still complete."""
+        self._draining = True
+
+    def add_observer(self, observer: Observer) -> None:
+        """Call `observer(outcome, timings)` after each generation (metrics use this)."""
+        self._observers.append(observer)
+
+    def abort_all(self, error: LoupeError) -> int:
+        """End the running and every queued generation with `error`; returns how many there were."""
+        with self._lock:
+            pending = list(self._queue.queue) + [run.generation for run in list(self._runs)]
+        for generation in pending:
+            generation.fail(error)
+        return len(pending)
+
     def submit(self, request: ChatRequest) -> Generation:
-        """Prepare the prompt on the caller's thread and queue it; 503 if not ready, 429 if full."""
+        """Prepare the prompt on the caller's thread and queue it; 503 if not ready or stopping, 429 if full."""
+        if self._draining:
+            raise ShuttingDown("The server is shutting down; send the request to another instance or retry.")
         backend = self._backend
         if backend is None:
             if self._error is not None:
                 raise ModelUnavailable(f"The model failed to load: {self._error}")
             raise ModelUnavailable("The model is still loading; try again shortly.")
-        generation = Generation(request, backend.prepare(request.messages, request.sampling.max_tokens))
+        prompt = backend.prepare(request.messages, request.sampling.max_tokens)
+        generation = Generation(request, prompt, self._request_timeout, on_cancel=self._release_slot)
         with self._lock:
             # QUEUE_SIZE requests may wait once the batch is full; free batch places take more.
             if self._waiting >= self._queue_size + self._max_batch - self._active:
                 raise ServerBusy("The server is busy with other requests; try again shortly.")
             self._waiting += 1
+            generation.holds_slot = True
         self._queue.put(generation)
         return generation
+
+    def _release_slot(self, generation: Generation) -> None:
+        """Free a queue slot once per generation: when the worker takes it, or when it is cancelled first."""
+        with self._lock:
+            if generation.holds_slot:
+                generation.holds_slot = False
+                self._waiting -= 1
 
     def _load_and_serve(self) -> None:
         begin = time.perf_counter()
@@ -173,56 +239,66 @@ class Engine:
         self.load_seconds = time.perf_counter() - begin
         self._backend = backend
         log.info("model %s ready in %.1f s", backend.name, self.load_seconds)
-        runs: list[_Run] = []
         while True:
-            self._admit(backend, runs)
-            self._step(backend, runs)
-            self._active = len(runs)
+            self._admit(backend)
+            self._step(backend)
+            self._active = len(self._runs)
 
-    def _admit(self, backend: Backend, runs: list[_Run]) -> None:
+    def _admit(self, backend: Backend) -> None:
         """Start waiting requests while the batch has room; wait for one when there is nothing to do."""
-        while len(runs) < self._max_batch:
+        while len(self._runs) < self._max_batch:
             try:
-                generation = self._queue.get(block=not runs)
+                generation = self._queue.get(block=not self._runs)
             except queue.Empty:
                 return
-            with self._lock:
-                self._waiting -= 1
-                self._active = len(runs) + 1
+            self._release_slot(generation)
             if generation.cancelled:
+                self._notify("timeout" if generation.timed_out else "cancelled", None)
                 continue
+            self._active = len(self._runs) + 1
             run = _Run(generation)
             try:
                 run.sequence = backend.start(generation.prompt, generation.request.sampling)
             except Exception:
                 log.exception("reading the prompt failed")
                 generation.put(GenerationFailed("prefill failed"))
+                self._notify("error", None)
                 continue
-            runs.append(run)
+            self._runs.append(run)
 
-    def _step(self, backend: Backend, runs: list[_Run]) -> None:
+    def _step(self, backend: Backend) -> None:
         """One token for every run; finished and cancelled ones leave before the next pass."""
+        runs = self._runs
         try:
             for run in list(runs):
                 if run.generation.cancelled:
                     log.info("generation cancelled after %d tokens", run.count)
-                    done = True
-                else:
-                    done = run.on_token(backend.sample(run.sequence))
-                if done:
-                    runs.remove(run)
-                    backend.finish(run.sequence)
+                    run.outcome = "timeout" if run.generation.timed_out else "cancelled"
+                elif not run.on_token(backend.sample(run.sequence)):
+                    continue
+                runs.remove(run)
+                backend.finish(run.sequence)
+                self._notify(run.outcome, run.timings if run.outcome in ("stop", "length") else None)
             if runs:
                 backend.advance()
         except Exception:
             log.exception("generation failed")
             for run in runs:
                 run.generation.put(GenerationFailed("generation failed"))
+                self._notify("error", None)
                 try:
                     backend.finish(run.sequence)
                 except Exception:  # the engine thread must outlive any one batch
                     log.exception("could not release a failed sequence")
             runs.clear()
+
+    def _notify(self, outcome: str, timings: Timings | None) -> None:
+        """Tell the observers how a generation ended; their failures never stop the engine."""
+        for observer in self._observers:
+            try:
+                observer(outcome, timings)
+            except Exception:  # noqa: BLE001 - a metrics bug must not take generation down
+                log.exception("generation observer failed")
 
 
 class _Run:
@@ -239,6 +315,7 @@ class _Run:
         self.count = 0
         self.first_at: float | None = None
         self.sequence: object = None
+        self.outcome = "cancelled"  # until it finishes: `stop` or `length`
         generation.put(Started())
 
     def on_token(self, token: Token) -> bool:
@@ -267,5 +344,6 @@ class _Run:
         if flush and (rest := self.matcher.flush()):
             self.generation.put(TextDelta(rest))
         self.timings.completion_tokens = self.count
+        self.outcome = reason
         self.generation.put(Finished(reason, self.timings.prompt_tokens, self.count, self.timings))
         return True

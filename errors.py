@@ -15,6 +15,7 @@ class LoupeError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
+    headers: dict[str, str] = {}  # extra response headers, e.g. WWW-Authenticate
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -40,6 +41,15 @@ class InvalidRequest(LoupeError):
 
     status = 400
     type = "invalid_request_error"
+
+
+class AuthenticationError(LoupeError):
+    """No API key, or not one of the configured keys."""
+
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+    headers = {"WWW-Authenticate": 'Bearer realm="loupe"'}
 
 
 class NotFound(LoupeError):
@@ -82,6 +92,22 @@ class ModelUnavailable(LoupeError):
     code = "model_not_ready"
 
 
+class ShuttingDown(LoupeError):
+    """The server is stopping (SIGTERM): it finishes running work but takes no new generations."""
+
+    status = 503
+    type = "unavailable_error"
+    code = "shutting_down"
+
+
+class RequestTimeout(LoupeError):
+    """The request waited and ran longer than REQUEST_TIMEOUT; its slot is freed."""
+
+    status = 504
+    type = "timeout_error"
+    code = "request_timeout"
+
+
 class GenerationFailed(LoupeError):
     """The model failed while generating; details are only in the log."""
 
@@ -112,7 +138,7 @@ def register_error_handlers(app: Flask) -> None:
     def _loupe_error(error: LoupeError):
         if error.internal:
             log.error("request failed: %s", error.message, exc_info=error)
-        return jsonify(error.to_dict()), error.status
+        return jsonify(error.to_dict()), error.status, error.headers
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):

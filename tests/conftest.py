@@ -20,10 +20,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def settings(tiny_model_dir, tmp_path_factory) -> Settings:
-    """Test settings: the tiny model, small limits so tests stay quick, history in a temporary directory."""
+    """Test settings: the tiny model, small limits so tests stay quick, history in a temporary directory;
+    no rate limit (its own tests set one)."""
     settings = Settings.from_mapping({"MODEL_ID": str(tiny_model_dir), "MAX_NEW_TOKENS": "8",
                                       "MAX_IMAGE_BYTES": str(2 * 1024 * 1024), "MAX_IMAGES": "3",
-                                      "MAX_REQUEST_BYTES": str(4 * 1024 * 1024), "QUEUE_SIZE": "2"})
+                                      "MAX_REQUEST_BYTES": str(4 * 1024 * 1024), "QUEUE_SIZE": "2",
+                                      "RATE_LIMIT": "off"})
     return settings.replace(data_dir=str(tmp_path_factory.mktemp("history")))
 
 

@@ -1,0 +1,99 @@
+"""GET /metrics in Prometheus format: requests, queue, generations, speed, image tokens, the model."""
+import threading
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from app import create_app
+from engine import Engine
+from test_api import ask, data_url, png
+
+
+def scrape(client):
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    samples = {}
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def fresh_client(app):
+    """An app with its own metrics registry, sharing the loaded engine."""
+    loupe = app.extensions["loupe"]
+    return create_app(loupe.settings, engine=loupe.engine).test_client()
+
+
+def test_requests_are_counted_by_route_method_and_status(app):
+    client = fresh_client(app)
+    client.post("/v1/chat/completions", json=ask(max_tokens=2), buffered=True)
+    client.post("/v1/chat/completions", json=ask(temperature=9), buffered=True)
+    client.get("/nowhere/secret-path", buffered=True)
+    samples = scrape(client)
+    route = "/v1/chat/completions"
+    assert value(samples, "loupe_http_requests_total", route=route, method="POST", status="200") == 1
+    assert value(samples, "loupe_http_requests_total", route=route, method="POST", status="400") == 1
+    assert value(samples, "loupe_http_requests_total", route="<unmatched>", method="GET", status="404") == 1
+    assert value(samples, "loupe_http_request_duration_seconds_count", route=route) == 2
+    assert not any("secret-path" in str(key) for key in samples)
+
+
+def test_generations_speed_and_tokens(app):
+    client = fresh_client(app)
+    before = scrape(client)
+    image = client.post("/v1/chat/completions", json=ask(image=data_url(png()), max_tokens=4, ignore_eos=True))
+    timings = image.get_json()["timings"]
+    stream = client.post("/v1/chat/completions", json=ask(max_tokens=2000, ignore_eos=True, stream=True),
+                         buffered=False)
+    next(iter(stream.response))
+    stream.close()  # a cancelled stream
+    deadline = time.monotonic() + 10
+    while value(scrape(client), "loupe_generations_total", outcome="cancelled") < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    after = scrape(client)
+    assert value(after, "loupe_generations_total", outcome="length") - value(before, "loupe_generations_total",
+                                                                             outcome="length") == 1
+    assert value(after, "loupe_time_to_first_token_seconds_count") == 1
+    assert value(after, "loupe_decode_tokens_per_second_count") == 1
+    assert value(after, "loupe_image_tokens_sum") == timings["image_tokens"] > 0
+    assert value(after, "loupe_completion_tokens_total") == 4
+    assert value(after, "loupe_prompt_tokens_total") == timings["prompt_tokens"]
+
+
+def test_queue_in_progress_and_model_gauges(settings):
+    release, gate = threading.Event(), threading.Event()
+    from test_engine import ScriptedBackend
+
+    def load():
+        release.wait(10)
+        return ScriptedBackend(["a"] * 50, gate=gate)
+
+    engine = Engine(load, queue_size=2).start()
+    client = create_app(settings, engine=engine).test_client()
+    loading = scrape(client)
+    assert value(loading, "loupe_model_state", state="loading") == 1
+    assert value(loading, "loupe_model_state", state="ok") == 0
+    release.set()
+    while engine.status != "ok":
+        time.sleep(0.01)
+    # The test client returns a stream once its first frame (the model started on it) is out.
+    stream = client.post("/v1/chat/completions", json=ask(stream=True, max_tokens=50), buffered=False)
+    waiter = threading.Thread(target=client.post, args=("/v1/chat/completions",), kwargs={"json": ask()})
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while engine.queue_depth == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    busy = scrape(client)
+    assert value(busy, "loupe_model_state", state="ok") == 1
+    assert value(busy, "loupe_model_load_seconds") > 0
+    assert value(busy, "loupe_generations_in_progress") == 1
+    assert value(busy, "loupe_queue_depth") == 1
+    stream.close()
+    gate.set()
+    waiter.join(10)

@@ -1,0 +1,58 @@
+"""Per-client rate limits on generations (Flask-Limiter), 429 in the envelope with Retry-After."""
+import pytest
+
+from app import create_app
+from config import Settings
+from test_api import ask
+
+
+def limited_client(app, limit="3/minute"):
+    settings = app.extensions["loupe"].settings.replace(rate_limit=limit)
+    return create_app(settings, engine=app.extensions["loupe"].engine).test_client()
+
+
+def test_past_the_limit_generations_get_429_with_retry_after(app):
+    client = limited_client(app)
+    for _ in range(3):
+        ok = client.post("/v1/chat/completions", json=ask(max_tokens=1))
+        assert ok.status_code == 200
+        assert ok.headers["X-RateLimit-Limit"] == "3"
+    refused = client.post("/v1/chat/completions", json=ask(max_tokens=1))
+    assert refused.status_code == 429
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
+    error = refused.get_json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "rate_limit_error" and "3/minute" in error["message"]
+    assert "X-Request-ID" in refused.headers
+    # Other clients, and routes that cost no generation, are not limited.
+    other = client.post("/v1/chat/completions", json=ask(max_tokens=1), environ_base={"REMOTE_ADDR": "10.0.0.9"})
+    assert other.status_code == 200
+    assert all(client.get(path).status_code == 200 for path in ("/health", "/live", "/v1/models"))
+
+
+def test_refused_keys_do_not_use_up_the_limit(app):
+    settings = app.extensions["loupe"].settings.replace(rate_limit="1/minute", api_key="k")
+    client = create_app(settings, engine=app.extensions["loupe"].engine).test_client()
+    for _ in range(3):
+        assert client.post("/v1/chat/completions", json=ask(max_tokens=1)).status_code == 401
+    ok = client.post("/v1/chat/completions", json=ask(max_tokens=1), headers={"Authorization": "Bearer k"})
+    assert ok.status_code == 200
+
+
+def test_off_means_no_limit(app):
+    client = limited_client(app, "off")
+    for _ in range(5):
+        response = client.post("/v1/chat/completions", json=ask(max_tokens=1))
+        assert response.status_code == 200 and "X-RateLimit-Limit" not in response.headers
+
+
+def test_the_default_is_30_a_minute_in_memory():
+    settings = Settings.from_mapping({})
+    assert (settings.rate_limit, settings.rate_limit_storage) == ("30/minute", "memory://")
+
+
+@pytest.mark.parametrize("env, words", [({"RATE_LIMIT": "lots"}, "RATE_LIMIT"),
+                                        ({"RATE_LIMIT_STORAGE": "postgres://db"}, "RATE_LIMIT_STORAGE")])
+def test_bad_rate_limit_settings_are_refused(env, words):
+    with pytest.raises(ValueError, match=words):
+        Settings.from_mapping(env)

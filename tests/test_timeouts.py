@@ -1,0 +1,71 @@
+"""REQUEST_TIMEOUT: a request that waits or runs too long ends with a clear 504 and frees its slot."""
+import threading
+import time
+
+from app import create_app
+from engine import Engine
+from test_api import ask
+from test_engine import ScriptedBackend
+
+
+def started_app(settings, backend, timeout):
+    engine = Engine(lambda: backend, queue_size=1, request_timeout=timeout).start()
+    app = create_app(settings.replace(request_timeout=timeout), engine=engine)
+    deadline = time.monotonic() + 10
+    while engine.status != "ok" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return engine, app.test_client()
+
+
+def test_a_running_generation_past_the_timeout_is_504_and_stops(settings):
+    gate = threading.Event()  # closed: the backend makes no progress
+    backend = ScriptedBackend(["a"] * 100, gate=gate)
+    engine, client = started_app(settings, backend, timeout=0.5)
+    began = time.monotonic()
+    response = client.post("/v1/chat/completions", json=ask(max_tokens=100))
+    assert 0.5 <= time.monotonic() - began < 3
+    assert response.status_code == 504
+    error = response.get_json()["error"]
+    assert (error["type"], error["code"]) == ("timeout_error", "request_timeout")
+    assert "REQUEST_TIMEOUT" in error["message"]
+    gate.set()
+    deadline = time.monotonic() + 5
+    while engine.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not engine.running and backend.tokens_made < 100  # the generation stopped
+
+
+def test_a_queued_request_past_the_timeout_frees_its_slot_at_once(settings):
+    gate = threading.Event()
+    backend = ScriptedBackend(["a"] * 100, gate=gate)
+    engine, client = started_app(settings, backend, timeout=1.0)
+    stream = client.post("/v1/chat/completions", json=ask(max_tokens=100, stream=True), buffered=False)
+    results = []
+    waiter = threading.Thread(target=lambda: results.append(client.post("/v1/chat/completions", json=ask())))
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while engine.queue_depth == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.queue_depth == 1
+    waiter.join(5)
+    assert results[0].status_code == 504
+    assert engine.queue_depth == 0 and engine.running  # the slot is free though the first still runs
+    rest = b"".join(stream.response)  # the running stream times out too, with an error frame
+    assert b"request_timeout" in rest and b"[DONE]" not in rest
+    gate.set()
+
+
+def test_timeouts_are_counted_in_metrics(settings):
+    gate = threading.Event()
+    engine, client = started_app(settings, ScriptedBackend(["a"] * 10, gate=gate), timeout=0.3)
+    assert client.post("/v1/chat/completions", json=ask(max_tokens=10)).status_code == 504
+    gate.set()
+    deadline = time.monotonic() + 5
+    while 'loupe_generations_total{outcome="timeout"} 1.0' not in client.get("/metrics").get_data(as_text=True):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_zero_means_no_timeout(settings):
+    engine, client = started_app(settings, ScriptedBackend(["a", "b"]), timeout=0)
+    assert client.post("/v1/chat/completions", json=ask()).status_code == 200
