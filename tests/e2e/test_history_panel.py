@@ -100,8 +100,13 @@ def test_ask_then_open_continue_and_delete_from_the_history(server, open_page, i
     # Delete it: asked once, then gone from the panel and from the API.
     record_id = newest.get_attribute("data-id")
     assert record_id in listed_ids(server)
-    newest.get_by_role("button", name="Delete “Describe this image in detail.”").click()
+    delete = newest.get_by_role("button", name="Delete “Describe this image in detail.”")
+    delete.click()
     expect(newest.get_by_role("button", name="Keep")).to_be_focused()
+    page.keyboard.press("Escape")  # cancels the question, not the drawer
+    expect(dialog).to_be_visible()
+    expect(delete).to_be_focused()
+    delete.click()
     screenshot(page, "desktop-history-delete")
     newest.get_by_role("button", name="Delete", exact=True).click()
     expect(dialog.locator(f'.history-item[data-id="{record_id}"]')).to_have_count(0)
@@ -176,3 +181,48 @@ def test_no_history_button_when_history_is_off(tiny_model_dir, tmp_path, open_pa
         assert page.evaluate("JSON.parse(document.getElementById('loupe-config').textContent).urls.history") is None
     finally:
         live.stop()
+
+
+def test_older_records_load_on_request(server, open_page):
+    for i in range(21):  # more than one page of the panel (20)
+        body = json.dumps({"messages": [{"role": "user", "content": f"Question number {i}"}], "max_tokens": 1})
+        request = urllib.request.Request(server.url + "/inferences", data=body.encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(request).close()
+    total = len(listed_ids(server))
+    assert 21 <= total <= 40
+    page = open_page(server.url).page
+    wait_until_ready(page)
+    dialog = open_history(page)
+    expect(dialog.locator(".history-item")).to_have_count(20)
+    expect(dialog.locator(".history-item").first).to_contain_text("Question number 20")
+    older = dialog.get_by_role("button", name="Show older")
+    older.click()
+    expect(dialog.locator(".history-item")).to_have_count(total)
+    expect(older).to_be_hidden()
+    ids = dialog.locator(".history-item").evaluate_all("items => items.map((item) => item.dataset.id)")
+    assert ids == listed_ids(server)  # newest first, nothing twice
+
+
+def test_a_failed_record_opens_with_its_error_and_can_be_retried(server, open_page):
+    page = open_page(server.url).page
+    sent = chat_requests(page)
+    wait_until_ready(page)
+
+    def as_failed(route):
+        record = route.fetch().json()
+        record.update(status="failed", answer="", finish_reason=None,
+                      error={"message": "The server is busy <b>now</b>.", "type": "server_error"})
+        route.fulfill(json=record)
+
+    page.route(server.url + "/inferences/*", lambda route: as_failed(route) if route.request.method == "GET"
+               else route.continue_())
+    dialog = open_history(page)
+    dialog.locator(".history-open").first.click()
+    answer = page.locator(".turn.assistant")
+    expect(answer).to_have_attribute("data-state", "error")
+    expect(answer.get_by_role("alert")).to_have_text("Error: The server is busy <b>now</b>.")
+    expect(page.locator(".turn.user.left-out")).to_have_count(1)
+    answer.get_by_role("button", name="Retry").click()
+    expect(page.locator(".turn.assistant")).to_have_attribute("data-state", "done")
+    assert [m["role"] for m in sent[0]["messages"]] == ["user"]
