@@ -1,5 +1,5 @@
 /**
- * The page's client for Loupe's public API: streamed chat completions and the health check.
+ * The page's client for Loupe's public API: streamed chat completions, the health check and the history.
  */
 import { readEventData } from "./sse.js";
 
@@ -142,4 +142,61 @@ export async function fetchHealth(url, signal) {
   if (body.status === "loading") return { state: "loading", model: body.model };
   if (body.status === "error") return { state: "error", error: body.error || "unknown reason" };
   return { state: "offline" };
+}
+
+/** GET or DELETE a JSON resource of the history; non-2xx answers throw ApiError (`code` history_disabled when off). */
+async function historyJson(url, { method = "GET", signal } = {}) {
+  let response;
+  try {
+    response = await fetch(url, { method, signal, cache: "no-store", headers: { Accept: "application/json" } });
+  } catch (error) {
+    if (signal && signal.aborted) throw error;
+    throw new ApiError("Could not reach the server. Check that Loupe is running and try again.");
+  }
+  if (!response.ok) throw await errorFromResponse(response);
+  try {
+    return await response.json();
+  } catch {
+    throw new ApiError("The server's answer could not be read.");
+  }
+}
+
+/**
+ * One page of the history, newest first: {data: [summary…], has_more, next_cursor}.
+ * @param {string} url  the list URL from the template
+ * @param {string|null} cursor  a `next_cursor` from the page before
+ */
+export function listHistory(url, cursor, limit = 20, signal = undefined) {
+  const params = new URLSearchParams({ limit: String(limit) });
+  if (cursor) params.set("cursor", cursor);
+  return historyJson(`${url}?${params}`, { signal });
+}
+
+/** The whole record (messages, answer, images…) at a summary's `url`. */
+export function fetchRecord(url, signal) {
+  return historyJson(url, { signal });
+}
+
+/** Delete the record at a summary's `url`. */
+export function deleteRecord(url) {
+  return historyJson(url, { method: "DELETE" });
+}
+
+/** A recorded image as a data URL, as the page sends images. */
+export async function fetchImageAsDataUrl(url, signal) {
+  let response;
+  try {
+    response = await fetch(url, { signal });
+  } catch (error) {
+    if (signal && signal.aborted) throw error;
+    throw new ApiError("Could not reach the server to fetch an image of this conversation.");
+  }
+  if (!response.ok) throw await errorFromResponse(response);
+  const blob = await response.blob();
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result));
+    reader.onerror = () => reject(new ApiError("An image of this conversation could not be read."));
+    reader.readAsDataURL(blob);
+  });
 }

@@ -1,6 +1,6 @@
 /**
  * The chat controller: the message box and its buttons, sending a turn with its history,
- * following the stream, Stop, Regenerate / Retry and New chat.
+ * following the stream, Stop, Regenerate / Retry, New chat, and opening a conversation from the history.
  */
 import { ApiError, streamChat } from "./api.js";
 import { AnswerView } from "./answer-view.js";
@@ -16,9 +16,10 @@ const STICK_TO_BOTTOM_PX = 96;
 
 export class ChatController {
   /**
-   * @param {object} parts  {config, elements, conversation, tray, settings, health, announce}
+   * @param {object} parts  {config, elements, conversation, tray, settings, health, announce,
+   *                        onAnswered (optional: called when an answer has finished, stopped or failed)}
    */
-  constructor({ config, elements, conversation, tray, settings, health, announce }) {
+  constructor({ config, elements, conversation, tray, settings, health, announce, onAnswered = () => {} }) {
     this.config = config;
     this.el = elements;
     this.conversation = conversation;
@@ -26,6 +27,7 @@ export class ChatController {
     this.settings = settings;
     this.health = health;
     this.announce = announce;
+    this.onAnswered = onAnswered;
     this.current = null;
     this.stickToBottom = true;
     this.coarsePointer = window.matchMedia("(pointer: coarse)");
@@ -160,6 +162,7 @@ export class ChatController {
       this.updateControls();
       this.followStream();
       if (focusWasOnStop) this.el.prompt.focus();
+      this.onAnswered();
     }
   }
 
@@ -177,6 +180,42 @@ export class ChatController {
     if (!last || this.generating || !this.health.ready) return;
     this.stickToBottom = true;
     this.run(last);
+  }
+
+  /**
+   * Show a conversation from the history in place of this one, ready to be continued.
+   * @param {{text: string, images: object[], answer: {text: string, status: string, reason: string|null,
+   *          error: object|null, timings: object|null, usage: object|null}}[]} turns
+   */
+  openConversation(turns) {
+    this.stop();
+    this.conversation.clear();
+    this.tray.clear();
+    for (const turn of turns) {
+      const exchange = this.conversation.addExchange(turn.text, turn.images);
+      const view = new AnswerView({
+        hasImages: turn.images.length > 0,
+        announce: () => {},  // the panel says once that the conversation is open
+        onChange: () => {},
+        onRegenerate: () => this.regenerate(),
+        onRetry: () => this.regenerate(),
+      });
+      this.conversation.attachAnswer(exchange, view);
+      const { answer } = turn;
+      view.text = answer.text;
+      exchange.text = answer.text;
+      if (answer.status === "failed") {
+        view.failed(answer.error?.message || "This request failed.");
+        if (!answer.text) this.conversation.setLeftOut(exchange, true);
+      } else if (answer.status === "cancelled") {
+        view.stopped();
+      } else {
+        view.finish(answer.reason, answer.timings, answer.usage);
+      }
+    }
+    this.updateControls();
+    this.followStream(true);
+    this.el.prompt.focus();
   }
 
   newChat() {

@@ -21,8 +21,10 @@ function renderUserTurn(text, images) {
       const img = element("img");
       img.src = image.dataUrl;
       img.alt = image.name;
-      img.width = image.width;
-      img.height = image.height;
+      if (image.width && image.height) {
+        img.width = image.width;
+        img.height = image.height;
+      }
       img.decoding = "async";
       strip.append(img);
     }

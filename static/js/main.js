@@ -5,6 +5,7 @@ import { AttachmentTray } from "./attachments.js";
 import { ChatController } from "./chat.js";
 import { Conversation } from "./conversation.js";
 import { HealthMonitor, describeHealth } from "./health.js";
+import { HistoryPanel } from "./history-panel.js";
 import { SettingsPanel } from "./settings.js";
 
 function readConfig() {
@@ -42,6 +43,13 @@ function start() {
   const conversation = new Conversation(byId("conversation"), byId("empty-state"));
   const settings = new SettingsPanel(byId("settings-dialog"), byId("open-settings"), config.limits);
   let chat = null;
+  const history = config.urls.history ? new HistoryPanel(
+    {
+      dialog: byId("history-dialog"), opener: byId("open-history"), close: byId("close-history"),
+      list: byId("history-list"), status: byId("history-status"), more: byId("history-more"),
+    },
+    { url: config.urls.history, onOpen: (turns) => chat.openConversation(turns), announce },
+  ) : null;
   const tray = new AttachmentTray(
     {
       list: byId("attachments"), notice: byId("attach-notice"), fileInput: byId("file-input"),
@@ -63,6 +71,7 @@ function start() {
       tasks: [...document.querySelectorAll("[data-task]")],
     },
     conversation, tray, settings, health, announce,
+    onAnswered: () => history?.refresh(),
   });
   health.subscribe(showHealth);
   health.start();

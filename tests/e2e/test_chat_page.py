@@ -426,7 +426,7 @@ def test_keyboard_and_screen_reader_basics(server, open_page):
     wait_until_ready(page)
     # Every control is labelled.
     for role, name in [("textbox", "Message"), ("button", "Attach images"), ("button", "Send"),
-                       ("button", "New chat"), ("button", "Settings"), ("button", "Describe"),
+                       ("button", "History"), ("button", "New chat"), ("button", "Settings"), ("button", "Describe"),
                        ("button", "Extract text (OCR)"), ("button", "Explain")]:
         expect(page.get_by_role(role, name=name)).to_have_count(1)
     expect(page.get_by_role("region", name="Conversation")).to_be_visible()
@@ -437,10 +437,11 @@ def test_keyboard_and_screen_reader_basics(server, open_page):
     page.keyboard.press("Tab")
     expect(page.get_by_role("link", name="Skip to the message box")).to_be_focused()
     order = []
-    for _ in range(6):
+    for _ in range(7):
         page.keyboard.press("Tab")
         order.append(page.evaluate("document.activeElement.id || document.activeElement.textContent.trim()"))
-    assert order == ["new-chat", "open-settings", "Describe", "Extract text (OCR)", "Explain", "attach-button"]
+    assert order == ["open-history", "new-chat", "open-settings", "Describe", "Extract text (OCR)", "Explain",
+                     "attach-button"]
     page.keyboard.press("Tab")
     expect(page.get_by_label("Message")).to_be_focused()
     # The settings dialog takes focus and gives it back on Escape.

@@ -5,6 +5,7 @@ The app is the real one from `create_app`, served in-process, with an engine who
 from __future__ import annotations
 
 import re
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,16 +65,18 @@ class GatedBackend(FakeBackend):
 
 @contextmanager
 def serve(engine: Engine, **settings: str) -> Iterator[str]:
-    """Serve the real app with this engine on a free loopback port."""
-    app = create_app(Settings.from_mapping({"MODEL_ID": "/models/qwen3-vl-2b", **settings}), engine)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(5)
+    """Serve the real app with this engine on a free loopback port, its history in a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="loupe-e2e-") as data_dir:
+        app = create_app(Settings.from_mapping({"MODEL_ID": "/models/qwen3-vl-2b", "DATA_DIR": data_dir, **settings}),
+                         engine)
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_port}"
+        finally:
+            server.shutdown()
+            thread.join(5)
 
 
 def test_loading_state_disables_sending_until_the_model_is_ready(open_page, screenshot):
