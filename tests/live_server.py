@@ -29,9 +29,11 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # History goes next to the log unless the test says where: never into the repository, nor
-        # into a database the developer's environment happens to name.
+        # into a database the developer's environment happens to name. No rate limit unless a test
+        # sets one: all of a module's requests come from 127.0.0.1.
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "HOST": "127.0.0.1", "PORT": str(self.port),
-                    "DATA_DIR": str(log_path.parent / "data"), "DATABASE_URL": "", "HISTORY": "on", **env}
+                    "DATA_DIR": str(log_path.parent / "data"), "DATABASE_URL": "", "HISTORY": "on",
+                    "RATE_LIMIT": "off", **env}
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
