@@ -1,0 +1,126 @@
+"""Measure one chat completion through HTTP, streamed, from the client's side of the socket."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import requests
+
+log = logging.getLogger("bench.client")
+
+REQUEST_TIMEOUT = 1800  # seconds; a float32 generation on 2 cores with three others queued ahead
+
+
+@dataclass
+class Measurement:
+    """What one streamed request showed: client-side clock plus the server's own `timings`."""
+
+    started: float = 0.0  # perf_counter at send
+    ttft_s: float | None = None  # to the first chunk with non-empty content
+    role_s: float | None = None  # to the role chunk (the engine took the request)
+    finished_s: float | None = None  # to the finish_reason chunk
+    completion_tokens: int = 0
+    text: str = ""
+    finish_reason: str | None = None
+    timings: dict = field(default_factory=dict)
+    usage: dict = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def client_decode_tps(self) -> float | None:
+        """Tokens after the first, per second, between the first content chunk and the finish chunk."""
+        if self.ttft_s is None or self.finished_s is None or self.completion_tokens < 2:
+            return None
+        span = self.finished_s - self.ttft_s
+        return (self.completion_tokens - 1) / span if span > 0 else None
+
+    def to_dict(self) -> dict:
+        """JSON-ready form, with the derived rate and without the raw start clock."""
+        data = asdict(self)
+        data.pop("started")
+        data["client_decode_tps"] = self.client_decode_tps
+        return data
+
+
+def chat_payload(messages: list[dict], max_tokens: int) -> dict:
+    """The request body: greedy, fixed length (ignore_eos), streamed with usage."""
+    return {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}
+
+
+def stream_chat(base_url: str, messages: list[dict], max_tokens: int, start: float | None = None) -> Measurement:
+    """Send one streamed request and time its chunks; `start` lets concurrent clients share a clock."""
+    result = Measurement(started=time.perf_counter() if start is None else start)
+    try:
+        with requests.post(f"{base_url}/v1/chat/completions", json=chat_payload(messages, max_tokens),
+                           stream=True, timeout=REQUEST_TIMEOUT) as response:
+            if response.status_code != 200:
+                result.error = f"HTTP {response.status_code}: {response.text[:300]}"
+                return result
+            _read_stream(response, result)
+    except requests.RequestException as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    if result.error:
+        log.warning("request failed: %s", result.error)
+    return result
+
+
+def _read_stream(response: requests.Response, result: Measurement) -> None:
+    """Consume SSE frames, stamping the role, first content and finish chunks."""
+    pieces = []
+    for line in response.iter_lines(chunk_size=None, decode_unicode=True):
+        if not line or not line.startswith("data: "):
+            continue
+        data = line[len("data: "):]
+        if data == "[DONE]":
+            break
+        now = time.perf_counter() - result.started
+        chunk = json.loads(data)
+        if "error" in chunk:
+            result.error = json.dumps(chunk["error"])[:300]
+            return
+        if chunk.get("usage"):
+            result.usage = chunk["usage"]
+            result.completion_tokens = chunk["usage"].get("completion_tokens", 0)
+        for choice in chunk.get("choices", []):
+            delta = choice.get("delta") or {}
+            if "role" in delta and result.role_s is None:
+                result.role_s = now
+            if delta.get("content"):
+                pieces.append(delta["content"])
+                if result.ttft_s is None:
+                    result.ttft_s = now
+            if choice.get("finish_reason"):
+                result.finish_reason = choice["finish_reason"]
+                result.finished_s = now
+        if chunk.get("timings"):
+            result.timings = chunk["timings"]
+    result.text = "".join(pieces)
+
+
+def concurrent_chats(base_url: str, conversations: list[list[dict]], max_tokens: int) -> tuple[list[Measurement], float]:
+    """Send the conversations at once, one thread each; (measurements, wall seconds until the last ends)."""
+    results: list[Measurement | None] = [None] * len(conversations)
+    start = time.perf_counter()
+
+    def client(index: int) -> None:
+        results[index] = stream_chat(base_url, conversations[index], max_tokens, start=start)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(conversations))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [r for r in results if r is not None], time.perf_counter() - start
+
+
+def health(base_url: str) -> tuple[int, dict]:
+    """GET /health: (status code, body); (0, {}) when nothing answers yet."""
+    try:
+        response = requests.get(f"{base_url}/health", timeout=5)
+        return response.status_code, response.json()
+    except (requests.RequestException, ValueError):
+        return 0, {}

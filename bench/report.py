@@ -1,0 +1,141 @@
+"""Turn raw measurements into the benchmark's figures, and the figures into a table."""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+
+GB = 1e9
+
+# (key, label, unit, better): the table's rows, in order; "better" says which way a ratio should go.
+ROWS = (
+    ("load_s", "load time to /health ok", "s", "lower"),
+    ("peak_rss_gb", "peak RSS", "GB", "lower"),
+    ("image_tokens", "image tokens (first turn)", "", ""),
+    ("prompt_tokens", "prompt tokens (first turn)", "", ""),
+    ("ttft_s", "first turn: TTFT (client)", "s", "lower"),
+    ("server_ttft_s", "first turn: TTFT (server timings)", "s", "lower"),
+    ("decode_tps", "first turn: decode tokens/s (server timings)", "tok/s", "higher"),
+    ("client_decode_tps", "first turn: decode tokens/s (client)", "tok/s", "higher"),
+    ("decode_efficiency", "decode efficiency (tok/s x bytes/token / bandwidth)", "", "higher"),
+    ("follow_up_prompt_tokens", "follow-up: prompt tokens", "", ""),
+    ("follow_up_ttft_s", "follow-up: TTFT (client)", "s", "lower"),
+    ("follow_up_ttft_ratio", "follow-up TTFT / first-turn TTFT", "", "lower"),
+    ("concurrent_decode_tps", "4 clients: aggregate decode tokens/s", "tok/s", "higher"),
+    ("concurrent_speedup", "4 clients: aggregate / one client's decode tokens/s", "", "higher"),
+    ("concurrent_throughput_tps", "4 clients: tokens / wall time (prefill included)", "tok/s", "higher"),
+    ("concurrent_ttft_best_s", "4 clients: TTFT, first served", "s", "lower"),
+    ("concurrent_ttft_median_s", "4 clients: TTFT, median", "s", "lower"),
+    ("concurrent_ttft_worst_s", "4 clients: TTFT, last served", "s", "lower"),
+    ("concurrent_wall_s", "4 clients: wall time until the last finishes", "s", "lower"),
+)
+
+
+def union_seconds(intervals: Iterable[tuple[float, float]]) -> float:
+    """Length of the union of [start, end] intervals."""
+    total, current_start, current_end = 0.0, None, None
+    for start, end in sorted(intervals):
+        if current_end is None or start > current_end:
+            if current_end is not None:
+                total += current_end - current_start
+            current_start, current_end = start, end
+        else:
+            current_end = max(current_end, end)
+    if current_end is not None:
+        total += current_end - current_start
+    return total
+
+
+def concurrent_figures(clients: list[dict], wall_s: float) -> dict:
+    """Aggregate decode rate over the time any client was decoding, and each client's TTFT."""
+    done = [c for c in clients if c.get("ttft_s") is not None and c.get("finished_s") is not None]
+    tokens_after_first = sum(max(c["completion_tokens"] - 1, 0) for c in done)
+    decoding = union_seconds((c["ttft_s"], c["finished_s"]) for c in done)
+    ttfts = sorted(c["ttft_s"] for c in done)
+    return {
+        "concurrent_decode_tps": tokens_after_first / decoding if decoding > 0 else None,
+        "concurrent_throughput_tps": sum(c["completion_tokens"] for c in done) / wall_s if wall_s else None,
+        "concurrent_ttfts_s": [c.get("ttft_s") for c in clients],
+        "concurrent_ttft_best_s": ttfts[0] if ttfts else None,
+        "concurrent_ttft_median_s": statistics.median(ttfts) if ttfts else None,
+        "concurrent_ttft_worst_s": ttfts[-1] if ttfts else None,
+        "concurrent_wall_s": wall_s,
+        "concurrent_failures": len(clients) - len(done),
+    }
+
+
+def figures(first: dict, follow: dict, clients: list[dict], wall_s: float, *, load_s: float,
+            peak_rss_bytes: int, bytes_per_token: int, bandwidth: float) -> dict:
+    """Every figure of one system (server or naive) from its measurements in the common shape."""
+    decode = first.get("decode_tps")
+    out = {
+        "load_s": load_s, "peak_rss_gb": peak_rss_bytes / GB if peak_rss_bytes else None,
+        "image_tokens": first.get("image_tokens"), "prompt_tokens": first.get("prompt_tokens"),
+        "ttft_s": first.get("ttft_s"), "server_ttft_s": first.get("server_ttft_s"),
+        "decode_tps": decode, "client_decode_tps": first.get("client_decode_tps"),
+        "decode_efficiency": decode * bytes_per_token / bandwidth if decode else None,
+        "follow_up_prompt_tokens": follow.get("prompt_tokens"), "follow_up_ttft_s": follow.get("ttft_s"),
+    }
+    if out["ttft_s"] and out["follow_up_ttft_s"]:
+        out["follow_up_ttft_ratio"] = out["follow_up_ttft_s"] / out["ttft_s"]
+    out.update(concurrent_figures(clients, wall_s))
+    if decode and out["concurrent_decode_tps"]:
+        out["concurrent_speedup"] = out["concurrent_decode_tps"] / decode
+    return out
+
+
+def ratio(server: float | None, naive: float | None) -> float | None:
+    """server / naive, when both exist."""
+    if server is None or naive is None or naive == 0:
+        return None
+    return server / naive
+
+
+def fmt(value, digits: int = 3) -> str:
+    """A number for the table: 3 significant digits, or '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.{digits}g}"
+
+
+def table(results: dict[str, dict]) -> str:
+    """A Markdown table: per dtype, the server, the naive baseline and server/naive."""
+    dtypes = list(results)
+    header = ["figure", "unit"]
+    for dtype in dtypes:
+        header += [f"{dtype} server", f"{dtype} naive", "server/naive"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, label, unit, better in ROWS:
+        cells = [label + (f" ({better} is better)" if better else ""), unit]
+        for dtype in dtypes:
+            server = results[dtype].get("server", {}).get(key)
+            naive = results[dtype].get("naive", {}).get(key)
+            r = ratio(server, naive)
+            cells += [fmt(server), fmt(naive), f"{r:.2f}x" if r is not None else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def client_ttft_lines(results: dict[str, dict]) -> str:
+    """Each of the four clients' TTFT, per dtype and system."""
+    lines = []
+    for dtype, systems in results.items():
+        for name in ("server", "naive"):
+            ttfts = systems.get(name, {}).get("concurrent_ttfts_s")
+            if ttfts:
+                lines.append(f"{dtype} {name}: 4 clients' TTFT (s): " + ", ".join(fmt(t) for t in ttfts))
+    return "\n".join(lines)
+
+
+def error_lines(results: dict[str, dict]) -> list[str]:
+    """Every failed request, so a '-' in the table has its reason beside it."""
+    lines = []
+    for dtype, result in results.items():
+        for system, raw in result.get("raw", {}).items():
+            requests = [("first turn", raw["first_turn"]), ("follow-up", raw["follow_up"])]
+            requests += [(f"client {i + 1}", c) for i, c in enumerate(raw["concurrent"]["clients"])]
+            lines += [f"ERROR {dtype} {system} {name}: {r['error']}" for name, r in requests if r.get("error")]
+    return lines

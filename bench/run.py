@@ -1,0 +1,231 @@
+"""Loupe's benchmark: the real server against a naive transformers baseline, on a full-size random model.
+
+    python bench/run.py --source ../shared/models/qwen3-vl-2b-instruct --dtype float32 bfloat16 --out bench/results.json
+
+Builds the random-weight checkpoint once (bench/build_checkpoint.py), then for each dtype: measures
+memory bandwidth, starts gunicorn on it and measures load, first turn, follow-up and four
+concurrent clients through HTTP, stops it, and runs bench/naive.py on the same inputs in its own
+process. Prints a Markdown table (server, naive, server/naive) and writes everything as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hardware
+import inputs
+import report
+from build_checkpoint import build_checkpoint
+from client import Measurement, concurrent_chats, stream_chat
+from server import ROOT, Server
+
+log = logging.getLogger("bench.run")
+BENCH = Path(__file__).resolve().parent
+
+
+def server_scenarios(url: str, image_url: str, max_tokens: int, clients: int) -> dict:
+    """First turn, follow-up on the same conversation, then `clients` concurrent first turns, each its own photo."""
+    log.info("first turn")
+    first = stream_chat(url, inputs.first_turn(image_url), max_tokens)
+    log.info("follow-up")
+    follow = stream_chat(url, inputs.follow_up(image_url, first.text), max_tokens)
+    log.info("%d concurrent clients", clients)
+    conversations = [inputs.first_turn(inputs.data_url(inputs.jpeg_bytes(inputs.photo(variant=i + 1))), q)
+                     for i, q in enumerate(inputs.CLIENT_QUESTIONS[:clients])]
+    runs, wall = concurrent_chats(url, conversations, max_tokens)
+    return {"first_turn": as_common(first), "follow_up": as_common(follow),
+            "concurrent": {"clients": [as_common(r) for r in runs], "wall_s": wall}}
+
+
+def as_common(m: Measurement) -> dict:
+    """A streamed measurement in the shape report.figures reads (naive.py writes the same shape)."""
+    t = m.timings
+    server_ttft = t.get("ttft_ms")
+    return {**m.to_dict(), "image_tokens": t.get("image_tokens"), "prompt_tokens": t.get("prompt_tokens"),
+            "server_ttft_s": server_ttft / 1000 if server_ttft is not None else None,
+            "decode_tps": t.get("decode_tokens_per_second")}
+
+
+def run_server(model_dir: Path, dtype: str, args: argparse.Namespace, image_url: str, env: dict) -> dict:
+    """Start the server with this dtype, measure every scenario, stop it."""
+    log_path = args.log_dir / f"server-{dtype}.log"
+    with Server(server_env(model_dir, dtype, args, env), log_path, args.root) as server:
+        load_s = server.start()
+        master, workers = server.pids()
+        ours = [master, *workers, os.getpid()]
+        before, meter = hardware.process_jiffies(ours), hardware.CpuMeter()
+        raw = server_scenarios(server.url, image_url, args.max_tokens, args.clients)
+        cpu = meter.result(hardware.process_jiffies(ours) - before)
+        raw.update(load_s=load_s, memory=server.memory(), cpu=cpu)
+    return raw
+
+
+def server_env(model_dir: Path, dtype: str, args: argparse.Namespace, extra: dict) -> dict[str, str]:
+    """The server's settings; its history (if it keeps one) goes to the log folder, not the project."""
+    return {"MODEL_ID": str(model_dir), "DTYPE": dtype, "TORCH_THREADS": str(args.threads),
+            "DATA_DIR": str(args.log_dir / "server-data"), **extra}
+
+
+def run_naive(model_dir: Path, dtype: str, args: argparse.Namespace, image_path: Path) -> dict:
+    """bench/naive.py in its own process (never beside a server: one model copy at a time)."""
+    out = args.log_dir / f"naive-{dtype}.json"
+    command = [sys.executable, str(BENCH / "naive.py"), "--model", str(model_dir), "--dtype", dtype,
+               "--image", str(image_path), "--max-tokens", str(args.max_tokens), "--clients", str(args.clients),
+               "--measured-clients", str(args.clients if args.naive_measured_clients is None
+                                         else args.naive_measured_clients),
+               "--threads", str(args.threads), "--launched-at", repr(time.time()), "--out", str(out)]
+    log.info("naive baseline, %s", dtype)
+    before, meter = children_jiffies(), hardware.CpuMeter()
+    with open(args.log_dir / f"naive-{dtype}.log", "ab") as sink:
+        subprocess.run(command, check=True, stdout=sink, stderr=subprocess.STDOUT, cwd=BENCH)
+    return {**json.loads(out.read_text()), "cpu": meter.result(children_jiffies() - before)}
+
+
+def children_jiffies() -> int:
+    """CPU jiffies used by this process's finished children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round((usage.ru_utime + usage.ru_stime) * os.sysconf("SC_CLK_TCK"))
+
+
+def summarise(raw: dict, peak_rss: int, bytes_per_token: int, bandwidth: float) -> dict:
+    """report.figures over one system's raw measurements."""
+    return report.figures(raw["first_turn"], raw["follow_up"], raw["concurrent"]["clients"],
+                          raw["concurrent"]["wall_s"], load_s=raw["load_s"], peak_rss_bytes=peak_rss,
+                          bytes_per_token=bytes_per_token, bandwidth=bandwidth)
+
+
+def bench_dtype(model_dir: Path, dtype: str, args: argparse.Namespace, image: tuple[str, Path],
+                params: dict) -> dict:
+    """Bandwidth, server and (unless skipped) naive baseline for one dtype."""
+    bandwidth = hardware.read_bandwidth(threads=args.threads)
+    bytes_per_token = params["per_token"] * hardware.DTYPE_BYTES[dtype]
+    result: dict = {"bandwidth": bandwidth, "bytes_per_token": bytes_per_token, "raw": {}}
+    server = run_server(model_dir, dtype, args, image[0], {})
+    result["raw"]["server"] = server
+    result["server"] = summarise(server, server["memory"]["peak_rss_bytes"], bytes_per_token,
+                                 bandwidth["read_bytes_per_s"])
+    if not args.skip_naive:
+        naive = run_naive(model_dir, dtype, args, image[1])
+        result["raw"]["naive"] = naive
+        result["naive"] = summarise(naive, naive["peak_rss_bytes"], bytes_per_token,
+                                    bandwidth["read_bytes_per_s"])
+    return result
+
+
+def bench_variant(model_dir: Path, spec: str, args: argparse.Namespace, image_url: str) -> dict:
+    """A settings variant (e.g. IMAGE_MAX_EDGE=512) on the first dtype: load and first turn only."""
+    name, _, value = spec.partition("=")
+    env = {name: value}
+    threads = int(value) if name == "TORCH_THREADS" else args.threads
+    dtype = args.dtype[0]
+    with Server(server_env(model_dir, dtype, args, env), args.log_dir / f"server-{name}-{value}.log",
+                args.root) as server:
+        load_s = server.start()
+        first = as_common(stream_chat(server.url, inputs.first_turn(image_url), args.max_tokens))
+        memory = server.memory()
+    return {"dtype": dtype, "env": env, "threads": threads, "load_s": load_s, "peak_rss_gb": memory["peak_rss_bytes"] / 1e9,
+            **{k: first.get(k) for k in ("image_tokens", "prompt_tokens", "ttft_s", "server_ttft_s",
+                                         "decode_tps", "client_decode_tps", "error")}}
+
+
+def git_state(root: Path) -> dict:
+    """The server code's commit and whether the tree had uncommitted changes."""
+    def git(*command: str) -> str:
+        done = subprocess.run(["git", *command], cwd=root, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+    digest = hashlib.sha256()
+    for path in sorted(root.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return {"root": str(root), "commit": git("rev-parse", "HEAD"), "python_files_sha256": digest.hexdigest(),
+            "changed_files": git("status", "--porcelain", "--untracked-files=no").splitlines()}
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, required=True, help="real model folder: config, tokenizer, processor")
+    parser.add_argument("--checkpoint", type=Path, help="where the random checkpoint is (built if missing)")
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    parser.add_argument("--max-tokens", type=int, default=32, help="tokens generated per request")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients")
+    parser.add_argument("--threads", type=int, default=0, help="TORCH_THREADS for server, baseline, bandwidth")
+    parser.add_argument("--variants", nargs="*", default=[],
+                        help="extra server settings measured on the first dtype, first turn only: "
+                             "e.g. IMAGE_MAX_EDGE=512 TORCH_THREADS=1")
+    parser.add_argument("--naive-measured-clients", type=int,
+                        help="of the baseline's sequential clients, how many to run (default: all); the "
+                             "rest are derived from its first turn (it serves one request at a time)")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the project folder gunicorn runs in")
+    parser.add_argument("--skip-naive", action="store_true", help="measure the server only")
+    parser.add_argument("--out", type=Path, default=BENCH / "results.json")
+    parser.add_argument("--log-dir", type=Path, default=Path.home() / ".cache" / "loupe-bench" / "logs",
+                        help="server and baseline logs, the baseline's raw JSON and the image sent")
+    parser.add_argument("--label", default="", help="a note stored with the results, e.g. which server code")
+    args = parser.parse_args()
+    return args
+
+
+def main() -> None:
+    """Run every measurement, print the table, write JSON."""
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    begin, started = time.perf_counter(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+    model_dir = build_checkpoint(args.source, args.checkpoint)
+    photo = inputs.photo()
+    jpeg = inputs.jpeg_bytes(photo)
+    image_path = args.log_dir / "photo.jpg"
+    image_path.write_bytes(jpeg)
+    image = (inputs.data_url(jpeg), image_path)
+    params = hardware.decode_weight_parameters(model_dir)
+    results = {dtype: bench_dtype(model_dir, dtype, args, image, params) for dtype in args.dtype}
+    variants = [bench_variant(model_dir, spec, args, image[0]) for spec in args.variants]
+    document = {
+        "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]), "started": started,
+        "duration_s": time.perf_counter() - begin, "cpu": hardware.cpu_info(), "checkpoint": str(model_dir),
+        "parameters": params, "image": {"sent": list(photo.size), "bytes": len(jpeg)},
+        "max_tokens": args.max_tokens, "clients": args.clients, "threads": args.threads,
+        "server_code": {**git_state(args.root), "label": args.label},
+        "results": results, "variants": variants,
+    }
+    args.out.write_text(json.dumps(document, indent=2) + "\n")
+    print(render(document))
+
+
+def render(document: dict) -> str:
+    """The human-readable summary: context, the table, the clients' TTFTs, the variants."""
+    results = document["results"]
+    lines = [f"Loupe benchmark, {document['started']}, {document['duration_s'] / 60:.1f} min; "
+             f"CPU {document['cpu']['model']} x{document['cpu']['cores']} {' '.join(document['cpu']['isa'])}; "
+             f"{document['max_tokens']} tokens per request; image {document['image']['sent'][0]}x"
+             f"{document['image']['sent'][1]} sent"]
+    for dtype, result in results.items():
+        noise = ", ".join(f"{system} {raw['cpu']['others_share']:.0%}" for system, raw in result["raw"].items()
+                          if raw.get("cpu"))
+        lines.append(f"{dtype}: other processes' share of the CPU while measuring: {noise}")
+        lines.append(f"{dtype}: read bandwidth {result['bandwidth']['read_bytes_per_s'] / 1e9:.1f} GB/s, "
+                     f"{result['bytes_per_token'] / 1e9:.2f} GB of weights read per token")
+    lines += ["", report.table(results), "", report.client_ttft_lines(results)]
+    lines += report.error_lines(results)
+    for dtype, result in results.items():
+        naive = result.get("raw", {}).get("naive", {}).get("concurrent", {})
+        if naive and naive.get("measured_clients", 0) < len(naive.get("clients", [])):
+            lines.append(f"{dtype} naive: {naive['measured_clients']} of {len(naive['clients'])} sequential "
+                         "clients run; the others take the first turn's time after those before them")
+    for v in document.get("variants", []):
+        lines.append(f"variant {v['env']} ({v['dtype']}): image tokens {v['image_tokens']}, TTFT "
+                     f"{report.fmt(v['ttft_s'])} s, decode {report.fmt(v['decode_tps'])} tok/s, "
+                     f"peak RSS {report.fmt(v['peak_rss_gb'])} GB, load {report.fmt(v['load_s'])} s")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
