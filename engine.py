@@ -245,7 +245,11 @@ class Engine:
             self._active = len(self._runs)
 
     def _admit(self, backend: Backend) -> None:
-        """Start waiting requests while the batch has room; wait for one when there is nothing to do."""
+        """Start one waiting request if the batch has room; wait for one when there is nothing to do.
+
+        One per step: each new request gets its first token right after its own prefill, and the
+        running ones go on decoding between prefills, instead of everyone waiting for a burst's.
+        """
         while len(self._runs) < self._max_batch:
             try:
                 generation = self._queue.get(block=not self._runs)
@@ -265,6 +269,7 @@ class Engine:
                 self._notify("error", None)
                 continue
             self._runs.append(run)
+            return
 
     def _step(self, backend: Backend) -> None:
         """One token for every run; finished and cancelled ones leave before the next pass."""

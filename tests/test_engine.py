@@ -30,11 +30,13 @@ class ScriptedBackend:
         self.started = threading.Event()
         self.batch = []
         self.widest_batch = 0
+        self.calls = []
 
     def prepare(self, messages, max_tokens):
         return ScriptedPrompt()
 
     def start(self, prompt, sampling):
+        self.calls.append("start")
         self.started.set()
         sequence = {"step": 0}
         self.batch.append(sequence)
@@ -42,6 +44,7 @@ class ScriptedBackend:
         return sequence
 
     def sample(self, sequence):
+        self.calls.append("sample")
         if self.gate is not None:
             self.gate.wait(5)
         step = sequence["step"]
@@ -171,12 +174,27 @@ def test_concurrent_generations_are_decoded_together_and_each_gets_its_own_answe
     gate = threading.Event()
     backend = ScriptedBackend(["a", "b", "c"], gate=gate)
     engine = ready_engine(backend, queue_size=0, max_batch=3)
-    generations = [engine.submit(chat(max_tokens=n)) for n in (1, 2, 3)]
+    generations = [engine.submit(chat(max_tokens=n)) for n in (3, 2, 1)]  # joining one per step, all overlap
     with pytest.raises(ServerBusy):
         engine.submit(chat())  # three in the batch, none may wait
     gate.set()
     results = [list(g) for g in generations]
     assert backend.widest_batch == 3
-    assert ["".join(e.text for e in r if isinstance(e, TextDelta)) for r in results] == ["a", "ab", "abc"]
+    assert ["".join(e.text for e in r if isinstance(e, TextDelta)) for r in results] == ["abc", "ab", "a"]
     assert [r[-1].finish_reason for r in results] == ["length", "length", "length"]
     assert backend.batch == []
+
+
+def test_each_new_request_gets_its_first_token_before_the_next_is_read():
+    gate = threading.Event()
+    backend = ScriptedBackend(["a", "b"], gate=gate)
+    engine = ready_engine(backend, queue_size=2, max_batch=3)
+    first = engine.submit(chat())
+    assert backend.started.wait(5)
+    waiting = [engine.submit(chat()), engine.submit(chat())]  # a burst, queued while the first runs
+    gate.set()
+    for generation in [first, *waiting]:
+        list(generation)
+    starts = [i for i, call in enumerate(backend.calls) if call == "start"]
+    assert len(starts) == 3
+    assert "sample" in backend.calls[starts[1]:starts[2]]  # the second was sampled before the third was read
