@@ -202,6 +202,8 @@ def test_stop_aborts_the_generation_and_the_server_stops(server, open_page, imag
 
     page.route("**/v1/chat/completions", long_generation)
     page.set_input_files("#file-input", str(images / "photo.jpg"))
+    # The page scales the photo first; sending before it is listed would send nothing.
+    expect(page.get_by_role("list", name="Images to send").get_by_role("listitem")).to_have_count(1)
     page.get_by_label("Message").fill("Tell me everything about it.")
     page.get_by_label("Message").press("Enter")
     answer = page.locator(".turn.assistant").last
