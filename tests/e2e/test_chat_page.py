@@ -459,6 +459,7 @@ def test_phone_layout(server, open_page, images, screenshot):
     wait_until_ready(page)
     screenshot(page, "phone-empty")
     page.set_input_files("#file-input", str(images / "photo.jpg"))
+    expect(page.get_by_role("list", name="Images to send").get_by_role("listitem")).to_have_count(1)  # scaled and listed before sending
     expect(page.locator("#attachments .attachment")).to_have_count(1)
     page.get_by_label("Message").fill("What is in this picture? Please answer in detail.")
     send = page.get_by_role("button", name="Send")
@@ -481,6 +482,7 @@ def test_dark_scheme(server, open_page, images, screenshot):
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert background == "rgb(22, 24, 29)"
     page.set_input_files("#file-input", str(images / "photo.jpg"))
+    expect(page.get_by_role("list", name="Images to send").get_by_role("listitem")).to_have_count(1)  # scaled and listed before sending
     page.get_by_label("Message").fill("Describe it.")
     page.get_by_label("Message").press("Enter")
     expect(page.locator(".turn.assistant")).to_have_attribute("data-state", "done")
@@ -505,6 +507,7 @@ def test_the_page_works_under_a_strict_content_security_policy(server, open_page
     page.goto(server.url + "/")
     wait_until_ready(page)
     page.set_input_files("#file-input", str(images / "photo.jpg"))
+    expect(page.get_by_role("list", name="Images to send").get_by_role("listitem")).to_have_count(1)  # scaled and listed before sending
     expect(page.locator("#attachments .attachment")).to_have_count(1)
     page.get_by_label("Message").fill("What is this?")
     page.get_by_label("Message").press("Enter")
