@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, DynamicCache, GenerationConfig, Qwen3VLForConditionalGeneration
+from transformers import AutoTokenizer, DynamicCache, GenerationConfig
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from config import Settings
@@ -23,6 +23,7 @@ from errors import InvalidRequest
 from inference import ImagePart, Message, SamplingParams
 from model_batch import DecodeBatch
 from model_sampling import IncrementalDecoder, Sampler
+from model_weights import load_model, local_directory
 from prefix_cache import PrefixCache
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,11 @@ def _load(settings: Settings) -> QwenBackend:
         torch.set_num_threads(settings.torch_threads)
     source = settings.model_id
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(source)
-        model = Qwen3VLForConditionalGeneration.from_pretrained(
-            source, dtype=getattr(torch, settings.dtype), low_cpu_mem_usage=True)
-        generation_config = GenerationConfig.from_pretrained(source)
+        directory = local_directory(source)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(directory)
+        model = load_model(directory, getattr(torch, settings.dtype))
+        generation_config = GenerationConfig.from_pretrained(directory)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(_load_advice(source, exc)) from exc
     model.to(settings.device).eval()
