@@ -11,13 +11,7 @@ from collections.abc import Hashable, Sequence
 import torch
 from transformers import DynamicCache
 
-
-def _cache_from(config, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
-    """A DynamicCache holding the given (keys, values) per layer."""
-    cache = DynamicCache(config=config)
-    for index, (keys, values) in enumerate(layers):
-        cache.update(keys, values, index)
-    return cache
+from model_cache import cache_from
 
 
 def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
@@ -46,7 +40,7 @@ class DecodeBatch:
         own = [(layer.keys, layer.values) for layer in cache.layers]
         own_length = own[0][0].shape[-2]
         if self.cache is None:
-            self.rows, self.cache = [row], _cache_from(self.config, own)
+            self.rows, self.cache = [row], cache  # alone, the batch decodes into the sequence's own cache
             self.mask = torch.ones(1, own_length, dtype=torch.long)
             return
         length = max(own_length, self.mask.shape[1])
@@ -58,14 +52,14 @@ class DecodeBatch:
         old_mask = torch.cat([torch.zeros(len(self.rows), length - self.mask.shape[1], dtype=torch.long),
                               self.mask], dim=1)
         self.mask = torch.cat([old_mask, own_mask])
-        self.cache = _cache_from(self.config, layers)
+        self.cache = cache_from(self.config, layers)
         self.rows.append(row)
 
     def remove(self, row: Hashable) -> DynamicCache:
         """Leave the batch; returns the sequence's own cache without padding."""
         index = self.rows.index(row)
         start = int(self.mask[index].argmax())  # the first real position of a left-padded row
-        own = _cache_from(self.config, [(layer.keys[index:index + 1, :, start:], layer.values[index:index + 1, :, start:])
+        own = cache_from(self.config, [(layer.keys[index:index + 1, :, start:], layer.values[index:index + 1, :, start:])
                                         for layer in self.cache.layers])
         keep = [i for i in range(len(self.rows)) if i != index]
         self.rows.pop(index)
@@ -75,7 +69,7 @@ class DecodeBatch:
         mask = self.mask[keep]
         first = int(mask.max(dim=0).values.argmax())  # drop columns that are padding in every row left
         self.mask = mask[:, first:]
-        self.cache = _cache_from(self.config, [(layer.keys[keep, :, first:], layer.values[keep, :, first:])
+        self.cache = cache_from(self.config, [(layer.keys[keep, :, first:], layer.values[keep, :, first:])
                                                for layer in self.cache.layers])
         return own
 

@@ -22,6 +22,7 @@ from engine import Token
 from errors import InvalidRequest
 from inference import ImagePart, Message, SamplingParams
 from model_batch import DecodeBatch
+from model_cache import new_cache
 from model_sampling import IncrementalDecoder, Sampler
 from model_weights import load_model, local_directory
 from prefix_cache import PrefixCache
@@ -258,7 +259,7 @@ class QwenBackend:
         elif match is not None and start >= MIN_SHARED_TO_COPY:
             cache = copy.deepcopy(self.prefix_cache.get(match))  # a branch (regenerate): keep the original
         if cache is None:
-            return DynamicCache(config=self.model.config), 0
+            return new_cache(self.model.config), 0
         cache.crop(start - cache.get_seq_length())  # transformers 5: minus the tokens to drop
         return cache, start
 

@@ -34,17 +34,25 @@ class Sampler:
 
     def _sample(self, logits: torch.Tensor) -> int:
         """Top-k, then top-p (nucleus), then a draw."""
+        probs, candidates = self.distribution(logits)
+        return int(candidates[torch.multinomial(probs, 1, generator=self.generator)])
+
+    def distribution(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probabilities, token ids) of the candidates left after top-k and top-p."""
         s = self.sampling
+        # Narrow to the k best first: sorting k candidates instead of the whole vocabulary (150k
+        # entries) takes the sampler from milliseconds to microseconds per token.
         if 0 < s.top_k < logits.numel():
-            kth = torch.topk(logits, s.top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+            logits, candidates = torch.topk(logits, s.top_k)  # sorted, best first
+        elif s.top_p < 1.0:
+            logits, candidates = torch.sort(logits, descending=True)
+        else:
+            return torch.softmax(logits, dim=-1), torch.arange(logits.numel())
         if s.top_p < 1.0:
-            ordered, order = torch.sort(logits, descending=True)
-            cumulative = torch.softmax(ordered, dim=-1).cumsum(-1)
-            drop = cumulative - torch.softmax(ordered, dim=-1) >= s.top_p  # keep the token crossing top_p
-            logits = logits.scatter(0, order[drop], float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+            probs = torch.softmax(logits, dim=-1)
+            before = probs.cumsum(-1) - probs  # mass of the better candidates: keep the one crossing top_p
+            logits = logits.masked_fill(before >= s.top_p, float("-inf"))
+        return torch.softmax(logits, dim=-1), candidates
 
 
 class IncrementalDecoder:

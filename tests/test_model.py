@@ -4,6 +4,7 @@ from dataclasses import replace
 import pytest
 import torch
 from PIL import Image
+from transformers import TopKLogitsWarper, TopPLogitsWarper
 
 from errors import InvalidRequest
 from inference import ImagePart, Message, SamplingParams, TextPart
@@ -124,6 +125,18 @@ def test_sampler_penalties_and_filters():
     repeat = Sampler(SamplingParams(4, 0.0, 1.0, 0, 0.0, repetition_penalty=4.0))
     assert [repeat.pick(logits) for _ in range(2)] == [1, 2]  # 3/4 < 2
     assert logits.tolist() == [[1.0, 3.0, 2.0, 0.5]]  # the caller's logits are left alone
+
+
+@pytest.mark.parametrize("top_k,top_p", [(20, 0.8), (40, 1.0), (0, 0.8), (0, 1.0), (5, 0.3)])
+def test_sampling_distribution_equals_transformers_warpers(top_k, top_p):
+    logits = torch.randn(1, 1000, generator=torch.Generator().manual_seed(top_k)) * 3
+    warped = TopPLogitsWarper(top_p)(None, TopKLogitsWarper(top_k)(None, logits)) if top_k else \
+        TopPLogitsWarper(top_p)(None, logits) if top_p < 1 else logits
+    expected = torch.softmax(warped[0], dim=-1)
+    probs, candidates = Sampler(SamplingParams(4, 1.0, top_p, top_k, 0.0)).distribution(logits[0])
+    ours = torch.zeros(1000).scatter(0, candidates, probs)
+    assert torch.allclose(ours, expected, atol=1e-6)
+    assert int((ours > 0).sum()) == int((expected > 0).sum())
 
 
 def first_token_and_ids(backend, prompt, sampling=GREEDY):

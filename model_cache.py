@@ -1,0 +1,72 @@
+"""A KV cache that appends into spare room instead of concatenating a new tensor every token.
+
+transformers' DynamicLayer grows by `torch.cat`, which allocates and copies a layer's whole cache on
+every decode step. Here each layer keeps a buffer with room to spare, and `keys`/`values` are views
+of its filled part; a step writes one position. The buffer is reallocated (with new room) only when
+full, or when the views were replaced by something else (a crop keeps them; a reorder does not).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+ROOM = 128  # tokens of spare room per reallocation: a copy every ROOM steps, at most ROOM tokens unused
+
+
+class GrowingLayer(DynamicLayer):
+    """A DynamicLayer whose update writes into spare capacity."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._key_buffer: torch.Tensor | None = None
+        self._value_buffer: torch.Tensor | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Append (batch, heads, new, dim) states; returns views of everything cached so far."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length = self.get_seq_length()
+        end = length + key_states.shape[-2]
+        if not self._views_are_current(key_states) or end > self._key_buffer.shape[-2]:
+            self._reallocate(key_states, value_states, length, end + ROOM)
+        self._key_buffer[..., length:end, :].copy_(key_states)
+        self._value_buffer[..., length:end, :].copy_(value_states)
+        self.keys = self._key_buffer[..., :end, :]
+        self.values = self._value_buffer[..., :end, :]
+        return self.keys, self.values
+
+    def _views_are_current(self, key_states: torch.Tensor) -> bool:
+        """Are `keys`/`values` still leading views of the buffers, with the batch and heads of the new states?"""
+        buffer = self._key_buffer
+        return (buffer is not None and self.keys.numel() > 0
+                and self.keys.data_ptr() == buffer.data_ptr() and self.keys.stride() == buffer.stride()
+                and self.values.data_ptr() == self._value_buffer.data_ptr()
+                and buffer.shape[:-2] == key_states.shape[:-2])
+
+    def _reallocate(self, key_states: torch.Tensor, value_states: torch.Tensor, length: int, capacity: int) -> None:
+        """New buffers with room for `capacity` positions, holding the `length` already cached."""
+        *lead, _, key_dim = key_states.shape
+        keys = key_states.new_empty(*lead, capacity, key_dim)
+        values = value_states.new_empty(*lead, capacity, value_states.shape[-1])
+        if length:
+            keys[..., :length, :].copy_(self.keys)
+            values[..., :length, :].copy_(self.values)
+        self._key_buffer, self._value_buffer = keys, values
+
+
+def new_cache(config) -> DynamicCache:
+    """An empty cache for the model, one growing layer per decoder layer."""
+    cache = DynamicCache(config=config)
+    cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+def cache_from(config, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    """A cache holding (copies of) the given (keys, values) per layer."""
+    cache = new_cache(config)
+    for index, (keys, values) in enumerate(layers):
+        cache.update(keys, values, index)
+    return cache

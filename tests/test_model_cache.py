@@ -1,0 +1,54 @@
+"""The growing KV cache: the same contents as transformers' DynamicLayer, without a copy per token."""
+import copy
+
+import torch
+from transformers.cache_utils import DynamicLayer
+
+from model_cache import ROOM, GrowingLayer
+
+
+def states(length, seed, batch=1):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, 2, length, 4, generator=generator),
+            torch.randn(batch, 2, length, 4, generator=generator))
+
+
+def test_updates_return_what_a_dynamic_layer_returns():
+    ours, theirs = GrowingLayer(), DynamicLayer()
+    for step, length in enumerate([5, 1, 1, ROOM, 1]):  # the fourth update overflows the room
+        keys, values = states(length, step)
+        for got, expected in zip(ours.update(keys, values), theirs.update(keys, values)):
+            assert torch.equal(got, expected)
+    assert ours.get_seq_length() == theirs.get_seq_length() == 8 + ROOM
+
+
+def test_a_decode_step_writes_in_place():
+    layer = GrowingLayer()
+    layer.update(*states(10, 0))
+    buffer = layer.keys.data_ptr()
+    for step in range(ROOM):
+        layer.update(*states(1, step + 1))
+    assert layer.keys.data_ptr() == buffer  # no reallocation while there was room
+    layer.update(*states(1, 999))
+    assert layer.keys.data_ptr() != buffer and layer.get_seq_length() == 11 + ROOM
+
+
+def test_a_crop_keeps_the_buffer_and_the_next_update_overwrites_the_dropped_positions():
+    layer, reference = GrowingLayer(), DynamicLayer()
+    for target in (layer, reference):
+        target.update(*states(6, 0))
+        target.crop(-2)
+        target.update(*states(3, 1))
+    assert torch.equal(layer.keys, reference.keys) and torch.equal(layer.values, reference.values)
+
+
+def test_copies_and_reordered_batches_stay_independent():
+    layer = GrowingLayer()
+    layer.update(*states(4, 0, batch=2))
+    branch = copy.deepcopy(layer)
+    branch.update(*states(1, 1, batch=2))
+    assert layer.get_seq_length() == 4 and branch.get_seq_length() == 5
+    expected = torch.cat([layer.keys[1:], states(1, 2)[0]], dim=-2)
+    layer.batch_select_indices(torch.tensor([1]))  # a new tensor, not a view: the layer must reallocate
+    keys, _ = layer.update(*states(1, 2))
+    assert torch.equal(keys, expected)
