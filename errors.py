@@ -76,12 +76,20 @@ class UnsupportedMediaType(LoupeError):
     code = "unsupported_media_type"
 
 
+# Seconds a client is asked to wait when the queue is full. The server cannot know when a place frees:
+# that is when some running generation ends, which hangs on prompts and max_tokens it has not read yet.
+# A generation on a CPU takes seconds to minutes, so a few seconds is an honest shortest wait, not a
+# promise; a fixed constant rather than a setting, as no setting measures how fast generations end.
+SERVER_BUSY_RETRY_AFTER = 5
+
+
 class ServerBusy(LoupeError):
-    """The generation queue is full."""
+    """The generation queue is full: 429 with Retry-After, like the rate limit's own."""
 
     status = 429
     type = "rate_limit_error"
     code = "server_busy"
+    headers = {"Retry-After": str(SERVER_BUSY_RETRY_AFTER)}
 
 
 class ModelUnavailable(LoupeError):
