@@ -2,6 +2,7 @@
 import threading
 
 import pytest
+import redis
 
 from app import create_app
 from config import Settings
@@ -57,6 +58,17 @@ def test_a_full_queue_keeps_its_own_retry_after_under_a_rate_limit(app):
     finally:
         gate.set()
         list(running)
+
+
+def test_instances_sharing_a_redis_share_one_limit(app, redis_uri):
+    settings = app.extensions["loupe"].settings.replace(rate_limit="3/minute", rate_limit_storage=redis_uri)
+    first, second = (create_app(settings, engine=app.extensions["loupe"].engine).test_client() for _ in range(2))
+    answers = [client.post("/v1/chat/completions", json=ask(max_tokens=1)) for client in (first, second, first)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["2", "1", "0"]  # one count, not two
+    for client in (second, first):
+        assert "3/minute" in assert_429(client.post("/v1/chat/completions", json=ask(max_tokens=1)))["message"]
+    assert redis.Redis.from_url(redis_uri).dbsize() > 0  # the count is in Redis, not in a memory fallback
 
 
 def test_refused_keys_do_not_use_up_the_limit(app):
