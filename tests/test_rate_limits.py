@@ -60,6 +60,10 @@ def test_a_full_queue_keeps_its_own_retry_after_under_a_rate_limit(app):
         list(running)
 
 
+def test_the_readme_gives_the_full_queue_s_retry_after(readme_text):
+    assert f"`Retry-After: {SERVER_BUSY_RETRY_AFTER}`" in readme_text
+
+
 def test_instances_sharing_a_redis_share_one_limit(app, redis_uri):
     settings = app.extensions["loupe"].settings.replace(rate_limit="3/minute", rate_limit_storage=redis_uri)
     first, second = (create_app(settings, engine=app.extensions["loupe"].engine).test_client() for _ in range(2))
