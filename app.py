@@ -43,8 +43,8 @@ def create_app(config: Settings | None = None, engine: Engine | None = None,
     app.register_blueprint(api.bp)
     app.register_blueprint(history_api.bp)
     init_metrics(app, engine)
+    register_error_handlers(app)  # before the rate limits: an error's own Retry-After must win (errors.py)
     init_rate_limits(app, settings)
-    register_error_handlers(app)
 
     @app.get("/")
     def index():

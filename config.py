@@ -65,7 +65,8 @@ class Settings:
         "concurrent users share the cost. 1 generates one request at a time.",
     )
     queue_size: int = _setting(
-        8, "Requests that may wait while the batch is full; past that a request gets 429 (server busy)."
+        8, "Requests that may wait while the batch is full; past that a request gets 429 (server busy) with "
+        "`Retry-After`."
     )
     request_timeout: float = _setting(
         900.0, "Seconds a request may spend waiting in the queue and generating; past that it ends with "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -76,12 +76,20 @@ class UnsupportedMediaType(LoupeError):
     code = "unsupported_media_type"
 
 
+# Seconds a client is asked to wait when the queue is full. The server cannot know when a place frees:
+# that is when some running generation ends, which hangs on prompts and max_tokens it has not read yet.
+# A generation on a CPU takes seconds to minutes, so a few seconds is an honest shortest wait, not a
+# promise; a fixed constant rather than a setting, as no setting measures how fast generations end.
+SERVER_BUSY_RETRY_AFTER = 5
+
+
 class ServerBusy(LoupeError):
-    """The generation queue is full."""
+    """The generation queue is full: 429 with Retry-After, like the rate limit's own."""
 
     status = 429
     type = "rate_limit_error"
     code = "server_busy"
+    headers = {"Retry-After": str(SERVER_BUSY_RETRY_AFTER)}
 
 
 class ModelUnavailable(LoupeError):
@@ -138,7 +146,16 @@ def register_error_handlers(app: Flask) -> None:
     def _loupe_error(error: LoupeError):
         if error.internal:
             log.error("request failed: %s", error.message, exc_info=error)
+        g.loupe_error_headers = error.headers
         return jsonify(error.to_dict()), error.status, error.headers
+
+    @app.after_request
+    def _error_headers_last(response: Response) -> Response:
+        """Re-apply the error's own headers, so the limiter's Retry-After never replaces the busy one."""
+        # Flask-Limiter writes Retry-After (its window's reset) on every limited response; hooks run in
+        # reverse order of registration, so this one, registered before the limiter's, runs after it.
+        response.headers.update(g.pop("loupe_error_headers", {}))
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):

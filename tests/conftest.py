@@ -1,10 +1,15 @@
-"""Shared fixtures: a tiny random-weight Qwen3-VL, settings, apps and a live gunicorn server."""
+"""Shared fixtures: a tiny random-weight Qwen3-VL, settings, apps, a live gunicorn server and a Redis."""
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from app import create_app
 from config import Settings
@@ -72,3 +77,39 @@ def live_server(tiny_model_dir, tmp_path):
 @pytest.fixture(scope="session")
 def readme_text() -> str:
     return (ROOT / "README.md").read_text()
+
+
+@pytest.fixture
+def redis_uri(tmp_path) -> Iterator[str]:
+    """A real redis-server of the test's own on a free loopback port, nothing saved; its URI."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.fail("redis-server is not installed (tests/test.sh installs Debian's redis-server)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"redis://127.0.0.1:{port}/0"
+    try:
+        _wait_for_redis(uri, server)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _wait_for_redis(uri: str, server: subprocess.Popen) -> None:
+    """Return once the server answers PING; fail if it exits or stays silent for 10 s."""
+    client = redis.Redis.from_url(uri, socket_timeout=1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"redis-server exited with {server.returncode}")
+        try:
+            if client.ping():
+                return
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    pytest.fail("redis-server did not answer within 10 s")

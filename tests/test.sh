@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Install what the tests need into .venv (and Debian's chromium for the browser tests), then run pytest.
+# Install what the tests need into .venv (and Debian's chromium for the browser tests, redis-server for the
+# shared rate-limit test, which starts its own on a free port), then run pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install --quiet -r requirements-dev.txt
-if ! command -v chromium >/dev/null 2>&1; then
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null
+    sudo apt-get update -qq && sudo apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 fi
 exec .venv/bin/python -m pytest "$@"

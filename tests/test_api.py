@@ -9,6 +9,7 @@ from PIL import Image
 
 from app import create_app
 from engine import Engine
+from errors import SERVER_BUSY_RETRY_AFTER
 from test_engine import ScriptedBackend
 
 
@@ -208,6 +209,7 @@ def test_a_full_queue_is_429_and_a_closed_stream_stops_the_generation(settings, 
     busy = client.post("/v1/chat/completions", json=ask())
     assert busy.status_code == 429
     assert busy.get_json()["error"]["code"] == "server_busy"
+    assert busy.headers["Retry-After"] == str(SERVER_BUSY_RETRY_AFTER)
     caplog.set_level("INFO", logger="engine")
     stream.close()  # the client goes away: the generation stops and the slot frees
     for _ in range(500):

@@ -1,14 +1,29 @@
 """Per-client rate limits on generations (Flask-Limiter), 429 in the envelope with Retry-After."""
+import threading
+
 import pytest
+import redis
 
 from app import create_app
 from config import Settings
+from errors import SERVER_BUSY_RETRY_AFTER
 from test_api import ask
+from test_engine import ScriptedBackend, chat, ready_engine
 
 
-def limited_client(app, limit="3/minute"):
+def limited_client(app, limit="3/minute", engine=None):
     settings = app.extensions["loupe"].settings.replace(rate_limit=limit)
-    return create_app(settings, engine=app.extensions["loupe"].engine).test_client()
+    return create_app(settings, engine=engine or app.extensions["loupe"].engine).test_client()
+
+
+def assert_429(response) -> dict:
+    """Both 429s, the limit's and the full queue's: OpenAI's envelope, rate_limit_error, Retry-After in seconds."""
+    assert response.status_code == 429
+    assert int(response.headers["Retry-After"]) > 0
+    error = response.get_json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "rate_limit_error" and error["message"]
+    return error
 
 
 def test_past_the_limit_generations_get_429_with_retry_after(app):
@@ -18,16 +33,46 @@ def test_past_the_limit_generations_get_429_with_retry_after(app):
         assert ok.status_code == 200
         assert ok.headers["X-RateLimit-Limit"] == "3"
     refused = client.post("/v1/chat/completions", json=ask(max_tokens=1))
-    assert refused.status_code == 429
-    assert 0 < int(refused.headers["Retry-After"]) <= 60
-    error = refused.get_json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["type"] == "rate_limit_error" and "3/minute" in error["message"]
+    assert "3/minute" in assert_429(refused)["message"]
+    assert int(refused.headers["Retry-After"]) <= 60
     assert "X-Request-ID" in refused.headers
     # Other clients, and routes that cost no generation, are not limited.
     other = client.post("/v1/chat/completions", json=ask(max_tokens=1), environ_base={"REMOTE_ADDR": "10.0.0.9"})
     assert other.status_code == 200
     assert all(client.get(path).status_code == 200 for path in ("/health", "/live", "/v1/models"))
+
+
+def test_a_full_queue_keeps_its_own_retry_after_under_a_rate_limit(app):
+    gate = threading.Event()
+    backend = ScriptedBackend(["x"] * 3, gate=gate)
+    engine = ready_engine(backend, queue_size=0, max_batch=1)
+    client = limited_client(app, "30/minute", engine)
+    running = engine.submit(chat())
+    try:
+        assert backend.started.wait(5)  # the one place is taken
+        busy = client.post("/v1/chat/completions", json=ask())
+        assert assert_429(busy)["code"] == "server_busy"
+        # The client is well within its limit: the limiter's window reset must not replace the busy hint.
+        assert busy.headers["X-RateLimit-Remaining"] == "29"
+        assert busy.headers["Retry-After"] == str(SERVER_BUSY_RETRY_AFTER)
+    finally:
+        gate.set()
+        list(running)
+
+
+def test_the_readme_gives_the_full_queue_s_retry_after(readme_text):
+    assert f"`Retry-After: {SERVER_BUSY_RETRY_AFTER}`" in readme_text
+
+
+def test_instances_sharing_a_redis_share_one_limit(app, redis_uri):
+    settings = app.extensions["loupe"].settings.replace(rate_limit="3/minute", rate_limit_storage=redis_uri)
+    first, second = (create_app(settings, engine=app.extensions["loupe"].engine).test_client() for _ in range(2))
+    answers = [client.post("/v1/chat/completions", json=ask(max_tokens=1)) for client in (first, second, first)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["2", "1", "0"]  # one count, not two
+    for client in (second, first):
+        assert "3/minute" in assert_429(client.post("/v1/chat/completions", json=ask(max_tokens=1)))["message"]
+    assert redis.Redis.from_url(redis_uri).dbsize() > 0  # the count is in Redis, not in a memory fallback
 
 
 def test_refused_keys_do_not_use_up_the_limit(app):
