@@ -318,6 +318,8 @@ def test_drop_and_paste_attach_images_and_thumbnails_can_be_removed(server, open
 def test_enter_sends_and_shift_enter_adds_a_line(server, open_page):
     page = open_page(server.url).page
     sent = chat_requests(page)
+    authorizations = []
+    page.on("request", lambda r: authorizations.append(r.headers.get("authorization")) if "/v1/" in r.url else None)
     wait_until_ready(page)
     prompt = page.get_by_label("Message")
     prompt.click()
@@ -330,6 +332,9 @@ def test_enter_sends_and_shift_enter_adds_a_line(server, open_page):
     expect(page.locator(".turn.user .bubble")).to_have_text("first line\nsecond line")
     expect(page.locator(".turn.assistant")).to_have_attribute("data-state", "done")
     assert sent[0]["messages"] == [{"role": "user", "content": [{"type": "text", "text": "first line\nsecond line"}]}]
+    # This server needs no API key: the page never asks for one, nor sends one.
+    expect(page.get_by_role("dialog", name="API key needed")).to_be_hidden()
+    assert authorizations == [None]
 
 
 def test_settings_persist_in_the_browser_and_reset(server, open_page):
@@ -342,6 +347,7 @@ def test_settings_persist_in_the_browser_and_reset(server, open_page):
     page.get_by_label("Temperature").fill("0.3")
     page.get_by_label("Top p").fill("0.9")
     page.get_by_label("System prompt").fill("You are terse.")
+    expect(page.get_by_role("button", name="Forget key")).to_be_hidden()  # no key needed, none stored
     page.get_by_role("button", name="Done").click()
     expect(page.get_by_role("button", name="Settings")).to_be_focused()  # focus returns to the opener
 
