@@ -132,7 +132,6 @@ def test_html_in_a_question_is_shown_as_text_under_a_strict_csp(server, open_pag
     page.goto(server.url + "/")
     wait_until_ready(page)
     page.set_input_files("#file-input", str(images / "photo.jpg"))
-    expect(page.get_by_role("list", name="Images to send").get_by_role("listitem")).to_have_count(1)  # scaled and listed before sending
     expect(page.locator("#attachments .attachment")).to_have_count(1)
     page.get_by_label("Message").fill(HOSTILE)
     page.get_by_label("Message").press("Enter")
@@ -155,7 +154,6 @@ def test_history_on_a_phone(server, open_page, images, screenshot):
     page = open_page(server.url, device="phone").page
     wait_until_ready(page)
     page.set_input_files("#file-input", str(images / "photo.jpg"))
-    expect(page.get_by_role("list", name="Images to send").get_by_role("listitem")).to_have_count(1)  # scaled and listed before sending
     page.get_by_label("Message").fill("What colours are in this photo? A long question to see how it wraps in the list.")
     page.get_by_role("button", name="Send").click()
     expect(page.locator(".turn.assistant")).to_have_attribute("data-state", "done")
