@@ -413,7 +413,7 @@ def test_settings_persist_in_the_browser_and_reset(server, open_page):
 
 def test_markdown_answers_are_rendered_and_sanitised(server, open_page, screenshot):
     """Model output is untrusted: formatting is rendered, scripts and HTML injection are not."""
-    opened = open_page(server.url)
+    opened = open_page(server.url, permissions=["clipboard-read", "clipboard-write"])
     # The server's CSP refuses the payload's inline handler while DOMPurify parses it: blocked, as it should be.
     opened.console.allow(r"inline event handler violates the following Content Security Policy")
     page = opened.page
@@ -452,6 +452,18 @@ def test_markdown_answers_are_rendered_and_sanitised(server, open_page, screensh
     assert page.evaluate("window.__pwned") is None
     expect(turn.locator(".stats")).to_have_text("first token 1.5 s · 12.5 tokens/s · cut off at the max-tokens limit")
     screenshot(page, "desktop-markdown")
+
+    # Both copy buttons copy and say so for a moment: the code block's code, the answer's Markdown.
+    copy_code = body.get_by_role("button", name="Copy code")
+    copy_code.click()
+    expect(copy_code).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()").strip() == "print('hi')"
+    expect(copy_code).to_have_text("Copy")
+    copy_answer = turn.get_by_role("button", name="Copy the answer")
+    copy_answer.click()
+    expect(copy_answer).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == answer
+    expect(copy_answer).to_have_text("Copy")
 
 
 def test_keyboard_and_screen_reader_basics(server, open_page):
