@@ -8,7 +8,8 @@ import pytest
 from playwright.sync_api import expect
 
 from live_server import LiveServer
-from test_chat_page import STRICT_CSP, chat_requests, images, open_settings, wait_until_ready  # noqa: F401
+from test_chat_page import (chat_requests, goto_under_the_servers_csp, images, open_settings,  # noqa: F401
+                            wait_until_ready)
 
 pytestmark = pytest.mark.e2e
 
@@ -121,15 +122,8 @@ HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</scrip
 
 
 def test_html_in_a_question_is_shown_as_text_under_a_strict_csp(server, open_page, images, screenshot):
-    opened = open_page(color_scheme="dark")
-    page = opened.page
-
-    def with_csp(route):
-        response = route.fetch()
-        route.fulfill(response=response, headers={**response.headers, "content-security-policy": STRICT_CSP})
-
-    page.route(server.url + "/", with_csp)
-    page.goto(server.url + "/")
+    page = open_page(color_scheme="dark").page
+    goto_under_the_servers_csp(page, server.url + "/")
     wait_until_ready(page)
     page.set_input_files("#file-input", str(images / "photo.jpg"))
     expect(page.locator("#attachments .attachment")).to_have_count(1)
