@@ -144,19 +144,17 @@ def test_html_in_a_question_is_shown_as_text_under_a_strict_csp(server, open_pag
     assert page.evaluate("window.__pwned") is None
 
 
-def test_history_on_a_phone(server, open_page, images, screenshot):
+def test_history_on_a_phone(server, open_page, images, screenshot, fits_a_phone):
     page = open_page(server.url, device="phone").page
     wait_until_ready(page)
     page.set_input_files("#file-input", str(images / "photo.jpg"))
     page.get_by_label("Message").fill("What colours are in this photo? A long question to see how it wraps in the list.")
     page.get_by_role("button", name="Send").click()
     expect(page.locator(".turn.assistant")).to_have_attribute("data-state", "done")
-    box = page.get_by_role("button", name="History").bounding_box()
-    assert box["width"] >= 40 and box["height"] >= 40, f"History is too small to tap: {box}"
+    fits_a_phone(page, buttons=("History",))
     dialog = open_history(page)
     expect(dialog.locator(".history-item").first).to_contain_text("What colours are in this photo?")
-    width = page.evaluate("document.documentElement.scrollWidth")
-    assert width <= 390, f"the page scrolls sideways on a phone ({width}px wide)"
+    fits_a_phone(page)
     panel = dialog.bounding_box()
     assert panel["width"] <= 390
     screenshot(page, "phone-history")
