@@ -1,4 +1,6 @@
 """API keys, CORS and security headers, through the test client."""
+import json
+import re
 from html.parser import HTMLParser
 
 import pytest
@@ -172,3 +174,16 @@ def test_the_page_template_is_told_whether_a_key_is_required(app, keyed):
     finally:
         template_rendered.disconnect(record)
     assert seen == [True, False]
+
+
+def page_config(client) -> dict:
+    """The JSON configuration the page template renders for the scripts."""
+    html = client.get("/").get_data(as_text=True)
+    match = re.search(r'<script type="application/json" id="loupe-config">(.*?)</script>', html, re.S)
+    assert match, "the page has no configuration block"
+    return json.loads(match.group(1))
+
+
+def test_the_page_config_says_whether_a_key_is_required(keyed, client):
+    assert page_config(keyed)["apiKeyRequired"] is True
+    assert page_config(client)["apiKeyRequired"] is False

@@ -3,7 +3,7 @@
  * writing), the streamed answer rendered as Markdown, and afterwards its numbers and actions.
  */
 import { addCodeCopyButtons, renderMarkdown } from "./markdown.js";
-import { copyText } from "./clipboard.js";
+import { copyWithFeedback } from "./clipboard.js";
 import { describeTimings, formatSeconds } from "./format.js";
 
 const SLOW_READING_MS = 8000;
@@ -110,7 +110,7 @@ export class AnswerView {
     if (this.renderPending) cancelAnimationFrame(this.renderPending);
     this.renderPending = 0;
     this.render();
-    addCodeCopyButtons(this.answer, copyText);
+    addCodeCopyButtons(this.answer);
     this.root.dataset.state = state;
     this.answer.setAttribute("aria-busy", "false");
     this.progress.hidden = true;
@@ -159,11 +159,7 @@ export class AnswerView {
       const copy = element("button", "button small", "Copy");
       copy.type = "button";
       copy.setAttribute("aria-label", "Copy the answer");
-      copy.addEventListener("click", async () => {
-        const ok = await copyText(this.text);
-        copy.textContent = ok ? "Copied" : "Copy failed";
-        setTimeout(() => { copy.textContent = "Copy"; }, 1500);
-      });
+      copy.addEventListener("click", () => copyWithFeedback(copy, this.text));
       buttons.push(copy);
     }
     const again = element("button", "button small regenerate", "Regenerate");

@@ -1,6 +1,7 @@
 /**
  * The page's client for Loupe's public API: streamed chat completions, the health check and the history.
  */
+import { apiFetch } from "./api-key.js";
 import { readEventData } from "./sse.js";
 
 /** An error to show the person: the server's `error.message`, or our own words for what went wrong. */
@@ -61,7 +62,7 @@ async function errorFromResponse(response) {
 export async function* streamChat(url, body, signal) {
   let response;
   try {
-    response = await fetch(url, {
+    response = await apiFetch(url, {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
       body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }),
@@ -148,7 +149,7 @@ export async function fetchHealth(url, signal) {
 async function historyJson(url, { method = "GET", signal } = {}) {
   let response;
   try {
-    response = await fetch(url, { method, signal, cache: "no-store", headers: { Accept: "application/json" } });
+    response = await apiFetch(url, { method, signal, cache: "no-store", headers: { Accept: "application/json" } });
   } catch (error) {
     if (signal && signal.aborted) throw error;
     throw new ApiError("Could not reach the server. Check that Loupe is running and try again.");
@@ -182,17 +183,22 @@ export function deleteRecord(url) {
   return historyJson(url, { method: "DELETE" });
 }
 
-/** A recorded image as a data URL, as the page sends images. */
-export async function fetchImageAsDataUrl(url, signal) {
+/** A recorded image's bytes (fetched with the API key, which an `<img src>` could not send). */
+export async function fetchImageBlob(url, signal) {
   let response;
   try {
-    response = await fetch(url, { signal });
+    response = await apiFetch(url, { signal });
   } catch (error) {
     if (signal && signal.aborted) throw error;
     throw new ApiError("Could not reach the server to fetch an image of this conversation.");
   }
   if (!response.ok) throw await errorFromResponse(response);
-  const blob = await response.blob();
+  return response.blob();
+}
+
+/** A recorded image as a data URL, as the page sends images. */
+export async function fetchImageAsDataUrl(url, signal) {
+  const blob = await fetchImageBlob(url, signal);
   return new Promise((resolve, reject) => {
     const reader = new FileReader();
     reader.onload = () => resolve(String(reader.result));

@@ -17,6 +17,8 @@ export class AttachmentTray {
     this.options = options;
     this.items = [];
     this.pending = 0;
+    this.preparing = new Set();  // the promises of add() calls still preparing their files
+    this.epoch = 0;  // bumped by clear(), so files still preparing then are not added afterwards
     this.dragDepth = 0;
 
     this.attachButton.addEventListener("click", () => this.fileInput.click());
@@ -73,9 +75,20 @@ export class AttachmentTray {
     this.add(files);
   }
 
+  /** Wait until every file being prepared is in the tray (or refused). */
+  async ready() {
+    while (this.preparing.size) await Promise.allSettled([...this.preparing]);
+  }
+
   /** Check, shrink and show the files; refusals are listed in the notice. */
-  async add(files) {
-    if (!files.length) return;
+  add(files) {
+    if (!files.length) return Promise.resolve();
+    const adding = this.prepareAll(files);
+    this.preparing.add(adding);
+    return adding.finally(() => this.preparing.delete(adding));
+  }
+
+  async prepareAll(files) {
     const problems = [];
     const room = this.options.limits.maxImages - this.options.imagesInHistory() - this.items.length - this.pending;
     if (files.length > room) {
@@ -86,15 +99,19 @@ export class AttachmentTray {
       files = files.slice(0, Math.max(0, room));
     }
     this.pending += files.length;
+    const epoch = this.epoch;
+    const placeholders = files.map((file) => this.renderPlaceholder(file));
     this.options.onChange();
     const results = await Promise.allSettled(
       files.map((file) => prepareImage(file, this.options.limits, this.options.acceptedTypes)));
     this.pending -= files.length;
+    if (epoch !== this.epoch) return;  // the tray was cleared (new chat) meanwhile
     results.forEach((result, i) => {
       if (result.status === "fulfilled") {
         this.items.push(result.value);
-        this.renderItem(result.value);
+        placeholders[i].replaceWith(this.renderItem(result.value));
       } else {
+        placeholders[i].remove();
         const reason = result.reason instanceof ImageRefused
           ? result.reason.message : "The image could not be read.";
         problems.push(`${files[i].name || "Pasted image"}: ${reason}`);
@@ -103,8 +120,29 @@ export class AttachmentTray {
     this.showProblems(problems);
     const added = results.filter((r) => r.status === "fulfilled").length;
     if (added) this.options.announce(`${added} image${added === 1 ? "" : "s"} attached.`);
-    this.list.hidden = this.items.length === 0;
+    this.list.hidden = this.list.childElementCount === 0;
     this.options.onChange();
+  }
+
+  /** A stand-in shown while a file is checked and scaled: large photos take a moment. */
+  renderPlaceholder(file) {
+    const li = document.createElement("li");
+    li.className = "attachment preparing";
+    li.setAttribute("aria-busy", "true");
+    const frame = document.createElement("span");
+    frame.className = "attachment-frame";
+    const spinner = document.createElement("span");
+    spinner.className = "spinner";
+    spinner.setAttribute("aria-hidden", "true");
+    frame.append(spinner);
+    const caption = document.createElement("span");
+    caption.className = "attachment-caption";
+    caption.textContent = "Preparing…";
+    li.title = `Preparing ${file.name || "the pasted image"}…`;
+    li.append(frame, caption);
+    this.list.append(li);
+    this.list.hidden = false;
+    return li;
   }
 
   showProblems(problems) {
@@ -140,14 +178,14 @@ export class AttachmentTray {
       if (index >= 0) this.items.splice(index, 1);
       const next = li.nextElementSibling?.querySelector("button") || li.previousElementSibling?.querySelector("button");
       li.remove();
-      this.list.hidden = this.items.length === 0;
+      this.list.hidden = this.list.childElementCount === 0;
       this.showProblems([]);
       this.options.announce(`${item.name} removed.`);
       this.options.onChange();
       (next || document.getElementById("prompt")).focus();
     });
     li.append(img, caption, remove);
-    this.list.append(li);
+    return li;
   }
 
   /** Hand the images over for sending and empty the tray. */
@@ -161,6 +199,7 @@ export class AttachmentTray {
   }
 
   clear() {
+    this.epoch += 1;
     this.take();
     this.options.onChange();
   }

@@ -29,6 +29,7 @@ export class ChatController {
     this.announce = announce;
     this.onAnswered = onAnswered;
     this.current = null;
+    this.waiting = false;  // a send is waiting for attached images to be prepared
     this.stickToBottom = true;
     this.coarsePointer = window.matchMedia("(pointer: coarse)");
 
@@ -80,11 +81,11 @@ export class ChatController {
     const { send, stop, prompt, tasks } = this.el;
     const ready = this.health.ready;
     const idle = !this.generating;
-    const hasInput = prompt.value.trim() !== "" || this.tray.count > 0;
-    send.disabled = !idle || !ready || this.tray.busy || !hasInput;
+    const hasInput = prompt.value.trim() !== "" || this.tray.count > 0 || this.tray.busy;
+    send.disabled = !idle || !ready || this.waiting || !hasInput;
     send.hidden = !idle;
     stop.hidden = idle;
-    for (const button of tasks) button.disabled = !idle || !ready || this.tray.busy;
+    for (const button of tasks) button.disabled = !idle || !ready || this.waiting;
     const last = this.conversation.last;
     for (const exchange of this.conversation.exchanges) {
       exchange.answer?.setRegenerable(idle && ready && exchange === last);
@@ -92,8 +93,9 @@ export class ChatController {
   }
 
   /** Send what is in the message box (and the attached images); a task button adds its prompt. */
-  sendFromComposer(taskPrompt = "") {
-    if (this.generating || !this.health.ready || this.tray.busy) return;
+  async sendFromComposer(taskPrompt = "") {
+    if (this.generating || this.waiting || !this.health.ready) return;
+    if (this.tray.busy && !(await this.waitForImages())) return;
     const typed = this.el.prompt.value.trim();
     if (taskPrompt && this.tray.count === 0 && !this.conversation.hasImages()) {
       this.tray.showProblems(["Attach an image first: the tasks are about an image."]);
@@ -109,6 +111,24 @@ export class ChatController {
     const exchange = this.conversation.addExchange(text, images);
     this.stickToBottom = true;
     this.run(exchange);
+  }
+
+  /**
+   * Wait while attached images are still being prepared (the tray shows them as "Preparing…").
+   * @returns {Promise<boolean>} whether to send: not when an image was refused meanwhile (the notice says why)
+   */
+  async waitForImages() {
+    const expected = this.tray.count + this.tray.pending;
+    this.waiting = true;
+    this.updateControls();
+    this.announce("Preparing the images before sending…");
+    try {
+      await this.tray.ready();
+    } finally {
+      this.waiting = false;
+      this.updateControls();
+    }
+    return this.tray.count >= expected;
   }
 
   /** Ask for (or again for) the answer of an exchange, streaming it into a new answer view. */

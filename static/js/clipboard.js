@@ -1,4 +1,7 @@
-/** Copying text, also where the async Clipboard API is missing (plain http on a LAN address). */
+/**
+ * Copying text, also where the async Clipboard API is missing (plain http on a LAN address),
+ * and the copy buttons' brief "Copied" feedback.
+ */
 
 /** @returns {Promise<boolean>} whether the text was copied */
 export async function copyText(text) {
@@ -23,5 +26,22 @@ export async function copyText(text) {
     ok = false;
   }
   area.remove();
+  return ok;
+}
+
+const FEEDBACK_MS = 1500;
+const restoring = new WeakMap();  // button → {label, timer}: a second click meanwhile keeps the real label
+
+/** Copy `text` and say on `button` how it went ("Copied" or "Copy failed") for a moment. */
+export async function copyWithFeedback(button, text) {
+  const label = restoring.get(button)?.label ?? button.textContent;
+  const ok = await copyText(text);
+  clearTimeout(restoring.get(button)?.timer);
+  button.textContent = ok ? "Copied" : "Copy failed";
+  const timer = setTimeout(() => {
+    button.textContent = label;
+    restoring.delete(button);
+  }, FEEDBACK_MS);
+  restoring.set(button, { label, timer });
   return ok;
 }

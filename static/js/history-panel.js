@@ -4,6 +4,7 @@
  * answers are rendered by the conversation through the Markdown + DOMPurify path.
  */
 import { ApiError, deleteRecord, fetchImageAsDataUrl, fetchRecord, listHistory } from "./api.js";
+import { Thumbnails } from "./thumbnails.js";
 
 const PAGE_SIZE = 20;
 const STATUS_WORDS = { failed: "failed", cancelled: "stopped" };
@@ -71,6 +72,7 @@ export class HistoryPanel {
     this.loading = null;
     this.busy = false;
     this.openedOne = false;
+    this.thumbnails = new Thumbnails();
 
     this.opener.addEventListener("click", () => this.open());
     this.close.addEventListener("click", () => this.dialog.close());
@@ -115,7 +117,10 @@ export class HistoryPanel {
     this.more.disabled = true;
     try {
       const page = await listHistory(this.options.url, older ? this.cursor : null, PAGE_SIZE, abort.signal);
-      if (!older) this.list.replaceChildren();
+      if (!older) {
+        this.thumbnails.releaseAll(this.list);
+        this.list.replaceChildren();
+      }
       for (const summary of page.data) this.list.append(this.renderItem(summary));
       this.cursor = page.next_cursor;
       this.more.hidden = !page.has_more;
@@ -147,10 +152,9 @@ export class HistoryPanel {
     openButton.type = "button";
     if (summary.thumbnail_url) {
       const thumb = element("img", "history-thumb");
-      thumb.src = summary.thumbnail_url;
       thumb.alt = "";
-      thumb.loading = "lazy";
       thumb.decoding = "async";
+      this.thumbnails.show(item, thumb, summary.thumbnail_url);
       openButton.append(thumb);
     } else {
       const blank = element("span", "history-thumb blank");
@@ -243,6 +247,7 @@ export class HistoryPanel {
       return;
     }
     const next = item.nextElementSibling || item.previousElementSibling;
+    this.thumbnails.release(item);
     item.remove();
     this.options.announce("Conversation deleted.");
     if (!this.list.childElementCount && this.more.hidden) this.showStatus("No conversations yet.");

@@ -1,11 +1,13 @@
 /**
  * Loupe's chat page: reads the configuration the server put in the page and wires the parts together.
  */
+import { configureApiKey, hasKey, keyRequired, requestKey } from "./api-key.js";
 import { AttachmentTray } from "./attachments.js";
 import { ChatController } from "./chat.js";
 import { Conversation } from "./conversation.js";
 import { HealthMonitor, describeHealth } from "./health.js";
 import { HistoryPanel } from "./history-panel.js";
+import { KeyDialog, wireForgetKey } from "./key-dialog.js";
 import { SettingsPanel } from "./settings.js";
 
 function readConfig() {
@@ -42,6 +44,11 @@ function start() {
   const health = new HealthMonitor(config.urls.health);
   const conversation = new Conversation(byId("conversation"), byId("empty-state"));
   const settings = new SettingsPanel(byId("settings-dialog"), byId("open-settings"), config.limits);
+  const keyDialog = new KeyDialog(byId("key-dialog"));
+  configureApiKey({ required: config.apiKeyRequired, ask: (options) => keyDialog.ask(options) });
+  wireForgetKey({
+    section: byId("key-settings"), button: byId("forget-key"), help: byId("help-key"), opener: byId("open-settings"),
+  });
   let chat = null;
   const history = config.urls.history ? new HistoryPanel(
     {
@@ -76,6 +83,8 @@ function start() {
   health.subscribe(showHealth);
   health.start();
   document.documentElement.dataset.ready = "true";
+  // Ask up front, so the first question is not refused: declining is fine, the next request asks again.
+  if (keyRequired() && !hasKey()) requestKey(false);
 }
 
 start();

@@ -4,6 +4,7 @@
  */
 import { Marked } from "../vendor/marked/marked.esm.js";
 import DOMPurify from "../vendor/dompurify/purify.es.mjs";
+import { copyWithFeedback } from "./clipboard.js";
 
 const marked = new Marked({ gfm: true, breaks: false, async: false });
 
@@ -49,7 +50,7 @@ export function renderMarkdown(text) {
 }
 
 /** Add a "Copy" button to each code block of a rendered answer. */
-export function addCodeCopyButtons(container, copy) {
+export function addCodeCopyButtons(container) {
   for (const pre of container.querySelectorAll("pre")) {
     if (pre.parentElement && pre.parentElement.classList.contains("code-block")) continue;
     const wrapper = document.createElement("div");
@@ -61,11 +62,7 @@ export function addCodeCopyButtons(container, copy) {
     button.className = "code-copy";
     button.textContent = "Copy";
     button.setAttribute("aria-label", "Copy code");
-    button.addEventListener("click", async () => {
-      const ok = await copy(pre.innerText);
-      button.textContent = ok ? "Copied" : "Copy failed";
-      setTimeout(() => { button.textContent = "Copy"; }, 1500);
-    });
+    button.addEventListener("click", () => copyWithFeedback(button, pre.innerText));
     wrapper.append(button);
   }
 }

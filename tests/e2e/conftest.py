@@ -115,3 +115,19 @@ def screenshot():
         return path
 
     return take
+
+
+@pytest.fixture(scope="session")
+def fits_a_phone():
+    """`fits_a_phone(page, buttons=())`: assert the page does not scroll sideways at phone width and the
+    named buttons are big enough to tap (40 px; a finger needs about that)."""
+    phone_width = VIEWPORTS["phone"]["viewport"]["width"]
+
+    def check(page, buttons=()) -> None:
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= phone_width, f"the page scrolls sideways on a phone ({width}px wide)"
+        for name in buttons:
+            box = page.get_by_role("button", name=name).bounding_box()
+            assert box["width"] >= 40 and box["height"] >= 40, f"{name} is too small to tap: {box}"
+
+    return check

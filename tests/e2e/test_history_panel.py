@@ -8,7 +8,8 @@ import pytest
 from playwright.sync_api import expect
 
 from live_server import LiveServer
-from test_chat_page import STRICT_CSP, chat_requests, images, open_settings, wait_until_ready  # noqa: F401
+from test_chat_page import (chat_requests, goto_under_the_servers_csp, images, open_settings,  # noqa: F401
+                            wait_until_ready)
 
 pytestmark = pytest.mark.e2e
 
@@ -121,18 +122,10 @@ HOSTILE = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</scrip
 
 
 def test_html_in_a_question_is_shown_as_text_under_a_strict_csp(server, open_page, images, screenshot):
-    opened = open_page(color_scheme="dark")
-    page = opened.page
-
-    def with_csp(route):
-        response = route.fetch()
-        route.fulfill(response=response, headers={**response.headers, "content-security-policy": STRICT_CSP})
-
-    page.route(server.url + "/", with_csp)
-    page.goto(server.url + "/")
+    page = open_page(color_scheme="dark").page
+    goto_under_the_servers_csp(page, server.url + "/")
     wait_until_ready(page)
     page.set_input_files("#file-input", str(images / "photo.jpg"))
-    expect(page.get_by_role("list", name="Images to send").get_by_role("listitem")).to_have_count(1)  # scaled and listed before sending
     expect(page.locator("#attachments .attachment")).to_have_count(1)
     page.get_by_label("Message").fill(HOSTILE)
     page.get_by_label("Message").press("Enter")
@@ -151,20 +144,17 @@ def test_html_in_a_question_is_shown_as_text_under_a_strict_csp(server, open_pag
     assert page.evaluate("window.__pwned") is None
 
 
-def test_history_on_a_phone(server, open_page, images, screenshot):
+def test_history_on_a_phone(server, open_page, images, screenshot, fits_a_phone):
     page = open_page(server.url, device="phone").page
     wait_until_ready(page)
     page.set_input_files("#file-input", str(images / "photo.jpg"))
-    expect(page.get_by_role("list", name="Images to send").get_by_role("listitem")).to_have_count(1)  # scaled and listed before sending
     page.get_by_label("Message").fill("What colours are in this photo? A long question to see how it wraps in the list.")
     page.get_by_role("button", name="Send").click()
     expect(page.locator(".turn.assistant")).to_have_attribute("data-state", "done")
-    box = page.get_by_role("button", name="History").bounding_box()
-    assert box["width"] >= 40 and box["height"] >= 40, f"History is too small to tap: {box}"
+    fits_a_phone(page, buttons=("History",))
     dialog = open_history(page)
     expect(dialog.locator(".history-item").first).to_contain_text("What colours are in this photo?")
-    width = page.evaluate("document.documentElement.scrollWidth")
-    assert width <= 390, f"the page scrolls sideways on a phone ({width}px wide)"
+    fits_a_phone(page)
     panel = dialog.bounding_box()
     assert panel["width"] <= 390
     screenshot(page, "phone-history")
