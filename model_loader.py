@@ -23,6 +23,7 @@ from errors import InvalidRequest
 from inference import ImagePart, Message, SamplingParams
 from model_batch import DecodeBatch
 from model_cache import new_cache
+from model_kernels import use_linear_kernel
 from model_sampling import IncrementalDecoder, Sampler
 from model_weights import load_model, local_directory
 from prefix_cache import PrefixCache
@@ -100,6 +101,9 @@ def _load(settings: Settings) -> QwenBackend:
     except (OSError, ValueError) as exc:
         raise ModelLoadError(_load_advice(source, exc)) from exc
     model.to(settings.device).eval()
+    moved = use_linear_kernel(model, settings.linear_kernel)
+    log.info("model %s loaded in %s; %d linear layers on %s", source, settings.dtype, moved,
+             settings.linear_kernel if moved else "torch's default kernel")
     if tokenizer.chat_template is None:
         raise ModelLoadError(f"The tokenizer of {source!r} has no chat template.")
     eos = generation_config.eos_token_id

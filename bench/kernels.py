@@ -1,0 +1,70 @@
+"""How fast each CPU kernel reads a linear layer's weights, against the machine's read bandwidth.
+
+    python bench/kernels.py [--threads 2] [--rows 1 2 4]
+
+A decode step multiplies a few rows (one per sequence in the batch) by every weight matrix once, so
+it is bound by how fast the kernel streams the weights. This cycles through twelve 2048x6144 layers
+(600 MB in float32, far beyond any L3 cache) with torch's default kernel (`blas`) and with oneDNN's
+inner product (`onednn`, what LINEAR_KERNEL=onednn uses), interleaving them so noise hits both, and
+prints the best effective GB/s of each beside torch.sum over the same bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger("bench.kernels")
+IN_FEATURES, OUT_FEATURES, LAYERS = 2048, 6144, 12
+
+
+def kernels(x: torch.Tensor, weights: list[torch.Tensor], data: torch.Tensor) -> dict:
+    """Name → one pass over every layer."""
+    return {
+        "sum": lambda: data.sum(),
+        "blas": lambda: [F.linear(x, w) for w in weights],
+        "onednn": lambda: [torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "") for w in weights],
+    }
+
+
+def measure(dtype: torch.dtype, rows: int, repeats: int) -> dict[str, float]:
+    """Best effective GB/s of each kernel over `repeats` interleaved passes."""
+    weights = [torch.randn(OUT_FEATURES, IN_FEATURES).to(dtype) for _ in range(LAYERS)]
+    total = sum(w.numel() * w.element_size() for w in weights)
+    data = torch.ones(total // 4)
+    x = torch.randn(rows, IN_FEATURES).to(dtype)
+    passes = kernels(x, weights, data)
+    best = dict.fromkeys(passes, float("inf"))
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for name, run in passes.items():
+                begin = time.perf_counter()
+                run()
+                best[name] = min(best[name], time.perf_counter() - begin)
+    return {name: total / seconds / 1e9 for name, seconds in best.items()}
+
+
+def main() -> None:
+    """Print a Markdown table: GB/s per kernel, dtype and rows."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--repeats", type=int, default=12)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log.info("threads: %d\n\n| dtype | rows | torch.sum GB/s | blas GB/s | onednn GB/s | onednn/blas |", torch.get_num_threads())
+    log.info("| --- | --- | --- | --- | --- | --- |")
+    for dtype in (torch.float32, torch.bfloat16):
+        for rows in args.rows:
+            r = measure(dtype, rows, args.repeats)
+            log.info("| %s | %d | %.1f | %.1f | %.1f | %.2f |", str(dtype).removeprefix("torch."), rows,
+                     r["sum"], r["blas"], r["onednn"], r["onednn"] / r["blas"])
+
+
+if __name__ == "__main__":
+    main()
