@@ -22,6 +22,7 @@ class Measurement:
     ttft_s: float | None = None  # to the first chunk with non-empty content
     role_s: float | None = None  # to the role chunk (the engine took the request)
     finished_s: float | None = None  # to the finish_reason chunk
+    content_s: list[float] = field(default_factory=list)  # to each chunk with content (about a token each)
     completion_tokens: int = 0
     text: str = ""
     finish_reason: str | None = None
@@ -91,6 +92,7 @@ def _read_stream(response: requests.Response, result: Measurement) -> None:
                 result.role_s = now
             if delta.get("content"):
                 pieces.append(delta["content"])
+                result.content_s.append(now)
                 if result.ttft_s is None:
                     result.ttft_s = now
             if choice.get("finish_reason"):

@@ -1,0 +1,26 @@
+"""The benchmark's arithmetic: the batched window counts only what all clients decoded together."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/ is scripts, not a package
+
+from report import batched_window, union_seconds  # noqa: E402
+
+
+def client(ttft, finished, chunks):
+    return {"ttft_s": ttft, "finished_s": finished, "content_s": chunks}
+
+
+def test_the_window_runs_from_the_last_first_token_to_the_first_finish():
+    early = client(1.0, 10.0, [1.0, 2.0, 6.0, 7.0, 8.0, 10.0])  # decoded alone while the other read its prompt
+    late = client(5.0, 12.0, [5.0, 6.0, 7.0, 8.0, 11.0])
+    figures = batched_window([early, late])
+    assert figures["concurrent_batched_window_s"] == 5.0
+    assert figures["concurrent_batched_decode_tps"] == (4 + 3) / 5.0  # (5, 10]: 6,7,8,10 and 6,7,8
+
+
+def test_no_window_without_chunk_times_or_overlap():
+    assert batched_window([client(1.0, 2.0, [])])["concurrent_batched_decode_tps"] is None
+    apart = [client(1.0, 2.0, [1.0, 2.0]), client(3.0, 4.0, [3.0, 4.0])]
+    assert batched_window(apart)["concurrent_batched_decode_tps"] is None
+    assert union_seconds([(0, 1), (0.5, 2), (3, 4)]) == 3.0
