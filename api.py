@@ -8,8 +8,9 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest
 
 from config import Settings
-from engine import Engine, Generation
+from engine import Engine
 from errors import GenerationFailed, InvalidRequest, LoupeError, UnsupportedMediaType
+from generation import Generation
 from history_recorder import Recording
 from history_store import HistoryStore
 from images import load_request_images

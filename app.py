@@ -8,8 +8,9 @@ from flask import Flask, render_template
 import api
 import history_api
 from config import Settings
-from engine import Backend, Engine
+from engine import Engine
 from errors import register_error_handlers
+from generation import Backend
 from history_store import HistoryStore
 from images import ACCEPTED_FORMATS
 from metrics import init_metrics

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer, DynamicCache, GenerationConfig
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from config import Settings
-from engine import Token
+from generation import Token
 from errors import InvalidRequest
 from inference import ImagePart, Message, SamplingParams
 from model_batch import DecodeBatch

@@ -15,6 +15,7 @@ import torch
 from huggingface_hub import snapshot_download
 from safetensors import safe_open
 from transformers import AutoConfig, Qwen3VLForConditionalGeneration
+from transformers.utils import logging as transformers_logging
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def weight_files(directory: Path) -> list[Path]:
 
 def load_model(directory: Path, dtype: torch.dtype) -> Qwen3VLForConditionalGeneration:
     """The model with its weights read tensor by tensor (no memory map) and converted as they arrive."""
+    transformers_logging.disable_progress_bar()  # a server log wants one line, not a bar per tensor
     files = weight_files(directory)
     if not files:  # e.g. a pytorch_model.bin checkpoint: transformers' own loader handles it
         return Qwen3VLForConditionalGeneration.from_pretrained(directory, dtype=dtype)

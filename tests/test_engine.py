@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from engine import Engine, Token
+from engine import Engine
+from generation import Token
 from errors import GenerationFailed, ModelUnavailable, ServerBusy
 from inference import ChatRequest, Finished, Message, SamplingParams, Started, TextDelta, TextPart
 

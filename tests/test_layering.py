@@ -4,7 +4,7 @@ import sys
 
 from live_server import ROOT
 
-WEB_MODULES = ["app", "api", "config", "engine", "errors", "images", "inference", "prefix_cache", "protocol",
+WEB_MODULES = ["app", "api", "config", "engine", "errors", "generation", "images", "inference", "prefix_cache", "protocol",
                "remote_images", "responses", "stops", "history_api", "history_recorder", "history_store",
                "history_schema", "image_store"]
 

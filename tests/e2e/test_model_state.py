@@ -17,7 +17,8 @@ from werkzeug.serving import make_server
 
 from app import create_app
 from config import Settings
-from engine import Engine, Token
+from engine import Engine
+from generation import Token
 
 pytestmark = pytest.mark.e2e
 
