@@ -36,41 +36,42 @@ class DecodeBatch:
         return len(self.rows)
 
     def add(self, row: Hashable, cache: DynamicCache) -> None:
-        """Join with a sequence's own cache (batch of one)."""
-        own = [(layer.keys, layer.values) for layer in cache.layers]
-        own_length = own[0][0].shape[-2]
+        """Join with a sequence's own cache (batch of one); the batch takes it over."""
+        own_length = cache.get_seq_length()
         if self.cache is None:
             self.rows, self.cache = [row], cache  # alone, the batch decodes into the sequence's own cache
             self.mask = torch.ones(1, own_length, dtype=torch.long)
             return
         length = max(own_length, self.mask.shape[1])
-        layers = [(torch.cat([_left_pad(layer.keys, length), _left_pad(k, length)]),
-                   torch.cat([_left_pad(layer.values, length), _left_pad(v, length)]))
-                  for layer, (k, v) in zip(self.cache.layers, own)]
+        # Layer by layer, releasing each old layer as its successor is made: the join costs one
+        # layer's worth of memory beside the batch, not a second copy of every cache.
+        for layer, own in zip(self.cache.layers, cache.layers):
+            layer.replace(torch.cat([_left_pad(layer.keys, length), _left_pad(own.keys, length)]),
+                          torch.cat([_left_pad(layer.values, length), _left_pad(own.values, length)]))
+            own.reset()
         own_mask = torch.cat([torch.zeros(1, length - own_length, dtype=torch.long),
                               torch.ones(1, own_length, dtype=torch.long)], dim=1)
         old_mask = torch.cat([torch.zeros(len(self.rows), length - self.mask.shape[1], dtype=torch.long),
                               self.mask], dim=1)
         self.mask = torch.cat([old_mask, own_mask])
-        self.cache = cache_from(self.config, layers)
         self.rows.append(row)
 
     def remove(self, row: Hashable) -> DynamicCache:
         """Leave the batch; returns the sequence's own cache without padding."""
         index = self.rows.index(row)
+        self.rows.pop(index)
+        if not self.rows:  # the last row has no padding (columns padded in every row are dropped)
+            own, self.cache, self.mask = self.cache, None, None
+            return own
         start = int(self.mask[index].argmax())  # the first real position of a left-padded row
         own = cache_from(self.config, [(layer.keys[index:index + 1, :, start:], layer.values[index:index + 1, :, start:])
-                                        for layer in self.cache.layers])
-        keep = [i for i in range(len(self.rows)) if i != index]
-        self.rows.pop(index)
-        if not keep:
-            self.cache = self.mask = None
-            return own
+                                       for layer in self.cache.layers], room=0)  # kept, not extended, for now
+        keep = [i for i in range(len(self.rows) + 1) if i != index]
         mask = self.mask[keep]
         first = int(mask.max(dim=0).values.argmax())  # drop columns that are padding in every row left
         self.mask = mask[:, first:]
-        self.cache = cache_from(self.config, [(layer.keys[keep, :, first:], layer.values[keep, :, first:])
-                                               for layer in self.cache.layers])
+        for layer in self.cache.layers:
+            layer.replace(layer.keys[keep, :, first:], layer.values[keep, :, first:])
         return own
 
     def forward(self, model, tokens: Sequence[int], positions: Sequence[Sequence[int]]) -> torch.Tensor:

@@ -7,6 +7,8 @@ full, or when the views were replaced by something else (a crop keeps them; a re
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections.abc import Sequence
 
 import torch
@@ -14,13 +16,15 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 ROOM = 128  # tokens of spare room per reallocation: a copy every ROOM steps, at most ROOM tokens unused
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
 
 
 class GrowingLayer(DynamicLayer):
     """A DynamicLayer whose update writes into spare capacity."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, room: int = ROOM, **kwargs):
         super().__init__(**kwargs)
+        self.room = room
         self._key_buffer: torch.Tensor | None = None
         self._value_buffer: torch.Tensor | None = None
 
@@ -31,12 +35,22 @@ class GrowingLayer(DynamicLayer):
         length = self.get_seq_length()
         end = length + key_states.shape[-2]
         if not self._views_are_current(key_states) or end > self._key_buffer.shape[-2]:
-            self._reallocate(key_states, value_states, length, end + ROOM)
+            self._reallocate(key_states, value_states, length, end + self.room)
         self._key_buffer[..., length:end, :].copy_(key_states)
         self._value_buffer[..., length:end, :].copy_(value_states)
         self.keys = self._key_buffer[..., :end, :]
         self.values = self._value_buffer[..., :end, :]
         return self.keys, self.values
+
+    def replace(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Hold (a copy of) these states instead, letting go of the old buffers first."""
+        self.reset()
+        self.update(keys, values)
+
+    def reset(self) -> None:
+        """Empty, buffers released (DynamicLayer's reset would keep them referenced here)."""
+        self._key_buffer = self._value_buffer = None
+        super().reset()
 
     def _views_are_current(self, key_states: torch.Tensor) -> bool:
         """Are `keys`/`values` still leading views of the buffers, with the batch and heads of the new states?"""
@@ -55,18 +69,29 @@ class GrowingLayer(DynamicLayer):
             keys[..., :length, :].copy_(self.keys)
             values[..., :length, :].copy_(self.values)
         self._key_buffer, self._value_buffer = keys, values
+        self.room = ROOM  # a cache made to fit grows with room once it is extended
 
 
-def new_cache(config) -> DynamicCache:
+def new_cache(config, room: int = ROOM) -> DynamicCache:
     """An empty cache for the model, one growing layer per decoder layer."""
     cache = DynamicCache(config=config)
-    cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    cache.layers = [GrowingLayer(room) if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache
 
 
-def cache_from(config, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
-    """A cache holding (copies of) the given (keys, values) per layer."""
-    cache = new_cache(config)
+def cache_from(config, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], room: int = ROOM) -> DynamicCache:
+    """A cache holding (copies of) the given (keys, values) per layer, with `room` positions to spare."""
+    cache = new_cache(config, room)
     for index, (keys, values) in enumerate(layers):
         cache.update(keys, values, index)
     return cache
+
+
+def return_free_memory() -> None:
+    """Hand memory freed by released caches back to the system (glibc keeps it in its heap otherwise).
+
+    Caches are freed in pieces of every size as sequences join and leave; without this the process
+    keeps their high-water mark as resident memory and the next prefill's activations come on top.
+    """
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):  # glibc only; elsewhere nothing to do
+        _LIBC.malloc_trim(0)

@@ -22,7 +22,7 @@ from generation import Token
 from errors import InvalidRequest
 from inference import ImagePart, Message, SamplingParams
 from model_batch import DecodeBatch
-from model_cache import new_cache
+from model_cache import new_cache, return_free_memory
 from model_kernels import use_linear_kernel
 from model_sampling import IncrementalDecoder, Sampler
 from model_weights import load_model, local_directory
@@ -190,6 +190,7 @@ class QwenBackend:
         sequence = QwenSequence(prompt, sampling, Sampler(sampling), IncrementalDecoder(self.tokenizer),
                                 delta, list(prompt.keys), logits, cached)
         self.batch.add(sequence, cache)
+        return_free_memory()  # the prefill's activations and the batch's old layers
         return sequence
 
     def sample(self, sequence: QwenSequence) -> Token:
@@ -217,6 +218,8 @@ class QwenBackend:
         own = self.batch.remove(sequence)
         if self.prefix_cache is not None and sequence.intact:
             self.prefix_cache.put(sequence.fed, own)
+        del own
+        return_free_memory()
 
     def generate(self, prompt: QwenPrompt, sampling: SamplingParams, cancelled: Callable[[], bool]) -> Iterator[Token]:
         """One sequence on its own: tokens until an end, the limit, or `cancelled()`."""

@@ -52,3 +52,11 @@ def test_copies_and_reordered_batches_stay_independent():
     layer.batch_select_indices(torch.tensor([1]))  # a new tensor, not a view: the layer must reallocate
     keys, _ = layer.update(*states(1, 2))
     assert torch.equal(keys, expected)
+
+
+def test_a_cache_made_to_fit_gets_room_once_extended():
+    layer = GrowingLayer(room=0)
+    layer.update(*states(6, 0))
+    assert layer._key_buffer.shape[-2] == 6  # kept for later (the prefix cache): no spare room
+    layer.update(*states(1, 1))
+    assert layer._key_buffer.shape[-2] == 7 + ROOM
