@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 # Told how each generation ended: `stop`, `length`, `cancelled` or `error`, and its timings if it finished.
 Observer = Callable[[str, "Timings | None"], None]
+# Told of each decode forward pass: how many sequences it fed and how long it took, in seconds.
+StepObserver = Callable[[int, float], None]
 
 
 class Engine:
@@ -45,6 +47,7 @@ class Engine:
         self._runs: list[_Run] = []  # the batch; only the engine's thread changes it
         self._draining = False
         self._observers: list[Observer] = []
+        self._step_observers: list[StepObserver] = []
         self.load_seconds: float | None = None
 
     def start(self) -> Engine:
@@ -93,6 +96,10 @@ class Engine:
     def add_observer(self, observer: Observer) -> None:
         """Call `observer(outcome, timings)` after each generation (metrics use this)."""
         self._observers.append(observer)
+
+    def add_step_observer(self, observer: StepObserver) -> None:
+        """Call `observer(batch_size, seconds)` after each decode forward pass."""
+        self._step_observers.append(observer)
 
     def abort_all(self, error: LoupeError) -> int:
         """End the running and every queued generation with `error`; returns how many there were."""
@@ -186,7 +193,9 @@ class Engine:
                 backend.finish(run.sequence)
                 self._notify(run.outcome, run.timings if run.outcome in ("stop", "length") else None)
             if runs:
+                begin = time.perf_counter()
                 backend.advance()
+                self._notify_step(len(runs), time.perf_counter() - begin)
         except Exception:
             log.exception("generation failed")
             for run in runs:
@@ -197,6 +206,14 @@ class Engine:
                 except Exception:  # the engine thread must outlive any one batch
                     log.exception("could not release a failed sequence")
             runs.clear()
+
+    def _notify_step(self, batch_size: int, seconds: float) -> None:
+        """Tell the step observers about one forward pass."""
+        for observer in self._step_observers:
+            try:
+                observer(batch_size, seconds)
+            except Exception:  # noqa: BLE001 - a metrics bug must not take generation down
+                log.exception("step observer failed")
 
     def _notify(self, outcome: str, timings: Timings | None) -> None:
         """Tell the observers how a generation ended; their failures never stop the engine."""

@@ -16,6 +16,7 @@ MODEL_STATES = ("loading", "ok", "error")
 SECOND_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 RATE_BUCKETS = (0.5, 1, 2, 3, 5, 8, 12, 20, 30, 50, 100, 200, 500)
 IMAGE_TOKEN_BUCKETS = (0, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 4096, 8192)
+STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10)
 
 
 class Metrics:
@@ -34,12 +35,16 @@ class Metrics:
                               buckets=SECOND_BUCKETS, registry=registry)
         self.decode_rate = Histogram("loupe_decode_tokens_per_second", "Decode speed of finished generations.",
                                      buckets=RATE_BUCKETS, registry=registry)
+        self.decode_step = Histogram("loupe_decode_step_seconds",
+                                     "One decode forward pass, feeding one token to each of batch_size sequences.",
+                                     ["batch_size"], buckets=STEP_BUCKETS, registry=registry)
         self.image_tokens = Histogram("loupe_image_tokens", "Image tokens per generation.",
                                       buckets=IMAGE_TOKEN_BUCKETS, registry=registry)
         self.prompt_tokens = Counter("loupe_prompt_tokens", "Prompt tokens read.", registry=registry)
         self.completion_tokens = Counter("loupe_completion_tokens", "Tokens generated.", registry=registry)
         self._engine_gauges(engine, registry)
         engine.add_observer(self.observe_generation)
+        engine.add_step_observer(lambda size, seconds: self.decode_step.labels(str(size)).observe(seconds))
 
     @staticmethod
     def _engine_gauges(engine: Engine, registry: CollectorRegistry) -> None:

@@ -119,6 +119,22 @@ def concurrent_chats(base_url: str, conversations: list[list[dict]], max_tokens:
     return [r for r in results if r is not None], time.perf_counter() - start
 
 
+def decode_steps(base_url: str) -> dict[str, dict[str, float]]:
+    """The server's decode forward passes so far, by batch size: {"4": {"count": n, "sum": seconds}}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{base_url}/metrics", timeout=30).text
+    steps: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "loupe_decode_step_seconds":
+            continue
+        for sample in family.samples:
+            kind = sample.name.removeprefix("loupe_decode_step_seconds_")
+            if kind in ("count", "sum"):
+                steps.setdefault(sample.labels["batch_size"], {})[kind] = sample.value
+    return steps
+
+
 def health(base_url: str) -> tuple[int, dict]:
     """GET /health: (status code, body); (0, {}) when nothing answers yet."""
     try:

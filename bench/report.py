@@ -23,6 +23,9 @@ ROWS = (
     ("concurrent_batched_decode_tps", "4 clients: aggregate decode tokens/s while all four decode", "tok/s", "higher"),
     ("concurrent_speedup", "4 clients: that / one client's decode tokens/s", "", "higher"),
     ("concurrent_decode_tps", "4 clients: aggregate decode tokens/s, prefill stalls included", "tok/s", "higher"),
+    ("step_tps_1", "decode passes of 1 sequence: tokens/s (server /metrics)", "tok/s", "higher"),
+    ("step_tps_n", "decode passes of all 4 sequences: tokens/s (server /metrics)", "tok/s", "higher"),
+    ("step_speedup", "decode passes: 4 sequences' tokens/s / 1 sequence's", "", "higher"),
     ("concurrent_throughput_tps", "4 clients: tokens / wall time (prefill included)", "tok/s", "higher"),
     ("concurrent_ttft_best_s", "4 clients: TTFT, first served", "s", "lower"),
     ("concurrent_ttft_median_s", "4 clients: TTFT, median", "s", "lower"),
@@ -79,6 +82,16 @@ def batched_window(clients: list[dict]) -> dict:
     chunks = sum(1 for c in clients for t in c["content_s"] if begin < t <= end)
     rate = chunks / (end - begin) if end > begin and chunks else None
     return {"concurrent_batched_decode_tps": rate, "concurrent_batched_window_s": end - begin}
+
+
+def step_figures(steps: dict[str, dict[str, float]], clients: int) -> dict:
+    """Aggregate decode rates from the server's forward-pass histogram: batch size / mean pass time."""
+    def rate(size: int) -> float | None:
+        step = steps.get(str(size), {})
+        return size * step["count"] / step["sum"] if step.get("count") and step.get("sum") else None
+
+    one, many = rate(1), rate(clients)
+    return {"step_tps_1": one, "step_tps_n": many, "step_speedup": many / one if one and many else None}
 
 
 def figures(first: dict, follow: dict, clients: list[dict], wall_s: float, *, load_s: float,

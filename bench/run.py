@@ -24,7 +24,7 @@ import hardware
 import inputs
 import report
 from build_checkpoint import build_checkpoint
-from client import Measurement, concurrent_chats, stream_chat
+from client import Measurement, concurrent_chats, decode_steps, stream_chat
 from server import ROOT, Server
 
 log = logging.getLogger("bench.run")
@@ -42,7 +42,8 @@ def server_scenarios(url: str, image_url: str, max_tokens: int, clients: int) ->
                      for i, q in enumerate(inputs.CLIENT_QUESTIONS[:clients])]
     runs, wall = concurrent_chats(url, conversations, max_tokens)
     return {"first_turn": as_common(first), "follow_up": as_common(follow),
-            "concurrent": {"clients": [as_common(r) for r in runs], "wall_s": wall}}
+            "concurrent": {"clients": [as_common(r) for r in runs], "wall_s": wall},
+            "decode_steps": decode_steps(url)}
 
 
 def as_common(m: Measurement) -> dict:
@@ -97,9 +98,11 @@ def children_jiffies() -> int:
 
 def summarise(raw: dict, peak_rss: int, bytes_per_token: int, bandwidth: float) -> dict:
     """report.figures over one system's raw measurements."""
-    return report.figures(raw["first_turn"], raw["follow_up"], raw["concurrent"]["clients"],
-                          raw["concurrent"]["wall_s"], load_s=raw["load_s"], peak_rss_bytes=peak_rss,
-                          bytes_per_token=bytes_per_token, bandwidth=bandwidth)
+    out = report.figures(raw["first_turn"], raw["follow_up"], raw["concurrent"]["clients"],
+                         raw["concurrent"]["wall_s"], load_s=raw["load_s"], peak_rss_bytes=peak_rss,
+                         bytes_per_token=bytes_per_token, bandwidth=bandwidth)
+    out.update(report.step_figures(raw.get("decode_steps", {}), len(raw["concurrent"]["clients"])))
+    return out
 
 
 def bench_dtype(model_dir: Path, dtype: str, args: argparse.Namespace, image: tuple[str, Path],

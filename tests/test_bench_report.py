@@ -24,3 +24,13 @@ def test_no_window_without_chunk_times_or_overlap():
     apart = [client(1.0, 2.0, [1.0, 2.0]), client(3.0, 4.0, [3.0, 4.0])]
     assert batched_window(apart)["concurrent_batched_decode_tps"] is None
     assert union_seconds([(0, 1), (0.5, 2), (3, 4)]) == 3.0
+
+
+def test_step_rates_come_from_the_pass_histogram():
+    from report import step_figures
+
+    steps = {"1": {"count": 10, "sum": 3.0}, "2": {"count": 1, "sum": 0.4}, "4": {"count": 20, "sum": 10.0}}
+    figures = step_figures(steps, clients=4)
+    assert figures["step_tps_1"] == 10 / 3.0 and figures["step_tps_n"] == 4 * 20 / 10.0
+    assert figures["step_speedup"] == (80 / 10.0) / (10 / 3.0)
+    assert step_figures({}, clients=4)["step_speedup"] is None

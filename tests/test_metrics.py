@@ -48,6 +48,9 @@ def test_generations_speed_and_tokens(app):
     before = scrape(client)
     image = client.post("/v1/chat/completions", json=ask(image=data_url(png()), max_tokens=4, ignore_eos=True))
     timings = image.get_json()["timings"]
+    steps = value(scrape(client), "loupe_decode_step_seconds_count", batch_size="1") - value(
+        before, "loupe_decode_step_seconds_count", batch_size="1")
+    assert steps == 3  # four tokens: the first comes from the prefill, each later one from a pass
     stream = client.post("/v1/chat/completions", json=ask(max_tokens=2000, ignore_eos=True, stream=True),
                          buffered=False)
     next(iter(stream.response))
