@@ -209,19 +209,20 @@ class Engine:
 
     def _notify_step(self, batch_size: int, seconds: float) -> None:
         """Tell the step observers about one forward pass."""
-        for observer in self._step_observers:
-            try:
-                observer(batch_size, seconds)
-            except Exception:  # noqa: BLE001 - a metrics bug must not take generation down
-                log.exception("step observer failed")
+        _tell(self._step_observers, batch_size, seconds)
 
     def _notify(self, outcome: str, timings: Timings | None) -> None:
-        """Tell the observers how a generation ended; their failures never stop the engine."""
-        for observer in self._observers:
-            try:
-                observer(outcome, timings)
-            except Exception:  # noqa: BLE001 - a metrics bug must not take generation down
-                log.exception("generation observer failed")
+        """Tell the observers how a generation ended."""
+        _tell(self._observers, outcome, timings)
+
+
+def _tell(observers: list[Callable], *args) -> None:
+    """Call each observer; their failures are logged and never stop the engine."""
+    for observer in observers:
+        try:
+            observer(*args)
+        except Exception:  # noqa: BLE001 - a metrics bug must not take generation down
+            log.exception("observer %r failed", observer)
 
 
 class _Run:

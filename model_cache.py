@@ -16,7 +16,8 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 ROOM = 128  # tokens of spare room per reallocation: a copy every ROOM steps, at most ROOM tokens unused
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
+_LIBC_PATH = ctypes.util.find_library("c")  # once, at import: it may run ldconfig to find out
+_LIBC = ctypes.CDLL(_LIBC_PATH) if _LIBC_PATH else None
 
 
 class GrowingLayer(DynamicLayer):

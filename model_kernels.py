@@ -2,8 +2,9 @@
 
 torch multiplies float32 matrices with its BLAS (MKL). On the AMD EPYC this project is benchmarked
 on, MKL read a decode step's weights at about half the machine's bandwidth, and slower per row as
-rows were added, so batching bought little; oneDNN's inner product read them 2.2x faster for one
-row and 2.9x for four (`python bench/kernels.py` measures both on any machine).
+rows were added, so batching bought little; oneDNN's inner product read them 1.4-1.7x faster for one
+row and 2.8-2.9x for four (`python bench/kernels.py` measures both on any machine).
+`torch.ops.mkldnn._linear_pointwise` is torch's own (private) op for this, the one inductor uses.
 bfloat16 already goes to oneDNN.
 """
 from __future__ import annotations

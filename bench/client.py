@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 log = logging.getLogger("bench.client")
 
@@ -121,8 +122,6 @@ def concurrent_chats(base_url: str, conversations: list[list[dict]], max_tokens:
 
 def decode_steps(base_url: str) -> dict[str, dict[str, float]]:
     """The server's decode forward passes so far, by batch size: {"4": {"count": n, "sum": seconds}}."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     text = requests.get(f"{base_url}/metrics", timeout=30).text
     steps: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
