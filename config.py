@@ -11,6 +11,7 @@ from dotenv import dotenv_values
 from limits import parse_many
 
 DEFAULT_MODEL_ID = "Qwen/Qwen3-VL-2B-Instruct"
+LINEAR_KERNELS = ("packed", "onednn", "blas")  # implemented in model_kernels.py
 RATE_LIMIT_STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+unix://", "redis+sentinel://",
                               "redis+cluster://")
 MiB = 1024 * 1024
@@ -34,10 +35,11 @@ class Settings:
     dtype: str = _setting("float32", "Weights and compute type: `float32` or `bfloat16`.")
     device: str = _setting("cpu", "Torch device the model runs on, e.g. `cpu`.")
     linear_kernel: str = _setting(
-        "onednn",
-        "What computes the model's float32 linear layers on a CPU: `onednn` (oneDNN's inner product) or "
-        "`blas` (torch's default matrix multiply). See `python bench/kernels.py` for what each reads "
-        "per second on your machine; bfloat16 uses oneDNN either way.",
+        "packed",
+        "What computes the model's linear layers on a CPU: `packed` (oneDNN, on weights rearranged at load "
+        "into its blocked layout; float32, and bfloat16 where the CPU supports it), `onednn` (oneDNN on the "
+        "plain float32 weights) or `blas` (torch's default matrix multiply). See `python bench/kernels.py` "
+        "for what each reads per second on your machine.",
     )
     torch_threads: int = _setting(
         0, "Threads torch uses for one generation; 0 leaves torch's default (one per core)."
@@ -169,8 +171,8 @@ class Settings:
         """Refuse settings that cannot work, with a message naming the variable."""
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"DTYPE must be float32 or bfloat16, not {self.dtype!r}")
-        if self.linear_kernel not in ("onednn", "blas"):
-            raise ValueError(f"LINEAR_KERNEL must be onednn or blas, not {self.linear_kernel!r}")
+        if self.linear_kernel not in LINEAR_KERNELS:
+            raise ValueError(f"LINEAR_KERNEL must be {' or '.join(LINEAR_KERNELS)}, not {self.linear_kernel!r}")
         positive = ("max_batch", "max_new_tokens", "max_new_tokens_limit", "max_context_tokens", "image_max_edge",
                     "max_image_bytes", "max_images", "max_request_bytes", "threads", "port")
         for name in positive:

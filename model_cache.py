@@ -7,8 +7,6 @@ full, or when the views were replaced by something else (a crop keeps them; a re
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from collections.abc import Sequence
 
 import torch
@@ -16,8 +14,6 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 ROOM = 128  # tokens of spare room per reallocation: a copy every ROOM steps, at most ROOM tokens unused
-_LIBC_PATH = ctypes.util.find_library("c")  # once, at import: it may run ldconfig to find out
-_LIBC = ctypes.CDLL(_LIBC_PATH) if _LIBC_PATH else None
 
 
 class GrowingLayer(DynamicLayer):
@@ -87,12 +83,3 @@ def cache_from(config, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], room
         cache.update(keys, values, index)
     return cache
 
-
-def return_free_memory() -> None:
-    """Hand memory freed by released caches back to the system (glibc keeps it in its heap otherwise).
-
-    Caches are freed in pieces of every size as sequences join and leave; without this the process
-    keeps their high-water mark as resident memory and the next prefill's activations come on top.
-    """
-    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):  # glibc only; elsewhere nothing to do
-        _LIBC.malloc_trim(0)

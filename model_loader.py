@@ -22,8 +22,9 @@ from generation import Token
 from errors import InvalidRequest
 from inference import ImagePart, Message, SamplingParams
 from model_batch import DecodeBatch
-from model_cache import new_cache, return_free_memory
+from model_cache import new_cache
 from model_kernels import use_linear_kernel
+from model_memory import return_free_memory
 from model_sampling import IncrementalDecoder, Sampler
 from model_weights import load_model, local_directory
 from prefix_cache import PrefixCache

@@ -4,9 +4,10 @@
 
 A decode step multiplies a few rows (one per sequence in the batch) by every weight matrix once, so
 it is bound by how fast the kernel streams the weights. This cycles through twelve 2048x6144 layers
-(600 MB in float32, far beyond any L3 cache) with torch's default kernel (`blas`) and with oneDNN's
-inner product (`onednn`, what LINEAR_KERNEL=onednn uses), interleaving them so noise hits both, and
-prints the best effective GB/s of each beside torch.sum over the same bytes.
+(600 MB in float32, far beyond any L3 cache) with each LINEAR_KERNEL: torch's default (`blas`), oneDNN
+on the plain weights (`onednn`) and the service's own PackedLinear (`packed`: oneDNN on weights
+rearranged once into its blocked layout), interleaving them so noise hits all alike, and prints the
+best effective GB/s of each beside torch.sum over the same bytes.
 """
 from __future__ import annotations
 
@@ -14,8 +15,14 @@ import argparse
 import logging
 import time
 
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's own kernels, as served
+from model_kernels import use_linear_kernel  # noqa: E402
 
 log = logging.getLogger("bench.kernels")
 IN_FEATURES, OUT_FEATURES, LAYERS = 2048, 6144, 12
@@ -23,10 +30,15 @@ IN_FEATURES, OUT_FEATURES, LAYERS = 2048, 6144, 12
 
 def kernels(x: torch.Tensor, weights: list[torch.Tensor], data: torch.Tensor) -> dict:
     """Name → one pass over every layer."""
+    packed = torch.nn.Sequential(*(torch.nn.Linear(w.shape[1], w.shape[0], bias=False) for w in weights))
+    for layer, w in zip(packed, weights):
+        layer.weight.data = w.clone()
+    use_linear_kernel(packed, "packed")
     return {
         "sum": lambda: data.sum(),
         "blas": lambda: [F.linear(x, w) for w in weights],
         "onednn": lambda: [torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "") for w in weights],
+        "packed": lambda: [layer(x) for layer in packed],
     }
 
 
@@ -57,13 +69,15 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    log.info("threads: %d\n\n| dtype | rows | torch.sum GB/s | blas GB/s | onednn GB/s | onednn/blas |", torch.get_num_threads())
-    log.info("| --- | --- | --- | --- | --- | --- |")
+    log.info("threads: %d\n\n| dtype | rows | torch.sum GB/s | blas GB/s | onednn GB/s | packed GB/s "
+             "| onednn/blas | packed/onednn |", torch.get_num_threads())
+    log.info("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for dtype in (torch.float32, torch.bfloat16):
         for rows in args.rows:
             r = measure(dtype, rows, args.repeats)
-            log.info("| %s | %d | %.1f | %.1f | %.1f | %.2f |", str(dtype).removeprefix("torch."), rows,
-                     r["sum"], r["blas"], r["onednn"], r["onednn"] / r["blas"])
+            log.info("| %s | %d | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f |", str(dtype).removeprefix("torch."),
+                     rows, r["sum"], r["blas"], r["onednn"], r["packed"], r["onednn"] / r["blas"],
+                     r["packed"] / r["onednn"])
 
 
 if __name__ == "__main__":

@@ -36,23 +36,3 @@ def test_a_sharded_checkpoint_loads_every_shard(tiny_model_dir, tmp_path):
 def test_a_local_directory_is_used_as_it_is(tiny_model_dir):
     assert local_directory(str(tiny_model_dir)) == tiny_model_dir
     assert weight_files(tiny_model_dir) == [tiny_model_dir / "model.safetensors"]
-
-
-def test_onednn_linear_layers_compute_what_torch_computes(backend):
-    from model_kernels import OneDnnLinear
-
-    linears = [m for m in backend.model.modules() if isinstance(m, torch.nn.Linear)]
-    assert linears and all(type(m) is OneDnnLinear for m in linears)  # the settings' default: onednn
-    layer = linears[0]
-    x = torch.randn(3, 5, layer.in_features)
-    with torch.inference_mode():
-        assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-5)
-
-
-def test_the_blas_kernel_leaves_the_model_alone(tiny_model_dir):
-    from model_kernels import use_linear_kernel
-
-    model = load_model(tiny_model_dir, torch.float32)
-    assert use_linear_kernel(model, "blas") == 0
-    assert all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear))
-    assert use_linear_kernel(model, "onednn") > 0
