@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageDraw
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -131,3 +132,22 @@ def fits_a_phone():
             assert box["width"] >= 40 and box["height"] >= 40, f"{name} is too small to tap: {box}"
 
     return check
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory):
+    """Test files: big photos, a small PNG with transparency, a BMP, and a BMP named .png."""
+    folder = tmp_path_factory.mktemp("images")
+    photo = Image.new("RGB", (1600, 1200), (70, 130, 180))
+    draw = ImageDraw.Draw(photo)
+    draw.ellipse((500, 300, 1100, 900), fill=(240, 200, 40))
+    draw.rectangle((100, 950, 1500, 1100), fill=(40, 120, 60))
+    photo.save(folder / "photo.jpg", quality=90)
+    # A camera-sized photo: the browser takes a noticeable moment to decode and scale it.
+    photo.resize((4000, 3000)).save(folder / "camera.jpg", quality=90)
+    icon = Image.new("RGBA", (120, 90), (0, 0, 0, 0))
+    ImageDraw.Draw(icon).rectangle((20, 20, 100, 70), fill=(200, 40, 40, 255))
+    icon.save(folder / "icon.png")
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(folder / "scan.bmp")
+    (folder / "disguised.png").write_bytes((folder / "scan.bmp").read_bytes())
+    return folder

@@ -7,7 +7,7 @@ import pytest
 from playwright.sync_api import expect
 
 from live_server import LiveServer
-from test_chat_page import chat_requests, images, wait_until_ready  # noqa: F401
+from page_actions import wait_until_ready
 
 pytestmark = pytest.mark.e2e
 

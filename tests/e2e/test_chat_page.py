@@ -6,11 +6,11 @@ import json
 import re
 
 import pytest
-from PIL import Image, ImageDraw
 from playwright.sync_api import expect
 
 from live_server import LiveServer
-from security import CONTENT_SECURITY_POLICY
+from page_actions import (answer_states, chat_requests, goto_under_the_servers_csp, open_settings,
+                          set_max_tokens, wait_until_ready, watch_answer_states)
 
 pytestmark = pytest.mark.e2e
 
@@ -29,73 +29,6 @@ def server(tiny_model_dir, tmp_path_factory):
     live.start("ok")
     yield live
     live.stop()
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    """Test files: big photos, a small PNG with transparency, a BMP, and a BMP named .png."""
-    folder = tmp_path_factory.mktemp("images")
-    photo = Image.new("RGB", (1600, 1200), (70, 130, 180))
-    draw = ImageDraw.Draw(photo)
-    draw.ellipse((500, 300, 1100, 900), fill=(240, 200, 40))
-    draw.rectangle((100, 950, 1500, 1100), fill=(40, 120, 60))
-    photo.save(folder / "photo.jpg", quality=90)
-    # A camera-sized photo: the browser takes a noticeable moment to decode and scale it.
-    photo.resize((4000, 3000)).save(folder / "camera.jpg", quality=90)
-    icon = Image.new("RGBA", (120, 90), (0, 0, 0, 0))
-    ImageDraw.Draw(icon).rectangle((20, 20, 100, 70), fill=(200, 40, 40, 255))
-    icon.save(folder / "icon.png")
-    Image.new("RGB", (64, 64), (10, 200, 10)).save(folder / "scan.bmp")
-    (folder / "disguised.png").write_bytes((folder / "scan.bmp").read_bytes())
-    return folder
-
-
-def wait_until_ready(page):
-    expect(page.locator("#model-status")).to_have_attribute("data-state", "ok")
-    expect(page.locator("#model-status-text")).to_contain_text("Ready")
-
-
-def watch_answer_states(page):
-    """Record every data-state an answer goes through (queued, reading, writing, done...)."""
-    page.evaluate("""() => {
-        window.__states = [];
-        new MutationObserver((records) => {
-            for (const r of records) {
-                if (r.type === "attributes" && r.target.classList.contains("assistant")) {
-                    window.__states.push(r.target.dataset.state);
-                }
-                for (const node of r.addedNodes || []) {
-                    if (node.classList && node.classList.contains("assistant")) window.__states.push(node.dataset.state);
-                }
-            }
-        }).observe(document.getElementById("conversation"),
-                   {subtree: true, childList: true, attributes: true, attributeFilter: ["data-state"]});
-    }""")
-
-
-def answer_states(page) -> list[str]:
-    states = page.evaluate("window.__states")
-    return [s for i, s in enumerate(states) if i == 0 or states[i - 1] != s]
-
-
-def chat_requests(page) -> list[dict]:
-    """Collect the JSON bodies the page posts to the chat endpoint."""
-    bodies: list[dict] = []
-    page.on("request", lambda r: bodies.append(r.post_data_json)
-            if r.method == "POST" and r.url.endswith("/v1/chat/completions") else None)
-    return bodies
-
-
-def open_settings(page):
-    page.get_by_role("button", name="Settings").click()
-    expect(page.get_by_role("dialog", name="Settings")).to_be_visible()
-
-
-def set_max_tokens(page, value: int):
-    open_settings(page)
-    page.get_by_label("Max tokens").fill(str(value))
-    page.get_by_role("button", name="Done").click()
-    expect(page.get_by_role("dialog", name="Settings")).to_be_hidden()
 
 
 def test_attach_an_image_ask_and_watch_the_answer_stream(server, open_page, images, screenshot):
@@ -525,15 +458,6 @@ def test_dark_scheme(server, open_page, images, screenshot):
     page.get_by_label("Message").press("Enter")
     expect(page.locator(".turn.assistant")).to_have_attribute("data-state", "done")
     screenshot(page, "desktop-dark")
-
-
-def goto_under_the_servers_csp(page, url: str) -> None:
-    """Open the page and check that the server sent its own strict CSP with it: no inline script or style,
-    no eval. (Chromium reports every violation as a console error, which fails the test.)"""
-    policy = page.goto(url).headers["content-security-policy"]
-    assert policy == CONTENT_SECURITY_POLICY
-    directives = dict(directive.strip().split(" ", 1) for directive in policy.split(";"))
-    assert (directives["script-src"], directives["style-src"]) == ("'self'", "'self'")
 
 
 def test_the_page_works_under_a_strict_content_security_policy(server, open_page, images):

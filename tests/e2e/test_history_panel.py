@@ -8,8 +8,7 @@ import pytest
 from playwright.sync_api import expect
 
 from live_server import LiveServer
-from test_chat_page import (chat_requests, goto_under_the_servers_csp, images, open_settings,  # noqa: F401
-                            wait_until_ready)
+from page_actions import chat_requests, goto_under_the_servers_csp, open_settings, wait_until_ready
 
 pytestmark = pytest.mark.e2e
 
