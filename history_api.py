@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
-from flask import Blueprint, jsonify, request, send_file
+from flask import Blueprint, jsonify, request, send_file, url_for
 
 import api
 from errors import GenerationFailed, InvalidRequest, NotFound
@@ -88,7 +88,7 @@ def create_inference():
     record = history.get(run.recording.id) if run.recording is not None else None
     if record is None:
         raise GenerationFailed("the inference was answered but could not be recorded")
-    return jsonify(record_body(record)), 201, {"Location": f"/inferences/{record['id']}"}
+    return jsonify(record_body(record)), 201, {"Location": record_url(record["id"])}
 
 
 def store() -> HistoryStore:
@@ -174,8 +174,13 @@ def timestamp(moment: datetime | None) -> str | None:
 
 
 def image_url(record_id: str, position: int) -> str:
-    """Where a record's image is fetched."""
-    return f"/inferences/{record_id}/images/{position}"
+    """Where a record's image is fetched (under the app's mount point, e.g. behind a proxy's prefix)."""
+    return url_for("history.get_image", record_id=record_id, position=position)
+
+
+def record_url(record_id: str) -> str:
+    """Where a record is read and deleted."""
+    return url_for("history.get_inference", record_id=record_id)
 
 
 def record_body(record: dict) -> dict:
@@ -208,7 +213,7 @@ def summary_body(record: dict) -> dict:
         "answer_preview": record["answer"][:PREVIEW_CHARS], "finish_reason": record["finish_reason"],
         "image_count": len(record["images"]),
         "thumbnail_url": image_url(record["id"], 0) if record["images"] else None,
-        "url": f"/inferences/{record['id']}",
+        "url": record_url(record["id"]),
     }
 
 

@@ -63,6 +63,20 @@ def test_a_chat_with_an_image_is_recorded_with_its_original_bytes(history_client
     assert base64.b64encode(image)[:40] not in database  # images are files, never base64 in the database
 
 
+def test_urls_in_records_carry_the_mount_prefix(history_client):
+    """Behind a proxy that mounts the app under a prefix (SCRIPT_NAME), the URLs it hands out work there."""
+    mounted = {"base_url": "http://localhost/loupe/"}
+    response = history_client.post("/inferences", data={"prompt": "Hi", "max_tokens": "2", "image": (
+        io.BytesIO(png(30, 30)), "p.png")}, content_type="multipart/form-data", **mounted)
+    record = response.get_json()
+    assert response.headers["Location"] == f"/loupe/inferences/{record['id']}"
+    assert record["images"][0]["url"] == f"/loupe/inferences/{record['id']}/images/0"
+    summary = history_client.get("/inferences", **mounted).get_json()["data"][0]
+    assert summary["url"] == f"/loupe/inferences/{record['id']}"
+    assert summary["thumbnail_url"] == f"/loupe/inferences/{record['id']}/images/0"
+    assert history_client.get(summary["url"].removeprefix("/loupe"), **mounted).get_json() == record
+
+
 def test_the_same_image_twice_is_stored_once(history_client, data_dir):
     image = png()
     response = history_client.post("/v1/chat/completions", content_type="multipart/form-data", data={
