@@ -9,12 +9,13 @@ from werkzeug.exceptions import BadRequest
 
 from config import Settings
 from engine import Engine
-from errors import GenerationFailed, InvalidRequest, LoupeError, UnsupportedMediaType
+from disconnects import cancel_on_disconnect
+from errors import ClientClosedRequest, GenerationFailed, InvalidRequest, LoupeError, UnsupportedMediaType
 from generation import Generation
 from history_recorder import Recording
 from history_store import HistoryStore
 from images import load_request_images
-from inference import ChatRequest, Event
+from inference import ChatRequest, Event, Finished
 from observability import observe, request_id
 from protocol import parse_form_request, parse_json_request
 from remote_images import fetch_image
@@ -63,10 +64,7 @@ def chat_completions():
     if chat.stream:
         return Response(_close_at_end(stream_frames(run.events, meta, chat.include_usage), run),
                         mimetype="text/event-stream", headers=SSE_HEADERS)
-    try:
-        text, finished = collect(run.events)
-    finally:
-        run.close()
+    text, finished = collect_answer(run)
     return jsonify(completion_body(meta, text, finished))
 
 
@@ -127,6 +125,18 @@ def start_chat(chat: ChatRequest) -> ChatRun:
         raise
     events = recording.observe(generation) if recording is not None else iter(generation)
     return ChatRun(generation, observe(events), recording)
+
+
+def collect_answer(run: ChatRun) -> tuple[str, Finished]:
+    """Wait for a whole answer; if the client hangs up meanwhile, stop the generation instead."""
+    def hung_up() -> None:
+        run.generation.fail(ClientClosedRequest("The client closed the connection before the answer was ready."))
+
+    try:
+        with cancel_on_disconnect(request.environ.get("gunicorn.socket"), hung_up):
+            return collect(run.events)
+    finally:
+        run.close()
 
 
 def read_chat_request(settings: Settings) -> ChatRequest:

@@ -116,6 +116,17 @@ class RequestTimeout(LoupeError):
     code = "request_timeout"
 
 
+class ClientClosedRequest(LoupeError):
+    """The client closed its connection before a whole answer was ready; the answer was stopped.
+
+    Nobody receives this response: its status (nginx's 499) is for the access log and metrics.
+    """
+
+    status = 499
+    type = "client_closed_request"
+    code = "client_closed_request"
+
+
 class GenerationFailed(LoupeError):
     """The model failed while generating; details are only in the log."""
 

@@ -13,7 +13,6 @@ from flask import Blueprint, jsonify, request, send_file, url_for
 import api
 from errors import GenerationFailed, InvalidRequest, NotFound
 from history_store import HistoryStore
-from responses import collect
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +80,7 @@ def create_inference():
         raise InvalidRequest("POST /inferences answers with the stored record; stream from "
                              "/v1/chat/completions instead.", param="stream")
     run = api.start_chat(chat)
-    try:
-        collect(run.events)
-    finally:
-        run.close()
+    api.collect_answer(run)
     record = history.get(run.recording.id) if run.recording is not None else None
     if record is None:
         raise GenerationFailed("the inference was answered but could not be recorded")

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 
-from errors import GenerationFailed, LoupeError
+from errors import ClientClosedRequest, GenerationFailed, LoupeError
 from history_store import HistoryStore, NewImage, utcnow
 from inference import ChatRequest, Event, Finished, ImagePart, TextDelta
 from responses import usage_dict
@@ -38,6 +38,9 @@ class Recording:
                 elif isinstance(event, Finished):
                     self._save("completed", finished=event)  # before the consumer reads the record back
                 yield event
+        except ClientClosedRequest:
+            self.close()  # given up by the client, as a closed stream is: cancelled, not failed
+            raise
         except LoupeError as error:
             self.fail(error)
             raise

@@ -106,6 +106,27 @@ def test_a_client_disconnect_stops_the_generation(server):
     assert server.health()["status"] == "ok"
 
 
+def test_a_client_that_hangs_up_on_a_whole_answer_stops_the_generation(server):
+    """Non-streamed, nothing is written until the end: the server must notice the closed socket itself."""
+    before = server.log().count("generation cancelled after")
+    body = json.dumps({"messages": [{"role": "user", "content": "Go on"}], "max_tokens": 2000, "ignore_eos": True})
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    time.sleep(1)  # the model is generating (2000 tokens take the tiny model longer than this)
+    connection.sock.close()
+    connection.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and server.log().count("generation cancelled after") == before:
+        time.sleep(0.1)
+    made = int(re.findall(r"generation cancelled after (\d+) tokens", server.log())[-1])
+    assert made < 2000
+    assert "the client closed its connection before the answer was ready" in server.log()
+    history = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    history.request("GET", "/inferences?limit=1")
+    assert json.load(history.getresponse())["data"][0]["status"] == "cancelled"
+    assert server.health()["status"] == "ok"
+
+
 def test_without_network_or_a_local_copy_the_server_still_serves_and_says_why(live_server, tmp_path):
     server = live_server(ready_status="error", MODEL_ID="Qwen/Qwen3-VL-2B-Instruct", HF_HOME=str(tmp_path / "hf"))
     health = server.health()
