@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from flask import Flask, Response, g, has_request_context, request
 
+from errors import ClientClosedRequest
 from inference import Event, Finished
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -75,6 +76,8 @@ def _observed(events: Iterable[Event], record: RequestRecord) -> Iterator[Event]
                 record.completion_tokens = event.completion_tokens
                 record.image_tokens = event.timings.image_tokens
             yield event
+    except ClientClosedRequest:
+        raise  # "cancelled" stands, as for a closed stream
     except Exception:
         record.outcome = "error"
         raise

@@ -121,6 +121,7 @@ def test_a_client_that_hangs_up_on_a_whole_answer_stops_the_generation(server):
     made = int(re.findall(r"generation cancelled after (\d+) tokens", server.log())[-1])
     assert made < 2000
     assert "the client closed its connection before the answer was ready" in server.log()
+    assert re.search(r"route=/v1/chat/completions status=499 .*outcome=cancelled", server.log())
     history = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     history.request("GET", "/inferences?limit=1")
     assert json.load(history.getresponse())["data"][0]["status"] == "cancelled"
