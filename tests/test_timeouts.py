@@ -40,10 +40,12 @@ def test_a_queued_request_past_the_timeout_frees_its_slot_at_once(settings):
     backend = ScriptedBackend(["a"] * 100, gate=gate)
     engine, client = started_app(settings, backend, timeout=1.0)
     stream = client.post("/v1/chat/completions", json=ask(max_tokens=100, stream=True), buffered=False)
+    deadline = time.monotonic() + 5
+    while not engine.running and time.monotonic() < deadline:  # else both could be queued at once
+        time.sleep(0.01)
     results = []
     waiter = threading.Thread(target=lambda: results.append(client.post("/v1/chat/completions", json=ask())))
     waiter.start()
-    deadline = time.monotonic() + 5
     while engine.queue_depth == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert engine.queue_depth == 1
