@@ -87,6 +87,20 @@ def test_readme_openai_example_works_as_written(server, photo, readme_text):
     assert result.returncode == 0, result.stderr
 
 
+def cancelled_generations(server) -> list[int]:
+    """Tokens made by each generation the server's log says was cancelled, in order."""
+    return [int(n) for n in re.findall(r"generation cancelled after (\d+) tokens", server.log())]
+
+
+def next_cancelled_generation(server, before: list[int], timeout: float = 30) -> int:
+    """Wait for one more cancelled generation than `before`; returns how many tokens it had made."""
+    deadline = time.monotonic() + timeout
+    while len(cancelled := cancelled_generations(server)) == len(before):
+        assert time.monotonic() < deadline, "no generation was cancelled"
+        time.sleep(0.1)
+    return cancelled[len(before)]
+
+
 def test_a_client_disconnect_stops_the_generation(server):
     body = json.dumps({"messages": [{"role": "user", "content": "Go on"}], "max_tokens": 2000,
                        "ignore_eos": True, "stream": True})
@@ -96,30 +110,23 @@ def test_a_client_disconnect_stops_the_generation(server):
     assert response.status == 200
     while b"assistant" not in response.fp.readline():  # the role chunk: the model is generating
         pass
+    before = cancelled_generations(server)
     connection.sock.close()
     connection.close()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and "generation cancelled after" not in server.log():
-        time.sleep(0.1)
-    made = int(re.search(r"generation cancelled after (\d+) tokens", server.log()).group(1))
-    assert made < 2000
+    assert next_cancelled_generation(server, before) < 2000
     assert server.health()["status"] == "ok"
 
 
 def test_a_client_that_hangs_up_on_a_whole_answer_stops_the_generation(server):
     """Non-streamed, nothing is written until the end: the server must notice the closed socket itself."""
-    before = server.log().count("generation cancelled after")
+    before = cancelled_generations(server)
     body = json.dumps({"messages": [{"role": "user", "content": "Go on"}], "max_tokens": 2000, "ignore_eos": True})
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
     time.sleep(1)  # the model is generating (2000 tokens take the tiny model longer than this)
     connection.sock.close()
     connection.close()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and server.log().count("generation cancelled after") == before:
-        time.sleep(0.1)
-    made = int(re.findall(r"generation cancelled after (\d+) tokens", server.log())[-1])
-    assert made < 2000
+    assert next_cancelled_generation(server, before) < 2000
     assert "the client closed its connection before the answer was ready" in server.log()
     assert re.search(r"route=/v1/chat/completions status=499 .*outcome=cancelled", server.log())
     history = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
