@@ -48,15 +48,18 @@ class PackedLinear(torch.nn.Linear):
         return out[:count].reshape(*x.shape[:-1], self.out_features)
 
 
-def use_linear_kernel(model: torch.nn.Module, kernel: str) -> int:
-    """Route the model's CPU linear layers to `kernel` (config.LINEAR_KERNELS); returns how many moved."""
+def use_linear_kernel(model: torch.nn.Module, kernel: str) -> Counter[str]:
+    """Route the model's CPU linear layers to `kernel` (config.LINEAR_KERNELS); returns how many went where.
+
+    Layers left to torch's default are not counted: with `blas`, all of them.
+    """
+    moved: Counter[str] = Counter()
     if kernel == "blas":
-        return 0
+        return moved
     if not torch.backends.mkldnn.is_available():
         log.warning("LINEAR_KERNEL=%s, but this torch has no oneDNN: using torch's default", kernel)
-        return 0
+        return moved
     shared = _shared_weights(model)
-    moved = 0
     for module in model.modules():
         if type(module) is not torch.nn.Linear or module.weight.device.type != "cpu":
             continue
@@ -64,10 +67,10 @@ def use_linear_kernel(model: torch.nn.Module, kernel: str) -> int:
             module.weight = _packed(module.weight)
             module.__class__ = PackedLinear
             return_free_memory()  # the plain copy: else every layer's stays in the heap until load ends
-            moved += 1
+            moved["packed"] += 1
         elif module.weight.dtype == torch.float32:  # also a tied lm_head: the embedding needs plain rows
             module.__class__ = OneDnnLinear  # a subclass with the same state: only forward differs
-            moved += 1
+            moved["onednn"] += 1
     return moved
 
 

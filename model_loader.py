@@ -103,8 +103,8 @@ def _load(settings: Settings) -> QwenBackend:
         raise ModelLoadError(_load_advice(source, exc)) from exc
     model.to(settings.device).eval()
     moved = use_linear_kernel(model, settings.linear_kernel)
-    log.info("model %s loaded in %s; %d linear layers on %s", source, settings.dtype, moved,
-             settings.linear_kernel if moved else "torch's default kernel")
+    log.info("model %s loaded in %s; linear layers: %s", source, settings.dtype,
+             ", ".join(f"{count} {kernel}" for kernel, count in moved.items()) or "torch's default kernel")
     if tokenizer.chat_template is None:
         raise ModelLoadError(f"The tokenizer of {source!r} has no chat template.")
     eos = generation_config.eos_token_id
