@@ -30,9 +30,10 @@ IN_FEATURES, OUT_FEATURES, LAYERS = 2048, 6144, 12
 
 def kernels(x: torch.Tensor, weights: list[torch.Tensor], data: torch.Tensor) -> dict:
     """Name → one pass over every layer."""
-    packed = torch.nn.Sequential(*(torch.nn.Linear(w.shape[1], w.shape[0], bias=False) for w in weights))
+    packed = torch.nn.Sequential(*(torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
+                                   for w in weights))
     for layer, w in zip(packed, weights):
-        layer.weight.data = w.clone()
+        layer.weight = torch.nn.Parameter(w, requires_grad=False)  # packing makes its own copy; `w` stays
     use_linear_kernel(packed, "packed")
     return {
         "sum": lambda: data.sum(),
