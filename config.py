@@ -11,7 +11,7 @@ from dotenv import dotenv_values
 from limits import parse_many
 
 DEFAULT_MODEL_ID = "Qwen/Qwen3-VL-2B-Instruct"
-LINEAR_KERNELS = ("packed", "onednn", "blas")  # implemented in model_kernels.py
+LINEAR_KERNELS = ("native", "packed", "onednn", "blas")  # implemented in model_kernels.py
 RATE_LIMIT_STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+unix://", "redis+sentinel://",
                               "redis+cluster://")
 MiB = 1024 * 1024
@@ -35,11 +35,18 @@ class Settings:
     dtype: str = _setting("float32", "Weights and compute type: `float32` or `bfloat16`.")
     device: str = _setting("cpu", "Torch device the model runs on, e.g. `cpu`.")
     linear_kernel: str = _setting(
-        "packed",
-        "What computes the model's linear layers on a CPU: `packed` (oneDNN, on weights rearranged at load "
-        "into its blocked layout; float32, and bfloat16 where the CPU supports it), `onednn` (oneDNN on the "
-        "plain float32 weights) or `blas` (torch's default matrix multiply). See `python bench/kernels.py` "
-        "for what each reads per second on your machine.",
+        "native",
+        "What computes the model's linear layers on a CPU: `native` (Loupe's own float32 kernel, compiled "
+        "with the system's C++ compiler on first start and cached; on a CPU without AVX-512 or a machine "
+        "without a compiler, and for bfloat16 layers, `packed` instead), `packed` (oneDNN, on weights "
+        "rearranged at load into its blocked layout; float32, and bfloat16 where the CPU supports it), "
+        "`onednn` (oneDNN on the plain float32 weights) or `blas` (torch's default matrix multiply). See "
+        "`python bench/kernels.py` for what each reads per second on your machine.",
+    )
+    kernel_cache_dir: str = _setting(
+        "~/.cache/loupe/kernels",
+        "Where the compiled `native` kernel is kept (one small file per source, flags and torch version), "
+        "so only the first start on a machine compiles it.",
     )
     torch_threads: int = _setting(
         0, "Threads torch uses for one generation; 0 leaves torch's default (one per core)."

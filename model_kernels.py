@@ -12,6 +12,8 @@ fast the kernel streams the weights. On the AMD EPYC this project is benchmarked
   smaller inputs are padded to four rows: the zeros cost arithmetic, which a decode step has to spare.
 `torch.ops.mkldnn._reorder_linear_weight` and `_linear_pointwise` are torch's own (private) ops for
 this, the ones inductor uses for frozen CPU models.
+- Loupe's own kernel (`native`, model_native_kernel.py) read float32 weights at about the full bandwidth
+  for one to four rows; it is the default where it can be compiled. bfloat16 layers go to `packed`.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
+import model_native_kernel
 from model_memory import return_free_memory
 
 log = logging.getLogger(__name__)
@@ -48,35 +51,76 @@ class PackedLinear(torch.nn.Linear):
         return out[:count].reshape(*x.shape[:-1], self.out_features)
 
 
-def use_linear_kernel(model: torch.nn.Module, kernel: str) -> Counter[str]:
+def use_linear_kernel(model: torch.nn.Module, kernel: str, cache_dir: str = "") -> Counter[str]:
     """Route the model's CPU linear layers to `kernel` (config.LINEAR_KERNELS); returns how many went where.
 
-    Layers left to torch's default are not counted: with `blas`, all of them.
+    `native` is built into (or found in) `cache_dir`. Layers left to torch's default are not counted:
+    with `blas`, all of them.
     """
     moved: Counter[str] = Counter()
+    if kernel == "native" and (problem := model_native_kernel.unavailable(cache_dir)):
+        log.warning("LINEAR_KERNEL=native, but %s; using packed", problem)
+        kernel = "packed"
     if kernel == "blas":
         return moved
     if not torch.backends.mkldnn.is_available():
         log.warning("LINEAR_KERNEL=%s, but this torch has no oneDNN: using torch's default", kernel)
         return moved
     shared = _shared_weights(model)
+    if kernel == "native":  # an lm_head tied to the embedding: both can read the one blocked copy
+        for linear, embedding in _tied_embeddings(model, shared):
+            model_native_kernel.tie_to_native(linear, embedding)
+            return_free_memory()
+            moved["native"] += 1
     for module in model.modules():
         if type(module) is not torch.nn.Linear or module.weight.device.type != "cpu":
             continue
-        if kernel == "packed" and _packable(module.weight.dtype) and id(module.weight) not in shared:
+        target = _layer_kernel(kernel, module.weight, shared)
+        if target == "native":
+            model_native_kernel.to_native(module)
+        elif target == "packed":
             module.weight = _packed(module.weight)
             module.__class__ = PackedLinear
-            return_free_memory()  # the plain copy: else every layer's stays in the heap until load ends
-            moved["packed"] += 1
-        elif module.weight.dtype == torch.float32:  # also a tied lm_head: the embedding needs plain rows
+        elif target == "onednn":  # also a tied lm_head outside `native`: the embedding needs plain rows
             module.__class__ = OneDnnLinear  # a subclass with the same state: only forward differs
-            moved["onednn"] += 1
+        if target in ("native", "packed"):
+            return_free_memory()  # the plain copy: else every layer's stays in the heap until load ends
+        if target:
+            moved[target] += 1
     return moved
+
+
+def _layer_kernel(kernel: str, weight: torch.nn.Parameter, shared: set[int]) -> str | None:
+    """The kernel one layer goes to: the one asked for where it applies, else the nearest that does."""
+    if id(weight) not in shared:
+        if kernel == "native" and weight.dtype == torch.float32:
+            return "native"
+        if kernel in ("native", "packed") and _packable(weight.dtype):
+            return "packed"
+    return "onednn" if weight.dtype == torch.float32 else None
 
 
 def _packable(dtype: torch.dtype) -> bool:
     """Whether oneDNN computes this dtype natively here (bfloat16 needs the CPU's support)."""
     return dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _tied_embeddings(model: torch.nn.Module, shared: set[int]) -> list[tuple[torch.nn.Linear, torch.nn.Embedding]]:
+    """float32 linear layers whose weight is shared with exactly one embedding (a tied lm_head), and it."""
+    users: dict[int, list[torch.nn.Module]] = {}
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.nn.Parameter) and id(weight) in shared:
+            users.setdefault(id(weight), []).append(module)
+    pairs = []
+    for modules in users.values():
+        linears = [m for m in modules if type(m) is torch.nn.Linear]
+        embeddings = [m for m in modules if type(m) is torch.nn.Embedding]
+        weight = modules[0].weight
+        if (len(modules) == len(linears) + len(embeddings) == 2 and linears and embeddings
+                and weight.dtype == torch.float32 and weight.device.type == "cpu"):
+            pairs.append((linears[0], embeddings[0]))
+    return pairs
 
 
 def _shared_weights(model: torch.nn.Module) -> set[int]:

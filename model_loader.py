@@ -102,7 +102,7 @@ def _load(settings: Settings) -> QwenBackend:
     except (OSError, ValueError) as exc:
         raise ModelLoadError(_load_advice(source, exc)) from exc
     model.to(settings.device).eval()
-    moved = use_linear_kernel(model, settings.linear_kernel)
+    moved = use_linear_kernel(model, settings.linear_kernel, settings.kernel_cache_dir)
     log.info("model %s loaded in %s; linear layers: %s", source, settings.dtype,
              ", ".join(f"{count} {kernel}" for kernel, count in moved.items()) or "torch's default kernel")
     if tokenizer.chat_template is None:

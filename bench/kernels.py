@@ -5,9 +5,10 @@
 A decode step multiplies a few rows (one per sequence in the batch) by every weight matrix once, so
 it is bound by how fast the kernel streams the weights. This cycles through twelve 2048x6144 layers
 (600 MB in float32, far beyond any L3 cache) with each LINEAR_KERNEL: torch's default (`blas`), oneDNN
-on the plain weights (`onednn`) and the service's own PackedLinear (`packed`: oneDNN on weights
-rearranged once into its blocked layout), interleaving them so noise hits all alike, and prints the
-best effective GB/s of each beside torch.sum over the same bytes.
+on the plain weights (`onednn`), the service's PackedLinear (`packed`: oneDNN on weights rearranged
+once into its blocked layout) and its NativeLinear (`native`: Loupe's own kernel, float32 only; built
+into KERNEL_CACHE_DIR), interleaving them so noise hits all alike, and prints the best effective GB/s
+of each beside torch.sum over the same bytes. `--rows 600` shows a prompt's rate as GFLOP/s instead.
 """
 from __future__ import annotations
 
@@ -22,29 +23,41 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's own kernels, as served
+from config import Settings  # noqa: E402
 from model_kernels import use_linear_kernel  # noqa: E402
 
 log = logging.getLogger("bench.kernels")
 IN_FEATURES, OUT_FEATURES, LAYERS = 2048, 6144, 12
+PROMPT_ROWS = 64  # from this many rows on, a kernel's rate is given in GFLOP/s
+
+
+def served(weights: list[torch.Tensor], kernel: str) -> torch.nn.Sequential:
+    """The layers as the service holds them with LINEAR_KERNEL=`kernel`."""
+    layers = torch.nn.Sequential(*(torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
+                                   for w in weights))
+    for layer, w in zip(layers, weights):
+        layer.weight = torch.nn.Parameter(w, requires_grad=False)  # the kernel makes its own copy; `w` stays
+    moved = use_linear_kernel(layers, kernel, Settings().kernel_cache_dir)
+    if moved[kernel] != len(weights):
+        raise SystemExit(f"LINEAR_KERNEL={kernel} is not available here: {dict(moved)} (see the log)")
+    return layers
 
 
 def kernels(x: torch.Tensor, weights: list[torch.Tensor], data: torch.Tensor) -> dict:
     """Name → one pass over every layer."""
-    packed = torch.nn.Sequential(*(torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
-                                   for w in weights))
-    for layer, w in zip(packed, weights):
-        layer.weight = torch.nn.Parameter(w, requires_grad=False)  # packing makes its own copy; `w` stays
-    use_linear_kernel(packed, "packed")
+    packed = served(weights, "packed")
+    native = served(weights, "native") if x.dtype == torch.float32 else None
     return {
         "sum": lambda: data.sum(),
         "blas": lambda: [F.linear(x, w) for w in weights],
         "onednn": lambda: [torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "") for w in weights],
         "packed": lambda: [layer(x) for layer in packed],
+        **({"native": lambda: [layer(x) for layer in native]} if native else {}),
     }
 
 
 def measure(dtype: torch.dtype, rows: int, repeats: int) -> dict[str, float]:
-    """Best effective GB/s of each kernel over `repeats` interleaved passes."""
+    """Best effective GB/s (GFLOP/s from PROMPT_ROWS rows) of each kernel over `repeats` interleaved passes."""
     weights = [torch.randn(OUT_FEATURES, IN_FEATURES).to(dtype) for _ in range(LAYERS)]
     total = sum(w.numel() * w.element_size() for w in weights)
     data = torch.ones(total // 4)
@@ -57,7 +70,11 @@ def measure(dtype: torch.dtype, rows: int, repeats: int) -> dict[str, float]:
                 begin = time.perf_counter()
                 run()
                 best[name] = min(best[name], time.perf_counter() - begin)
-    return {name: total / seconds / 1e9 for name, seconds in best.items()}
+    if rows >= PROMPT_ROWS:  # compute-bound: arithmetic per second; torch.sum's figure stays GB/s
+        work = {name: 2 * rows * IN_FEATURES * OUT_FEATURES * LAYERS for name in best} | {"sum": total}
+    else:
+        work = dict.fromkeys(best, total)
+    return {name: work[name] / seconds / 1e9 for name, seconds in best.items()}
 
 
 def main() -> None:
@@ -70,15 +87,16 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    log.info("threads: %d\n\n| dtype | rows | torch.sum GB/s | blas GB/s | onednn GB/s | packed GB/s "
-             "| onednn/blas | packed/onednn |", torch.get_num_threads())
-    log.info("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    log.info("threads: %d\n\n| dtype | rows | unit | torch.sum GB/s | blas | onednn | packed | native "
+             "| packed/onednn | native/packed |", torch.get_num_threads())
+    log.info("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for dtype in (torch.float32, torch.bfloat16):
         for rows in args.rows:
             r = measure(dtype, rows, args.repeats)
-            log.info("| %s | %d | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f |", str(dtype).removeprefix("torch."),
-                     rows, r["sum"], r["blas"], r["onednn"], r["packed"], r["onednn"] / r["blas"],
-                     r["packed"] / r["onednn"])
+            cells = [str(dtype).removeprefix("torch."), str(rows), "GFLOP/s" if rows >= PROMPT_ROWS else "GB/s"]
+            cells += [f"{r[name]:.1f}" if name in r else "-" for name in ("sum", "blas", "onednn", "packed", "native")]
+            cells += [f"{r['packed'] / r['onednn']:.2f}", f"{r['native'] / r['packed']:.2f}" if "native" in r else "-"]
+            log.info("| %s |", " | ".join(cells))
 
 
 if __name__ == "__main__":

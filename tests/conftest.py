@@ -13,7 +13,7 @@ import redis
 
 from app import create_app
 from config import Settings
-from live_server import ROOT, LiveServer
+from live_server import KERNEL_CACHE_DIR, ROOT, LiveServer
 from tiny_model import build_tiny_model
 
 
@@ -30,7 +30,7 @@ def settings(tiny_model_dir, tmp_path_factory) -> Settings:
     settings = Settings.from_mapping({"MODEL_ID": str(tiny_model_dir), "MAX_NEW_TOKENS": "8",
                                       "MAX_IMAGE_BYTES": str(2 * 1024 * 1024), "MAX_IMAGES": "3",
                                       "MAX_REQUEST_BYTES": str(4 * 1024 * 1024), "QUEUE_SIZE": "2",
-                                      "RATE_LIMIT": "off"})
+                                      "RATE_LIMIT": "off", "KERNEL_CACHE_DIR": str(KERNEL_CACHE_DIR)})
     return settings.replace(data_dir=str(tmp_path_factory.mktemp("history")))
 
 

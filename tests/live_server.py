@@ -7,12 +7,15 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The native kernel, compiled once per machine for the whole suite (its file name hashes its source).
+KERNEL_CACHE_DIR = Path(tempfile.gettempdir()) / "loupe-test-kernels"
 
 
 def free_port() -> int:
@@ -33,7 +36,7 @@ class LiveServer:
         # sets one: all of a module's requests come from 127.0.0.1.
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "HOST": "127.0.0.1", "PORT": str(self.port),
                     "DATA_DIR": str(log_path.parent / "data"), "DATABASE_URL": "", "HISTORY": "on",
-                    "RATE_LIMIT": "off", **env}
+                    "RATE_LIMIT": "off", "KERNEL_CACHE_DIR": str(KERNEL_CACHE_DIR), **env}
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 

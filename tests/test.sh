@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the tests need into .venv (and Debian's chromium for the browser tests, redis-server for the
-# shared rate-limit test, which starts its own on a free port), then run pytest.
+# shared rate-limit test, which starts its own on a free port, g++ for the native linear kernel), then
+# run pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
@@ -10,6 +11,7 @@ fi
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -1,10 +1,28 @@
 """The linear-layer kernels compute what torch's own linear computes, for any number of rows."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import model_native_kernel
+from live_server import KERNEL_CACHE_DIR, ROOT
 from model_kernels import PACKED_ROWS, OneDnnLinear, PackedLinear, use_linear_kernel
+from model_native_kernel import BlockedEmbedding, NativeLinear
 from model_weights import load_model
+
+
+
+@pytest.fixture(scope="module")
+def native() -> None:
+    """Build (or find) the native kernel; skip where it cannot be (see the fallback tests below)."""
+    problem = model_native_kernel.unavailable(str(KERNEL_CACHE_DIR))
+    if problem:
+        pytest.skip(problem)
 
 
 def linears(model):
@@ -15,11 +33,21 @@ def plain_weights(model):
     return {name: (m.weight.detach().clone(), m.bias) for name, m in linears(model).items()}
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (1, 3), (PACKED_ROWS,), (2, 7), (1, 9)])
-def test_packed_layers_compute_what_torch_computes(tiny_model_dir, shape):
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512", reason="written for AVX-512 only")
+def test_the_native_kernel_builds_where_it_is_written_for():
+    assert model_native_kernel.unavailable(str(KERNEL_CACHE_DIR)) is None  # CI installs g++
+
+
+@pytest.mark.parametrize("kernel", ["native", "packed"])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 3), (PACKED_ROWS,), (2, 7), (1, 9), (1, 600)])
+def test_native_and_packed_layers_compute_what_torch_computes(request, tiny_model_dir, kernel, shape):
+    if kernel == "native":
+        request.getfixturevalue("native")
     model = load_model(tiny_model_dir, torch.float32)
     plain = plain_weights(model)
-    assert use_linear_kernel(model, "packed") == {"packed": len(plain) - 1, "onednn": 1}  # the tied lm_head
+    moved = use_linear_kernel(model, kernel, str(KERNEL_CACHE_DIR))
+    # packed leaves the tied lm_head plain, for the embedding; native blocks it for both
+    assert moved == ({"native": len(plain)} if kernel == "native" else {"packed": len(plain) - 1, "onednn": 1})
     for name, layer in linears(model).items():
         weight, bias = plain[name]
         x = torch.randn(*shape, layer.in_features)
@@ -39,10 +67,12 @@ def test_the_tied_lm_head_keeps_plain_weights_on_onednn(tiny_model_dir):
 
 
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no bfloat16 oneDNN")
-def test_bfloat16_layers_are_packed_too(tiny_model_dir):
+@pytest.mark.parametrize("kernel", ["native", "packed"])  # native is float32 only
+def test_bfloat16_layers_are_packed_too(tiny_model_dir, kernel):
     model = load_model(tiny_model_dir, torch.bfloat16)
     plain = plain_weights(model)
-    assert use_linear_kernel(model, "packed") == {"packed": len(plain) - 1}  # the tied lm_head: torch's own
+    moved = use_linear_kernel(model, kernel, str(KERNEL_CACHE_DIR))
+    assert moved == {"packed": len(plain) - 1}  # the tied lm_head: torch's own
     name, layer = next((n, m) for n, m in linears(model).items() if type(m) is PackedLinear)
     x = torch.randn(3, layer.in_features, dtype=torch.bfloat16)
     with torch.inference_mode():
@@ -65,5 +95,80 @@ def test_the_blas_kernel_leaves_the_model_alone(tiny_model_dir):
     assert all(type(m) is torch.nn.Linear for m in linears(model).values())
 
 
-def test_the_service_packs_by_default(backend):
-    assert any(type(m) is PackedLinear for m in backend.model.modules())
+def test_native_ties_the_lm_head_and_the_embedding_to_one_blocked_copy(native, tiny_model_dir):
+    model = load_model(tiny_model_dir, torch.float32)
+    embedding = model.model.language_model.embed_tokens
+    rows = embedding.weight.detach().clone()
+    use_linear_kernel(model, "native", str(KERNEL_CACHE_DIR))
+    assert type(model.lm_head) is NativeLinear and type(embedding) is BlockedEmbedding
+    assert model.lm_head.weight is embedding.weight and embedding.weight.dim() == 3
+    ids = torch.tensor([[0, 1, 63, 64], [65, len(rows) - 1, 5, 5]])
+    with torch.inference_mode():
+        assert torch.equal(embedding(ids), rows[ids])
+
+
+def test_a_native_model_computes_the_plain_models_logits(native, tiny_model_dir):
+    plain, blocked = load_model(tiny_model_dir, torch.float32), load_model(tiny_model_dir, torch.float32)
+    use_linear_kernel(blocked, "native", str(KERNEL_CACHE_DIR))
+    ids = torch.randint(0, plain.config.text_config.vocab_size, (2, 9))
+    with torch.inference_mode():
+        assert torch.allclose(blocked(input_ids=ids).logits, plain(input_ids=ids).logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 6, 7, 13])
+def test_native_layers_pad_odd_widths_and_add_the_bias(native, rows):
+    layer = torch.nn.Linear(40, 100)  # 100 columns: the second block of 64 is partly padding
+    weight, bias = layer.weight.detach().clone(), layer.bias.detach().clone()
+    model_native_kernel.to_native(layer)
+    assert type(layer) is NativeLinear and layer.weight.shape == (2, 40, 64)
+    x = torch.randn(rows, 40)
+    with torch.inference_mode():
+        assert torch.allclose(layer(x), F.linear(x, weight, bias), atol=1e-5)
+
+
+def test_a_built_kernel_is_found_not_rebuilt(native):
+    compiler = next(filter(None, map(shutil.which, model_native_kernel._COMPILERS)))
+    library = model_native_kernel._build(compiler, KERNEL_CACHE_DIR)
+    built = library.stat().st_mtime_ns
+    assert model_native_kernel._build(compiler, KERNEL_CACHE_DIR) == library
+    assert library.stat().st_mtime_ns == built
+
+
+FALLBACK = textwrap.dedent("""
+    import logging, sys, torch
+    from model_kernels import use_linear_kernel
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 8))
+    print(dict(use_linear_kernel(model, "native", sys.argv[1])))
+""")
+
+
+def fall_back(tmp_path, **env: str) -> subprocess.CompletedProcess:
+    """use_linear_kernel(..., "native") in a fresh process, with `env` and an empty kernel cache."""
+    return subprocess.run([sys.executable, "-c", FALLBACK, str(tmp_path / "kernels")], cwd=ROOT,
+                          env={**os.environ, **env}, capture_output=True, text=True, check=True, timeout=120)
+
+
+def test_without_a_compiler_native_falls_back_to_packed_and_says_why(tmp_path):
+    done = fall_back(tmp_path, PATH=str(tmp_path))  # no c++, g++ or clang++ on this PATH
+    assert done.stdout.strip() == "{'packed': 2}"
+    assert "LINEAR_KERNEL=native, but no C++ compiler was found" in done.stderr
+
+
+def test_a_failing_compiler_falls_back_to_packed_with_its_first_error_line(tmp_path):
+    compiler = tmp_path / "c++"
+    compiler.write_text("#!/bin/sh\necho 'fatal error: no such thing' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    done = fall_back(tmp_path, PATH=str(tmp_path))
+    assert done.stdout.strip() == "{'packed': 2}"
+    assert f"{compiler} could not compile blocked_linear.cpp: fatal error: no such thing" in done.stderr
+
+
+def test_a_cpu_without_avx512_gets_packed(tmp_path):
+    done = fall_back(tmp_path, ATEN_CPU_CAPABILITY="avx2")
+    assert done.stdout.strip() == "{'packed': 2}"
+    assert "LINEAR_KERNEL=native, but this CPU has no AVX-512" in done.stderr
+
+
+def test_the_service_uses_the_native_kernel_by_default(native, backend):
+    assert any(type(m) is NativeLinear for m in backend.model.modules())

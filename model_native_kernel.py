@@ -1,0 +1,118 @@
+"""Loupe's own float32 linear kernel (csrc/blocked_linear.cpp), compiled for this machine on first use.
+
+oneDNN's packed layout read a decode step's weights at 0.75-0.88 of the machine's bandwidth on the
+benchmark machine; this kernel reads the same bytes, laid out in 64-column blocks, at about 1.0 for one
+to four rows and computes a long prompt as fast as oneDNN (`python bench/kernels.py`). The system's C++
+compiler builds it once (about 15 s) into KERNEL_CACHE_DIR, named by a hash of its source, flags and
+torch version. Where it cannot be built, or the CPU has no AVX-512 (the only instruction set it is
+written and measured for), `unavailable()` says why and the caller uses another kernel.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "blocked_linear.cpp"
+BLOCK = 64  # columns per block: kBlock in the C++ source
+# Not -march=native: a cached build must run on any AVX-512 CPU that later finds it (a shared volume).
+# OpenMP: without it at::parallel_for runs on one thread; the process already has torch's libgomp.
+_CFLAGS = ["-O3", "-mavx512f", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+_COMPILERS = ("c++", "g++", "clang++")
+
+
+@functools.cache
+def unavailable(cache_dir: str) -> str | None:
+    """Build (or find) and load the kernel once per process: None when it is ready, else why not."""
+    if _loaded():
+        return None
+    if not cache_dir:
+        return "KERNEL_CACHE_DIR is empty"
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return "this CPU has no AVX-512"
+    compiler = next(filter(None, map(shutil.which, _COMPILERS)), None)
+    if compiler is None:
+        return f"no C++ compiler was found ({', '.join(_COMPILERS)})"
+    try:
+        torch.ops.load_library(_build(compiler, Path(cache_dir).expanduser()))
+    except subprocess.CalledProcessError as exc:
+        log.debug("compiler output:\n%s", exc.stderr)
+        first_line = next(iter(exc.stderr.strip().splitlines()), f"exit status {exc.returncode}")
+        return f"{compiler} could not compile {SOURCE.name}: {first_line}"
+    except OSError as exc:
+        return f"it could not be built or loaded: {exc}"
+    return None
+
+
+def _loaded() -> bool:
+    """Whether loupe::blocked_linear is registered in this process (its library loads only once)."""
+    return hasattr(torch.ops.loupe, "blocked_linear")
+
+
+def _build(compiler: str, cache_dir: Path) -> Path:
+    """The shared library for this source, flags and torch: compiled unless already in `cache_dir`."""
+    torch_dir = Path(torch.__file__).resolve().parent
+    command = [compiler, *_CFLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+               f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
+               str(SOURCE), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu"]
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([torch.__version__, *_CFLAGS]).encode()).hexdigest()
+    library = cache_dir / f"blocked_linear-{key[:16]}.so"
+    if library.is_file():
+        return library
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    log.info("compiling the native linear kernel into %s (once; about 15 s)", cache_dir)
+    begin = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:  # then renamed: builders may race
+        built = Path(scratch) / library.name
+        subprocess.run([*command, "-o", str(built)], check=True, capture_output=True, text=True)
+        os.replace(built, library)
+    log.info("native linear kernel compiled in %.1f s", time.perf_counter() - begin)
+    return library
+
+
+class NativeLinear(torch.nn.Linear):
+    """nn.Linear whose float32 weight is stored in 64-column blocks and computed by loupe::blocked_linear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        out = torch.ops.loupe.blocked_linear(rows, self.weight, self.bias)
+        if out.shape[1] != self.out_features:  # the zero columns padding the last block
+            out = out[:, :self.out_features]
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+class BlockedEmbedding(torch.nn.Embedding):
+    """nn.Embedding whose rows are read out of the blocked weight of the lm_head tied to it."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[ids // BLOCK, :, ids % BLOCK]
+
+
+def tie_to_native(linear: torch.nn.Linear, embedding: torch.nn.Embedding) -> None:
+    """Move an lm_head to the native kernel with the embedding tied to it: one blocked copy for both."""
+    to_native(linear)
+    embedding.weight = linear.weight
+    embedding.__class__ = BlockedEmbedding
+
+
+def to_native(module: torch.nn.Linear) -> None:
+    """Rearrange a float32 nn.Linear's weight (and bias) into blocks, in place; the plain copy is dropped."""
+    pad = -module.out_features % BLOCK
+    with torch.no_grad():
+        weight = F.pad(module.weight, (0, 0, 0, pad)) if pad else module.weight
+        blocks = weight.reshape(-1, BLOCK, module.in_features).transpose(1, 2).contiguous()
+        module.weight = torch.nn.Parameter(blocks, requires_grad=False)
+        if module.bias is not None:
+            module.bias = torch.nn.Parameter(F.pad(module.bias, (0, pad)).contiguous(), requires_grad=False)
+    module.__class__ = NativeLinear
