@@ -30,6 +30,7 @@ BLOCK = 64  # columns per block: kBlock in the C++ source
 # OpenMP: without it at::parallel_for runs on one thread; the process already has torch's libgomp.
 _CFLAGS = ["-O3", "-mavx512f", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 _COMPILERS = ("c++", "g++", "clang++")
+_BLOCKS_AT_A_TIME = 16  # scratch for rearranging a weight in place: 8 MB for K = 2048
 
 
 @functools.cache
@@ -107,12 +108,29 @@ def tie_to_native(linear: torch.nn.Linear, embedding: torch.nn.Embedding) -> Non
 
 
 def to_native(module: torch.nn.Linear) -> None:
-    """Rearrange a float32 nn.Linear's weight (and bias) into blocks, in place; the plain copy is dropped."""
+    """Rearrange a float32 nn.Linear's weight (and bias) into blocks, in place where its width allows."""
     pad = -module.out_features % BLOCK
     with torch.no_grad():
-        weight = F.pad(module.weight, (0, 0, 0, pad)) if pad else module.weight
-        blocks = weight.reshape(-1, BLOCK, module.in_features).transpose(1, 2).contiguous()
+        weight = module.weight.detach()
+        if pad or not weight.is_contiguous():  # a padded copy: small or odd layers only
+            blocks = F.pad(weight, (0, 0, 0, pad)).reshape(-1, BLOCK, module.in_features).transpose(1, 2)
+            blocks = blocks.contiguous()
+        else:
+            blocks = _blocked_in_place(weight)
         module.weight = torch.nn.Parameter(blocks, requires_grad=False)
         if module.bias is not None:
             module.bias = torch.nn.Parameter(F.pad(module.bias, (0, pad)).contiguous(), requires_grad=False)
     module.__class__ = NativeLinear
+
+
+def _blocked_in_place(weight: torch.Tensor) -> torch.Tensor:
+    """A contiguous [N, K] weight's own memory rearranged into [N / 64, K, 64], a few blocks at a time.
+
+    Each block of 64 rows occupies the same bytes in both layouts, so only a block's worth of scratch
+    is needed: a full copy of the 1.2 GB embedding would raise the process's peak by as much.
+    """
+    rows = weight.view(-1, BLOCK, weight.shape[1])
+    for start in range(0, rows.shape[0], _BLOCKS_AT_A_TIME):
+        chunk = rows[start:start + _BLOCKS_AT_A_TIME]
+        chunk.view(-1).copy_(chunk.transpose(1, 2).contiguous().view(-1))
+    return rows.view(-1).view(rows.shape[0], weight.shape[1], BLOCK)

@@ -126,6 +126,16 @@ def test_native_layers_pad_odd_widths_and_add_the_bias(native, rows):
         assert torch.allclose(layer(x), F.linear(x, weight, bias), atol=1e-5)
 
 
+def test_native_rearranges_a_whole_number_of_blocks_in_its_own_memory(native):
+    layer = torch.nn.Linear(40, 64 * 37, bias=False)  # 37 blocks: more than one batch of them
+    weight, memory = layer.weight.detach().clone(), layer.weight.data_ptr()
+    model_native_kernel.to_native(layer)
+    assert layer.weight.shape == (37, 40, 64) and layer.weight.data_ptr() == memory
+    x = torch.randn(3, 40)
+    with torch.inference_mode():
+        assert torch.allclose(layer(x), F.linear(x, weight), atol=1e-5)
+
+
 def test_a_built_kernel_is_found_not_rebuilt(native):
     compiler = next(filter(None, map(shutil.which, model_native_kernel._COMPILERS)))
     library = model_native_kernel._build(compiler, KERNEL_CACHE_DIR)
