@@ -30,6 +30,7 @@ BLOCK = 64  # columns per block: kBlock in the C++ source
 # OpenMP: without it at::parallel_for runs on one thread; the process already has torch's libgomp.
 _CFLAGS = ["-O3", "-mavx512f", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 _COMPILERS = ("c++", "g++", "clang++")
+_COMPILE_TIMEOUT_S = 300
 _BLOCKS_AT_A_TIME = 16  # scratch for rearranging a weight in place: 8 MB for K = 2048
 
 
@@ -49,11 +50,18 @@ def unavailable(cache_dir: str) -> str | None:
         torch.ops.load_library(_build(compiler, Path(cache_dir).expanduser()))
     except subprocess.CalledProcessError as exc:
         log.debug("compiler output:\n%s", exc.stderr)
-        first_line = next(iter(exc.stderr.strip().splitlines()), f"exit status {exc.returncode}")
-        return f"{compiler} could not compile {SOURCE.name}: {first_line}"
+        return f"{compiler} could not compile {SOURCE.name}: {_first_error(exc.stderr, exc.returncode)}"
+    except subprocess.TimeoutExpired:
+        return f"{compiler} did not finish compiling {SOURCE.name} in {_COMPILE_TIMEOUT_S} s"
     except OSError as exc:
         return f"it could not be built or loaded: {exc}"
     return None
+
+
+def _first_error(output: str, status: int) -> str:
+    """The compiler's first error line (its output starts with "In file included from" lines)."""
+    lines = output.strip().splitlines()
+    return next((line for line in lines if "error" in line.lower()), lines[0] if lines else f"exit status {status}")
 
 
 def _loaded() -> bool:
@@ -76,7 +84,8 @@ def _build(compiler: str, cache_dir: Path) -> Path:
     begin = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:  # then renamed: builders may race
         built = Path(scratch) / library.name
-        subprocess.run([*command, "-o", str(built)], check=True, capture_output=True, text=True)
+        subprocess.run([*command, "-o", str(built)], check=True, capture_output=True, text=True,
+                       timeout=_COMPILE_TIMEOUT_S)
         os.replace(built, library)
     log.info("native linear kernel compiled in %.1f s", time.perf_counter() - begin)
     return library
