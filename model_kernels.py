@@ -125,7 +125,7 @@ def _tied_embeddings(model: torch.nn.Module, shared: set[int]) -> list[tuple[tor
 
 
 def _shared_weights(model: torch.nn.Module) -> set[int]:
-    """Parameters used by more than one module, e.g. an lm_head tied to the embedding: they stay plain."""
+    """Parameters used by more than one module, e.g. an lm_head tied to the embedding: plain, but for `native`."""
     uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     return {key for key, count in uses.items() if count > 1}
 
