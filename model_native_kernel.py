@@ -1,8 +1,8 @@
 """Loupe's own float32 linear kernel (csrc/blocked_linear.cpp), compiled for this machine on first use.
 
-oneDNN's packed layout read a decode step's weights at 0.75-0.88 of the machine's bandwidth on the
-benchmark machine; this kernel reads the same bytes, laid out in 64-column blocks, at about 1.0 for one
-to four rows and computes a long prompt as fast as oneDNN (`python bench/kernels.py`). The system's C++
+oneDNN's packed layout read a decode step's weights at 0.79-0.83 of the machine's bandwidth on the
+benchmark machine; this kernel reads the same bytes, laid out in 64-column blocks, at 0.89-0.95 for
+one to four rows and computes a long prompt as fast as oneDNN (`python bench/kernels.py`). The system's C++
 compiler builds it once (about 15 s) into KERNEL_CACHE_DIR, named by a hash of its source, flags and
 torch version. Where it cannot be built, or the CPU has no AVX-512 (the only instruction set it is
 written and measured for), `unavailable()` says why and the caller uses another kernel.
@@ -120,12 +120,10 @@ def to_native(module: torch.nn.Linear) -> None:
     """Rearrange a float32 nn.Linear's weight (and bias) into blocks, in place where its width allows."""
     pad = -module.out_features % BLOCK
     with torch.no_grad():
-        weight = module.weight.detach()
-        if pad or not weight.is_contiguous():  # a padded copy: small or odd layers only
-            blocks = F.pad(weight, (0, 0, 0, pad)).reshape(-1, BLOCK, module.in_features).transpose(1, 2)
-            blocks = blocks.contiguous()
-        else:
-            blocks = _blocked_in_place(weight)
+        weight = module.weight.detach().contiguous()  # loaded weights are; else this is the one copy
+        if pad:  # a padded copy: small or odd layers only
+            weight = F.pad(weight, (0, 0, 0, pad))
+        blocks = _blocked_in_place(weight)
         module.weight = torch.nn.Parameter(blocks, requires_grad=False)
         if module.bias is not None:
             module.bias = torch.nn.Parameter(F.pad(module.bias, (0, pad)).contiguous(), requires_grad=False)
