@@ -36,7 +36,8 @@ def served(weights: list[torch.Tensor], kernel: str) -> torch.nn.Sequential:
     layers = torch.nn.Sequential(*(torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
                                    for w in weights))
     for layer, w in zip(layers, weights):
-        layer.weight = torch.nn.Parameter(w, requires_grad=False)  # the kernel makes its own copy; `w` stays
+        # A copy each: native rearranges its weights in place, and `weights` must stay plain for blas/onednn.
+        layer.weight = torch.nn.Parameter(w.clone(), requires_grad=False)
     moved = use_linear_kernel(layers, kernel, Settings().kernel_cache_dir)
     if moved[kernel] != len(weights):
         raise SystemExit(f"LINEAR_KERNEL={kernel} is not available here: {dict(moved)} (see the log)")
