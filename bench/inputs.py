@@ -14,6 +14,7 @@ PHOTO_SIZE = (1536, 1152)
 SEED = 7
 FIRST_QUESTION = "Describe this picture in detail."
 FOLLOW_UP_QUESTION = "What colour is the boat, and how many trees are there?"
+PAIRED_QUESTION = "What would you call this picture?"  # the paired decodes' question (bench/run.py)
 CLIENT_QUESTIONS = (
     "What is in the sky?",
     "Describe the water in this picture.",

@@ -16,7 +16,9 @@ ROWS = (
     ("server_ttft_s", "first turn: TTFT (server timings)", "s", "lower"),
     ("decode_tps", "first turn: decode tokens/s (server timings)", "tok/s", "higher"),
     ("client_decode_tps", "first turn: decode tokens/s (client)", "tok/s", "higher"),
-    ("decode_efficiency", "decode efficiency (tok/s x bytes/token / bandwidth)", "", "higher"),
+    ("decode_efficiency", "decode efficiency (tok/s x bytes/token / the run's best bandwidth)", "", "higher"),
+    ("paired_efficiency", "decode efficiency, paired (one client / bandwidth sampled just before and after; median)",
+     "", "higher"),
     ("follow_up_prompt_tokens", "follow-up: prompt tokens", "", ""),
     ("follow_up_ttft_s", "follow-up: TTFT (client)", "s", "lower"),
     ("follow_up_ttft_ratio", "follow-up TTFT / first-turn TTFT", "", "lower"),
@@ -92,6 +94,13 @@ def step_figures(steps: dict[str, dict[str, float]], clients: int) -> dict:
 
     one, many = rate(1), rate(clients)
     return {"step_tps_1": one, "step_tps_n": many, "step_speedup": many / one if one and many else None}
+
+
+def paired_figures(rounds: list[dict], bytes_per_token: int) -> dict:
+    """Each paired round's decode efficiency against the mean of its two bandwidth samples, and their median."""
+    each = [r["decode_tps"] * bytes_per_token * 2 / (r["bandwidth_before"] + r["bandwidth_after"])
+            for r in rounds if r.get("decode_tps") and r.get("bandwidth_before") and r.get("bandwidth_after")]
+    return {"paired_efficiencies": each, "paired_efficiency": statistics.median(each) if each else None}
 
 
 def figures(first: dict, follow: dict, clients: list[dict], wall_s: float, *, load_s: float,

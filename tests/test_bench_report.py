@@ -1,4 +1,4 @@
-"""The benchmark's arithmetic: the batched window counts only what all clients decoded together."""
+"""The benchmark's arithmetic: the batched window, pass rates and paired efficiency."""
 import sys
 from pathlib import Path
 
@@ -34,3 +34,16 @@ def test_step_rates_come_from_the_pass_histogram():
     assert figures["step_tps_1"] == 10 / 3.0 and figures["step_tps_n"] == 4 * 20 / 10.0
     assert figures["step_speedup"] == (80 / 10.0) / (10 / 3.0)
     assert step_figures({}, clients=4)["step_speedup"] is None
+
+
+def test_each_paired_decode_is_against_the_mean_of_its_own_two_samples():
+    from report import paired_figures
+
+    rounds = [{"decode_tps": 4.0, "bandwidth_before": 30e9, "bandwidth_after": 50e9},  # 4 x 8e9 / 40e9 = 0.8
+              {"decode_tps": 3.0, "bandwidth_before": 50e9, "bandwidth_after": 30e9},  # 0.6
+              {"decode_tps": 5.0, "bandwidth_before": 30e9, "bandwidth_after": 50e9},  # 1.0
+              {"decode_tps": None, "bandwidth_before": 30e9, "bandwidth_after": 50e9}]  # failed: left out
+    figures = paired_figures(rounds, bytes_per_token=8e9)
+    assert figures["paired_efficiencies"] == [0.8, 0.6, 1.0]
+    assert figures["paired_efficiency"] == 0.8
+    assert paired_figures([], bytes_per_token=8e9)["paired_efficiency"] is None
