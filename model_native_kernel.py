@@ -1,11 +1,13 @@
-"""Loupe's own float32 linear kernel (csrc/blocked_linear.cpp), compiled for this machine on first use.
+"""Loupe's own linear kernels (csrc/blocked_linear.cpp), compiled for this machine on first use.
 
-oneDNN's packed layout read a decode step's weights at 0.79-0.83 of the machine's bandwidth on the
-benchmark machine; this kernel reads the same bytes, laid out in 64-column blocks, at 0.89-0.95 for
-one to four rows and computes a long prompt as fast as oneDNN (`python bench/kernels.py`). The system's C++
-compiler builds it once (about 15 s) into KERNEL_CACHE_DIR, named by a hash of its source, flags and
-torch version. Where it cannot be built, or the CPU has no AVX-512 (the only instruction set it is
-written and measured for), `unavailable()` says why and the caller uses another kernel.
+oneDNN's packed layout read a decode step's float32 weights at 0.79-0.83 of the machine's bandwidth
+on the benchmark machine; this kernel reads the same bytes, laid out in 64-column blocks, at
+0.89-0.95 for one to four rows and computes a long prompt as fast as oneDNN (`python bench/kernels.py`).
+Its bfloat16 twin (AVX512-BF16 dot products) does the same for bfloat16 weights. The system's C++
+compiler builds both once (about 15 s) into KERNEL_CACHE_DIR, named by a hash of their source, flags
+and torch version. Where they cannot be built, or the CPU has no AVX-512 (the only instruction set
+they are written and measured for), `unavailable()` says why and the caller uses another kernel;
+`fits(weight)` says whether this CPU runs the one for a weight.
 """
 from __future__ import annotations
 
@@ -58,6 +60,17 @@ def unavailable(cache_dir: str) -> str | None:
     return None
 
 
+def fits(weight: torch.Tensor) -> bool:
+    """Whether a kernel here computes this weight (once `unavailable()` has said they are ready).
+
+    float32; or bfloat16 with an even number of inputs (read in pairs) on a CPU with AVX512-BF16
+    (vdpbf16ps: AMD Zen 4, Intel Cooper Lake and later).
+    """
+    if weight.dtype == torch.bfloat16:
+        return weight.shape[-1] % 2 == 0 and bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+    return weight.dtype == torch.float32
+
+
 def _first_error(output: str, status: int) -> str:
     """The compiler's first error line (its output starts with "In file included from" lines)."""
     lines = output.strip().splitlines()
@@ -92,11 +105,14 @@ def _build(compiler: str, cache_dir: Path) -> Path:
 
 
 class NativeLinear(torch.nn.Linear):
-    """nn.Linear whose float32 weight is stored in 64-column blocks and computed by loupe::blocked_linear."""
+    """nn.Linear whose weight is stored in 64-column blocks and computed by loupe::blocked_linear(_bf16)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        out = torch.ops.loupe.blocked_linear(rows, self.weight, self.bias)
+        if self.weight.dtype == torch.bfloat16:
+            out = torch.ops.loupe.blocked_linear_bf16(rows, self.weight, self.bias)
+        else:
+            out = torch.ops.loupe.blocked_linear(rows, self.weight, self.bias)
         if out.shape[1] != self.out_features:  # the zero columns padding the last block
             out = out[:, :self.out_features]
         return out.reshape(*x.shape[:-1], self.out_features)
@@ -106,7 +122,8 @@ class BlockedEmbedding(torch.nn.Embedding):
     """nn.Embedding whose rows are read out of the blocked weight of the lm_head tied to it."""
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.weight[ids // BLOCK, :, ids % BLOCK]
+        rows = self.weight[ids // BLOCK, :, ids % BLOCK]  # (*ids.shape, K) or, for bfloat16, (*, K / 2, 2)
+        return rows.flatten(ids.dim()) if self.weight.dim() == 4 else rows
 
 
 def tie_to_native(linear: torch.nn.Linear, embedding: torch.nn.Embedding) -> None:
@@ -117,7 +134,10 @@ def tie_to_native(linear: torch.nn.Linear, embedding: torch.nn.Embedding) -> Non
 
 
 def to_native(module: torch.nn.Linear) -> None:
-    """Rearrange a float32 nn.Linear's weight (and bias) into blocks, in place where its width allows."""
+    """Rearrange an nn.Linear's weight (and bias) into blocks, in place where its width allows.
+
+    float32, or bfloat16 with an even number of inputs (the kernel reads them in pairs).
+    """
     pad = -module.out_features % BLOCK
     with torch.no_grad():
         weight = module.weight.detach().contiguous()  # loaded weights are; else this is the one copy
@@ -131,13 +151,21 @@ def to_native(module: torch.nn.Linear) -> None:
 
 
 def _blocked_in_place(weight: torch.Tensor) -> torch.Tensor:
-    """A contiguous [N, K] weight's own memory rearranged into [N / 64, K, 64], a few blocks at a time.
+    """A contiguous [N, K] weight's own memory rearranged into blocks, a few at a time.
 
-    Each block of 64 rows occupies the same bytes in both layouts, so only a block's worth of scratch
-    is needed: a full copy of the 1.2 GB embedding would raise the process's peak by as much.
+    float32: [N / 64, K, 64]; bfloat16: [N / 64, K / 2, 64, 2], pairs of k side by side. Each block of
+    64 rows occupies the same bytes in both layouts, so only a block's worth of scratch is needed: a
+    full copy of the 1.2 GB embedding would raise the process's peak by as much.
     """
     rows = weight.view(-1, BLOCK, weight.shape[1])
     for start in range(0, rows.shape[0], _BLOCKS_AT_A_TIME):
         chunk = rows[start:start + _BLOCKS_AT_A_TIME]
-        chunk.view(-1).copy_(chunk.transpose(1, 2).contiguous().view(-1))
-    return rows.view(-1).view(rows.shape[0], weight.shape[1], BLOCK)
+        chunk.view(-1).copy_(_blocks(chunk).contiguous().view(-1))
+    return rows.view(-1).view(_blocks(rows).shape)
+
+
+def _blocks(rows: torch.Tensor) -> torch.Tensor:
+    """[blocks, 64, K] rows as the kernel's blocks (a strided view, of the same elements)."""
+    if rows.dtype == torch.bfloat16:
+        return rows.unflatten(2, (-1, 2)).transpose(1, 2)
+    return rows.transpose(1, 2)

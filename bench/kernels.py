@@ -6,8 +6,8 @@ A decode step multiplies a few rows (one per sequence in the batch) by every wei
 it is bound by how fast the kernel streams the weights. This cycles through twelve 2048x6144 layers
 (600 MB in float32, far beyond any L3 cache) with each LINEAR_KERNEL: torch's default (`blas`), oneDNN
 on the plain weights (`onednn`), the service's PackedLinear (`packed`: oneDNN on weights rearranged
-once into its blocked layout) and its NativeLinear (`native`: Loupe's own kernel, float32 only; built
-into KERNEL_CACHE_DIR), interleaving them so noise hits all alike, and prints the best effective GB/s
+once into its blocked layout) and its NativeLinear (`native`: Loupe's own kernel, bfloat16 only on a
+CPU with AVX512-BF16; built into KERNEL_CACHE_DIR), interleaving them so noise hits all alike, and prints the best effective GB/s
 of each beside torch.sum over the same bytes. `--rows 600` shows a prompt's rate as GFLOP/s instead.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's own kernels, as served
+import model_native_kernel  # noqa: E402
 from config import Settings  # noqa: E402
 from model_kernels import use_linear_kernel  # noqa: E402
 
@@ -47,7 +48,7 @@ def served(weights: list[torch.Tensor], kernel: str) -> torch.nn.Sequential:
 def kernels(x: torch.Tensor, weights: list[torch.Tensor], data: torch.Tensor) -> dict:
     """Name → one pass over every layer."""
     packed = served(weights, "packed")
-    native = served(weights, "native") if x.dtype == torch.float32 else None
+    native = served(weights, "native") if model_native_kernel.fits(weights[0]) else None
     return {
         "sum": lambda: data.sum(),
         "blas": lambda: [F.linear(x, w) for w in weights],

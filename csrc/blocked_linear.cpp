@@ -10,7 +10,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <immintrin.h>
+
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 namespace {
@@ -78,8 +81,82 @@ at::Tensor blocked_linear(const at::Tensor& x, const at::Tensor& weight, const c
   return y;
 }
 
+// bfloat16: the same blocks, each holding pairs of k, W_blocked[n / 64][k / 2][n % 64][k % 2], because
+// vdpbf16ps multiplies pairs of bfloat16 and adds both products to one float32 lane. Each call to this
+// function is compiled for AVX512-BF16 only (not the whole file): the caller checks the CPU has it.
+// x and the result are bfloat16, the accumulators float32, as in oneDNN's bfloat16 inner product.
+#define LOUPE_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16")))
+
+template <int Rows>
+LOUPE_BF16 void tile_bf16(const uint16_t* x, int64_t K, const uint16_t* w, const uint16_t* bias, uint16_t* y,
+                          int64_t N) {
+  __m512 acc[Rows][kVectors];
+  for (int m = 0; m < Rows; ++m)
+    for (int v = 0; v < kVectors; ++v) acc[m][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 2) {
+    __m512bh wk[kVectors];  // 16 columns x 2 values of k each
+    for (int v = 0; v < kVectors; ++v) wk[v] = (__m512bh)_mm512_loadu_si512(w + k * kBlock + v * 32);
+    for (int m = 0; m < Rows; ++m) {
+      int32_t pair;  // x[m][k] and x[m][k + 1], side by side as in every lane of wk
+      std::memcpy(&pair, x + m * K + k, sizeof pair);
+      const __m512bh xm = (__m512bh)_mm512_set1_epi32(pair);
+      for (int v = 0; v < kVectors; ++v) acc[m][v] = _mm512_dpbf16_ps(acc[m][v], wk[v], xm);
+    }
+  }
+  for (int m = 0; m < Rows; ++m) {
+    for (int v = 0; v < kVectors; ++v) {
+      __m512 sum = acc[m][v];
+      if (bias) {  // bfloat16 to float32 is a 16-bit shift
+        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bias + v * 16));
+        sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16)));
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + m * N + v * 16), (__m256i)_mm512_cvtneps_pbh(sum));
+    }
+  }
+}
+
+template <int Rows = kTile>
+LOUPE_BF16 void tile_rows_bf16(int rows, const uint16_t* x, int64_t K, const uint16_t* w, const uint16_t* bias,
+                               uint16_t* y, int64_t N) {
+  if constexpr (Rows > 1) {
+    if (rows < Rows) return tile_rows_bf16<Rows - 1>(rows, x, K, w, bias, y, N);
+  }
+  tile_bf16<Rows>(x, K, w, bias, y, N);
+}
+
+at::Tensor blocked_linear_bf16(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16, "x must be a 2-D bfloat16 tensor");
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == kBlock && weight.size(3) == 2 &&
+                  weight.size(1) * 2 == x.size(1) && weight.scalar_type() == at::kBFloat16 && weight.is_contiguous(),
+              "weight must be a contiguous bfloat16 [N / 64, K / 2, 64, 2] tensor with K = x.size(1)");
+  const int64_t M = x.size(0), K = x.size(1), blocks = weight.size(0), N = blocks * kBlock;
+  TORCH_CHECK(!bias.has_value() || (bias->numel() == N && bias->scalar_type() == at::kBFloat16 && bias->is_contiguous()),
+              "bias must be a contiguous bfloat16 tensor of N elements");
+  const at::Tensor rows = x.contiguous();
+  at::Tensor y = at::empty({M, N}, x.options());
+  const auto* xp = reinterpret_cast<const uint16_t*>(rows.data_ptr<at::BFloat16>());
+  const auto* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
+  const auto* bp = bias.has_value() ? reinterpret_cast<const uint16_t*>(bias->data_ptr<at::BFloat16>()) : nullptr;
+  auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t m = 0; m < M; m += kTile) {
+        tile_rows_bf16(static_cast<int>(std::min<int64_t>(kTile, M - m)), xp + m * K, K, wp + b * K * kBlock,
+                       bp ? bp + b * kBlock : nullptr, yp + m * N + b * kBlock, N);
+      }
+    }
+  });
+  return y;
+}
+
 }  // namespace
 
-TORCH_LIBRARY(loupe, m) { m.def("blocked_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor"); }
+TORCH_LIBRARY(loupe, m) {
+  m.def("blocked_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("blocked_linear_bf16(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+}
 
-TORCH_LIBRARY_IMPL(loupe, CPU, m) { m.impl("blocked_linear", &blocked_linear); }
+TORCH_LIBRARY_IMPL(loupe, CPU, m) {
+  m.impl("blocked_linear", &blocked_linear);
+  m.impl("blocked_linear_bf16", &blocked_linear_bf16);
+}

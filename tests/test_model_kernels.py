@@ -16,7 +16,6 @@ from model_native_kernel import BlockedEmbedding, NativeLinear
 from model_weights import load_model
 
 
-
 @pytest.fixture(scope="module")
 def native() -> None:
     """Build (or find) the native kernel; skip where it cannot be (see the fallback tests below)."""
@@ -31,6 +30,23 @@ def linears(model):
 
 def plain_weights(model):
     return {name: (m.weight.detach().clone(), m.bias) for name, m in linears(model).items()}
+
+
+# The native bfloat16 kernel multiplies bfloat16 pairs exactly and adds in float32, as oneDNN does:
+# its results are float32 arithmetic rounded to bfloat16 once (8 bits: a relative step of 2**-8).
+BF16_NATIVE = torch.cpu._is_avx512_bf16_supported()
+needs_bf16_native = pytest.mark.skipif(not BF16_NATIVE, reason="this CPU has no AVX512-BF16")
+DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=needs_bf16_native)]
+BLOCKS = {torch.float32: (40, 64), torch.bfloat16: (20, 64, 2)}  # a block of 40 inputs, for each dtype
+
+
+def assert_linear(out, x, weight, bias):
+    """`out` is F.linear(x, weight, bias): float32 to 1e-5, bfloat16 as float32 arithmetic rounded once."""
+    if out.dtype == torch.float32:
+        assert torch.allclose(out, F.linear(x, weight, bias), atol=1e-5)
+        return
+    exact = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+    torch.testing.assert_close(out.float(), exact, rtol=2**-8, atol=1e-3)
 
 
 @pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512", reason="written for AVX-512 only")
@@ -67,16 +83,37 @@ def test_the_tied_lm_head_keeps_plain_weights_on_onednn(tiny_model_dir):
 
 
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no bfloat16 oneDNN")
-@pytest.mark.parametrize("kernel", ["native", "packed"])  # native is float32 only
-def test_bfloat16_layers_are_packed_too(tiny_model_dir, kernel):
+def test_bfloat16_layers_are_packed_too(tiny_model_dir):
     model = load_model(tiny_model_dir, torch.bfloat16)
     plain = plain_weights(model)
-    moved = use_linear_kernel(model, kernel, str(KERNEL_CACHE_DIR))
+    moved = use_linear_kernel(model, "packed", str(KERNEL_CACHE_DIR))
     assert moved == {"packed": len(plain) - 1}  # the tied lm_head: torch's own
     name, layer = next((n, m) for n, m in linears(model).items() if type(m) is PackedLinear)
     x = torch.randn(3, layer.in_features, dtype=torch.bfloat16)
     with torch.inference_mode():
         assert torch.allclose(layer(x).float(), F.linear(x, *plain[name]).float(), atol=1e-2)
+
+
+@needs_bf16_native
+@pytest.mark.parametrize("shape", [(1, 1), (1, 3), (2, 7), (1, 600)])
+def test_native_bfloat16_layers_compute_float32_arithmetic_rounded_once(native, tiny_model_dir, shape):
+    model = load_model(tiny_model_dir, torch.bfloat16)
+    plain = plain_weights(model)
+    assert use_linear_kernel(model, "native", str(KERNEL_CACHE_DIR)) == {"native": len(plain)}
+    for name, layer in linears(model).items():
+        assert layer.weight.dtype == torch.bfloat16 and layer.weight.dim() == 4, name
+        x = torch.randn(*shape, layer.in_features, dtype=torch.bfloat16)
+        with torch.inference_mode():
+            out = layer(x)
+        assert out.shape == (*shape, layer.out_features) and out.dtype == torch.bfloat16
+        assert_linear(out, x, *plain[name])
+
+
+@needs_bf16_native
+def test_bfloat16_layers_with_an_odd_number_of_inputs_are_packed(native):
+    layers = torch.nn.Sequential(torch.nn.Linear(7, 64), torch.nn.Linear(64, 7)).to(torch.bfloat16)
+    assert use_linear_kernel(layers, "native", str(KERNEL_CACHE_DIR)) == {"packed": 1, "native": 1}
+    assert type(layers[0]) is PackedLinear and type(layers[1]) is NativeLinear
 
 
 def test_the_onednn_kernel_keeps_plain_weights(tiny_model_dir):
@@ -95,45 +132,50 @@ def test_the_blas_kernel_leaves_the_model_alone(tiny_model_dir):
     assert all(type(m) is torch.nn.Linear for m in linears(model).values())
 
 
-def test_native_ties_the_lm_head_and_the_embedding_to_one_blocked_copy(native, tiny_model_dir):
-    model = load_model(tiny_model_dir, torch.float32)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_native_ties_the_lm_head_and_the_embedding_to_one_blocked_copy(native, tiny_model_dir, dtype):
+    model = load_model(tiny_model_dir, dtype)
     embedding = model.model.language_model.embed_tokens
     rows = embedding.weight.detach().clone()
     use_linear_kernel(model, "native", str(KERNEL_CACHE_DIR))
     assert type(model.lm_head) is NativeLinear and type(embedding) is BlockedEmbedding
-    assert model.lm_head.weight is embedding.weight and embedding.weight.dim() == 3
+    assert model.lm_head.weight is embedding.weight and embedding.weight.dim() == (3 if dtype == torch.float32 else 4)
     ids = torch.tensor([[0, 1, 63, 64], [65, len(rows) - 1, 5, 5]])
     with torch.inference_mode():
         assert torch.equal(embedding(ids), rows[ids])
 
 
-def test_a_native_model_computes_the_plain_models_logits(native, tiny_model_dir):
-    plain, blocked = load_model(tiny_model_dir, torch.float32), load_model(tiny_model_dir, torch.float32)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_native_model_computes_the_plain_models_logits(native, tiny_model_dir, dtype):
+    plain, blocked = load_model(tiny_model_dir, dtype), load_model(tiny_model_dir, dtype)
     use_linear_kernel(blocked, "native", str(KERNEL_CACHE_DIR))
     ids = torch.randint(0, plain.config.text_config.vocab_size, (2, 9))
     with torch.inference_mode():
-        assert torch.allclose(blocked(input_ids=ids).logits, plain(input_ids=ids).logits, atol=1e-4)
+        ours, theirs = blocked(input_ids=ids).logits.float(), plain(input_ids=ids).logits.float()
+    assert torch.allclose(ours, theirs, atol=1e-4 if dtype == torch.float32 else 1e-2)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows", [1, 5, 6, 7, 13])
-def test_native_layers_pad_odd_widths_and_add_the_bias(native, rows):
-    layer = torch.nn.Linear(40, 100)  # 100 columns: the second block of 64 is partly padding
+def test_native_layers_pad_odd_widths_and_add_the_bias(native, rows, dtype):
+    layer = torch.nn.Linear(40, 100, dtype=dtype)  # 100 columns: the second block of 64 is partly padding
     weight, bias = layer.weight.detach().clone(), layer.bias.detach().clone()
     model_native_kernel.to_native(layer)
-    assert type(layer) is NativeLinear and layer.weight.shape == (2, 40, 64)
-    x = torch.randn(rows, 40)
+    assert type(layer) is NativeLinear and layer.weight.shape == (2, *BLOCKS[dtype])
+    x = torch.randn(rows, 40, dtype=dtype)
     with torch.inference_mode():
-        assert torch.allclose(layer(x), F.linear(x, weight, bias), atol=1e-5)
+        assert_linear(layer(x), x, weight, bias)
 
 
-def test_native_rearranges_a_whole_number_of_blocks_in_its_own_memory(native):
-    layer = torch.nn.Linear(40, 64 * 37, bias=False)  # 37 blocks: more than one batch of them
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_native_rearranges_a_whole_number_of_blocks_in_its_own_memory(native, dtype):
+    layer = torch.nn.Linear(40, 64 * 37, bias=False, dtype=dtype)  # 37 blocks: more than one batch of them
     weight, memory = layer.weight.detach().clone(), layer.weight.data_ptr()
     model_native_kernel.to_native(layer)
-    assert layer.weight.shape == (37, 40, 64) and layer.weight.data_ptr() == memory
-    x = torch.randn(3, 40)
+    assert layer.weight.shape == (37, *BLOCKS[dtype]) and layer.weight.data_ptr() == memory
+    x = torch.randn(3, 40, dtype=dtype)
     with torch.inference_mode():
-        assert torch.allclose(layer(x), F.linear(x, weight), atol=1e-5)
+        assert_linear(layer(x), x, weight, None)
 
 
 def test_a_built_kernel_is_found_not_rebuilt(native):
