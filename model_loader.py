@@ -23,6 +23,7 @@ from errors import InvalidRequest
 from inference import ImagePart, Message, SamplingParams
 from model_batch import DecodeBatch
 from model_cache import new_cache
+from model_attention import use_native_attention
 from model_kernels import use_linear_kernel
 from model_memory import return_free_memory
 from model_sampling import IncrementalDecoder, Sampler
@@ -103,8 +104,11 @@ def _load(settings: Settings) -> QwenBackend:
         raise ModelLoadError(_load_advice(source, exc)) from exc
     model.to(settings.device).eval()
     moved = use_linear_kernel(model, settings.linear_kernel, settings.kernel_cache_dir)
-    log.info("model %s loaded in %s; linear layers: %s", source, settings.dtype,
-             ", ".join(f"{count} {kernel}" for kernel, count in moved.items()) or "torch's default kernel")
+    if moved["native"]:  # the native library is loaded: its one-token attention too
+        use_native_attention(model)
+    log.info("model %s loaded in %s; linear layers: %s; one-token attention: %s", source, settings.dtype,
+             ", ".join(f"{count} {kernel}" for kernel, count in moved.items()) or "torch's default kernel",
+             "native" if moved["native"] else "sdpa")
     if tokenizer.chat_template is None:
         raise ModelLoadError(f"The tokenizer of {source!r} has no chat template.")
     eos = generation_config.eos_token_id

@@ -1,11 +1,11 @@
-"""Loupe's own linear kernels (csrc/blocked_linear.cpp), compiled for this machine on first use.
+"""Loupe's own kernels (csrc/), compiled for this machine on first use: linear layers and one-token attention.
 
 oneDNN's packed layout read a decode step's float32 weights at 0.79-0.83 of the machine's bandwidth
 on the benchmark machine; this kernel reads the same bytes, laid out in 64-column blocks, at
 0.89-0.95 for one to four rows and computes a long prompt as fast as oneDNN (`python bench/kernels.py`).
-Its bfloat16 twin (AVX512-BF16 dot products) does the same for bfloat16 weights. The system's C++
-compiler builds both once (about 15 s) into KERNEL_CACHE_DIR, named by a hash of their source, flags
-and torch version. Where they cannot be built, or the CPU has no AVX-512 (the only instruction set
+Its bfloat16 twin (AVX512-BF16 dot products) does the same for bfloat16 weights; model_attention.py
+says what decode_attention.cpp is for. The system's C++ compiler builds them once (about 25 s) into
+KERNEL_CACHE_DIR, named by a hash of their sources, flags and torch version. Where they cannot be built, or the CPU has no AVX-512 (the only instruction set
 they are written and measured for), `unavailable()` says why and the caller uses another kernel;
 `fits(weight)` says whether this CPU runs the one for a weight.
 """
@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).resolve().parent / "csrc" / "blocked_linear.cpp"
+SOURCES = [Path(__file__).resolve().parent / "csrc" / name for name in ("blocked_linear.cpp", "decode_attention.cpp")]
+_NAMES = " and ".join(source.name for source in SOURCES)
 BLOCK = 64  # columns per block: kBlock in the C++ source
 # Not -march=native: a cached build must run on any AVX-512 CPU that later finds it (a shared volume).
 # OpenMP: without it at::parallel_for runs on one thread; the process already has torch's libgomp.
@@ -38,7 +39,7 @@ _BLOCKS_AT_A_TIME = 16  # scratch for rearranging a weight in place: 8 MB for K 
 
 @functools.cache
 def unavailable(cache_dir: str) -> str | None:
-    """Build (or find) and load the kernel once per process: None when it is ready, else why not."""
+    """Build (or find) and load the kernels once per process: None when they are ready, else why not."""
     if _loaded():
         return None
     if not cache_dir:
@@ -52,9 +53,9 @@ def unavailable(cache_dir: str) -> str | None:
         torch.ops.load_library(_build(compiler, Path(cache_dir).expanduser()))
     except subprocess.CalledProcessError as exc:
         log.debug("compiler output:\n%s", exc.stderr)
-        return f"{compiler} could not compile {SOURCE.name}: {_first_error(exc.stderr, exc.returncode)}"
+        return f"{compiler} could not compile {_NAMES}: {_first_error(exc.stderr, exc.returncode)}"
     except subprocess.TimeoutExpired:
-        return f"{compiler} did not finish compiling {SOURCE.name} in {_COMPILE_TIMEOUT_S} s"
+        return f"{compiler} did not finish compiling {_NAMES} in {_COMPILE_TIMEOUT_S} s"
     except OSError as exc:
         return f"it could not be built or loaded: {exc}"
     return None
@@ -83,24 +84,25 @@ def _loaded() -> bool:
 
 
 def _build(compiler: str, cache_dir: Path) -> Path:
-    """The shared library for this source, flags and torch: compiled unless already in `cache_dir`."""
+    """The shared library for these sources, flags and torch: compiled unless already in `cache_dir`."""
     torch_dir = Path(torch.__file__).resolve().parent
     command = [compiler, *_CFLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
                f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
-               str(SOURCE), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu"]
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([torch.__version__, *_CFLAGS]).encode()).hexdigest()
-    library = cache_dir / f"blocked_linear-{key[:16]}.so"
+               *map(str, SOURCES), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu"]
+    text = b"".join(source.read_bytes() for source in SOURCES)
+    key = hashlib.sha256(text + " ".join([torch.__version__, *_CFLAGS]).encode()).hexdigest()
+    library = cache_dir / f"loupe_kernels-{key[:16]}.so"
     if library.is_file():
         return library
     cache_dir.mkdir(parents=True, exist_ok=True)
-    log.info("compiling the native linear kernel into %s (once; about 15 s)", cache_dir)
+    log.info("compiling the native kernels into %s (once; about 25 s)", cache_dir)
     begin = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:  # then renamed: builders may race
         built = Path(scratch) / library.name
         subprocess.run([*command, "-o", str(built)], check=True, capture_output=True, text=True,
                        timeout=_COMPILE_TIMEOUT_S)
         os.replace(built, library)
-    log.info("native linear kernel compiled in %.1f s", time.perf_counter() - begin)
+    log.info("native kernels compiled in %.1f s", time.perf_counter() - begin)
     return library
 
 

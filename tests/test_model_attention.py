@@ -1,0 +1,76 @@
+"""One-token attention by loupe::decode_attention computes what torch's SDPA computes; prompts stay on SDPA."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.profiler import profile
+
+import model_native_kernel
+from live_server import KERNEL_CACHE_DIR
+from model_attention import NAME, use_native_attention
+from model_cache import new_cache
+from model_weights import load_model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def native() -> None:
+    """Build (or find) the native library; skip where it cannot be (test_model_kernels covers why)."""
+    problem = model_native_kernel.unavailable(str(KERNEL_CACHE_DIR))
+    if problem:
+        pytest.skip(problem)
+
+
+def cached(batch: int, heads: int, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """Keys or values as a growing cache holds them: a view of a buffer with room to spare."""
+    return torch.randn(batch, heads, length + 7, 64, dtype=dtype)[:, :, :length]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch,length,padded", [(1, 1, 0), (1, 300, 0), (3, 40, 17), (2, 5, 4)])
+def test_the_kernel_computes_sdpa_with_grouped_heads_and_left_padding(dtype, batch, length, padded):
+    query = torch.randn(batch, 8, 1, 64, dtype=dtype)
+    keys, values = cached(batch, 2, length, dtype), cached(batch, 2, length, dtype)  # 4 query heads per key head
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    mask[0, :padded] = False  # the first row is left-padded, as a row in a decode batch is
+    expected = F.scaled_dot_product_attention(query.float(), keys.float(), values.float(), attn_mask=mask[:, None, None],
+                                              scale=0.1, enable_gqa=True).transpose(1, 2)
+    out = torch.ops.loupe.decode_attention(query, keys, values, mask, 0.1)
+    assert out.shape == (batch, 1, 8, 64) and out.dtype == dtype
+    # float32 throughout; bfloat16 rounds the result once (a relative step of 2**-8)
+    tolerance = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-3, "rtol": 2**-8}
+    torch.testing.assert_close(out.float(), expected, **tolerance)
+    if padded == 0:
+        torch.testing.assert_close(torch.ops.loupe.decode_attention(query, keys, values, None, 0.1), out, rtol=0, atol=0)
+
+
+def kernel_calls(run) -> int:
+    """How many times `run()` called loupe::decode_attention (counted by torch's profiler)."""
+    with profile() as recorded:
+        run()
+    return sum(event.count for event in recorded.key_averages() if event.key == "loupe::decode_attention")
+
+
+def test_a_model_decodes_with_the_kernel_and_reads_prompts_with_sdpa(tiny_model_dir):
+    plain, ours = load_model(tiny_model_dir, torch.float32), load_model(tiny_model_dir, torch.float32)
+    use_native_attention(ours)
+    assert ours.config.text_config._attn_implementation == NAME
+    assert ours.config.vision_config._attn_implementation == "sdpa"
+    ids = torch.randint(0, plain.config.text_config.vocab_size, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[0, :3] = 0  # a left-padded row
+    logits, calls = {}, {}
+    with torch.inference_mode():
+        for name, model in (("sdpa", plain), ("ours", ours)):
+            cache = new_cache(model.config)
+            prompt = lambda: model(input_ids=ids, attention_mask=mask, past_key_values=cache).logits  # noqa: E731
+            step = lambda: model(input_ids=torch.tensor([[5], [7]]), past_key_values=cache,  # noqa: E731
+                                 attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)).logits
+            calls[name] = (kernel_calls(lambda: logits.setdefault((name, "prompt"), prompt())),
+                           kernel_calls(lambda: logits.setdefault((name, "step"), step())))
+    layers = plain.config.text_config.num_hidden_layers
+    assert calls == {"sdpa": (0, 0), "ours": (0, layers)}
+    assert torch.equal(logits["ours", "prompt"], logits["sdpa", "prompt"])
+    assert torch.allclose(logits["ours", "step"], logits["sdpa", "step"], atol=1e-5)
+
+
+def test_the_service_decodes_with_the_kernel_by_default(backend):
+    assert backend.model.config.text_config._attn_implementation == NAME
