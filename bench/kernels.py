@@ -9,6 +9,10 @@ on the plain weights (`onednn`), the service's PackedLinear (`packed`: oneDNN on
 once into its blocked layout) and its NativeLinear (`native`: Loupe's own kernel, bfloat16 only on a
 CPU with AVX512-BF16; built into KERNEL_CACHE_DIR), interleaving them so noise hits all alike, and prints the best effective GB/s
 of each beside torch.sum over the same bytes. `--rows 600` shows a prompt's rate as GFLOP/s instead.
+
+`--attention 1 4` measures one-token attention instead, for that many sequences: torch's SDPA (as
+transformers calls it) against loupe::decode_attention over 28 layers of a 480-token KV cache of
+Qwen3-VL-2B's shape (16 query heads, 8 key-value heads of 128), each pass after flushing the caches.
 """
 from __future__ import annotations
 
@@ -79,16 +83,50 @@ def measure(dtype: torch.dtype, rows: int, repeats: int) -> dict[str, float]:
     return {name: work[name] / seconds / 1e9 for name, seconds in best.items()}
 
 
+def attention(dtype: torch.dtype, sequences: int, repeats: int, length: int = 480) -> dict[str, float]:
+    """Best effective GB/s of the KV cache read by SDPA and by the native kernel, interleaved."""
+    if model_native_kernel.unavailable(Settings().kernel_cache_dir):
+        raise SystemExit("the native kernels are not available here (see the log)")
+    query = torch.randn(sequences, 16, 1, 128, dtype=dtype)
+    caches = [[torch.randn(sequences, 8, length + 128, 128, dtype=dtype)[:, :, :length] for _ in range(2)]
+              for _ in range(28)]  # views of buffers with room to spare, as the service's cache holds them
+    flush = torch.ones(2**26)  # 256 MB: the cache comes from memory, as in a decode step
+    passes = {
+        "sdpa": lambda: [F.scaled_dot_product_attention(query, k, v, scale=0.088, enable_gqa=True) for k, v in caches],
+        "native": lambda: [torch.ops.loupe.decode_attention(query, k, v, None, 0.088) for k, v in caches],
+    }
+    best = dict.fromkeys(passes, float("inf"))
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for name, run in passes.items():
+                flush.sum()
+                begin = time.perf_counter()
+                run()
+                best[name] = min(best[name], time.perf_counter() - begin)
+    total = sum(k.numel() * k.element_size() * 2 for k, _ in caches)
+    return {name: total / seconds / 1e9 for name, seconds in best.items()} | {"ms": best}
+
+
 def main() -> None:
     """Print a Markdown table: GB/s per kernel, dtype and rows."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument("--attention", type=int, nargs="+", help="measure one-token attention for these batch sizes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.attention:
+        log.info("| dtype | sequences | sdpa ms | native ms | sdpa GB/s | native GB/s | native/sdpa |")
+        log.info("| --- | --- | --- | --- | --- | --- | --- |")
+        for dtype in (torch.float32, torch.bfloat16):
+            for sequences in args.attention:
+                r = attention(dtype, sequences, args.repeats)
+                log.info("| %s | %d | %.1f | %.1f | %.1f | %.1f | %.2f |", str(dtype).removeprefix("torch."), sequences,
+                         r["ms"]["sdpa"] * 1e3, r["ms"]["native"] * 1e3, r["sdpa"], r["native"], r["native"] / r["sdpa"])
+        return
     log.info("threads: %d\n\n| dtype | rows | unit | torch.sum GB/s | blas | onednn | packed | native "
              "| packed/onednn | native/packed |", torch.get_num_threads())
     log.info("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
