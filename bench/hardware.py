@@ -38,6 +38,31 @@ def read_bandwidth(gib: float = 1.5, repeats: int = 7, threads: int = 0) -> dict
     return result
 
 
+class ReadMeter:
+    """Quick read-bandwidth samples (best of a few torch.sum) over one tensor kept allocated between them.
+
+    For samples taken seconds apart around short measurements: read_bandwidth allocates its tensors
+    afresh and measures copies too, which takes seconds of its own.
+    """
+
+    def __init__(self, gib: float = 1.5, threads: int = 0):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.data = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
+        self.data.sum()  # touch every page before timing
+
+    def sample(self, repeats: int = 3) -> float:
+        """Read bytes per second, best of `repeats`."""
+        best = float("inf")
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            self.data.sum()
+            best = min(best, time.perf_counter() - begin)
+        return self.data.numel() * 4 / best
+
+
 def copy_bandwidth(data, repeats: int) -> float:
     """Best-of-N copy bandwidth (bytes read + written per second)."""
     import torch

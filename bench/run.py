@@ -9,12 +9,13 @@ process. Prints a Markdown table (server, naive, server/naive) and writes everyt
 
 The read bandwidth of a shared virtual machine moves over minutes (30 to 56 GB/s on the 2-core
 machine this was written on), so it is sampled several times per dtype: before the server starts,
-after its first turn, after the four clients, between paired decodes (below), and after the
-baseline. Decode efficiency is given two ways:
+after its first turn, after the four clients, and after the baseline (and quickly around each
+paired decode, below). Decode efficiency is given two ways:
 - the first turn's decode against the highest sample: the machine's best, so it errs low;
-- paired: one client decodes between two samples taken just before and after it (the server idle),
-  `--paired-rounds` times; each round's decode is against the mean of its two samples, and the
-  figure is the median round. Decode and bandwidth are then measured in the same phase.
+- paired: one client decodes `--paired-tokens` tokens between two quick samples taken just before
+  and after it (the server idle), `--paired-rounds` times; each round's decode is against the mean
+  of its two samples, and the figure is the median round. Phases last seconds to minutes, so short
+  rounds put each decode and its bandwidth in the same phase far more often than not.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import hardware
@@ -41,13 +43,21 @@ log = logging.getLogger("bench.run")
 BENCH = Path(__file__).resolve().parent
 
 
-def server_scenarios(url: str, image_url: str, max_tokens: int, clients: int,
-                     idle: Callable[[], float | None], paired_rounds: int = 0) -> dict:
-    """First turn, follow-up on the same conversation, `clients` concurrent first turns (each its own
-    photo), then `paired_rounds` paired decodes.
+@dataclass(frozen=True)
+class Pairing:
+    """Paired decodes: `rounds` one-client requests of `tokens` tokens, each between two `sample()`s."""
 
-    `idle` runs after the first turn, after the clients and after each paired decode, while the
-    server has nothing to do; it returns the read bandwidth it sampled (None: none sampled, no pairs).
+    rounds: int
+    tokens: int
+    sample: Callable[[], float]
+
+
+def server_scenarios(url: str, image_url: str, max_tokens: int, clients: int, idle: Callable[[], None],
+                     pairing: Pairing | None = None) -> dict:
+    """First turn, follow-up on the same conversation, `clients` concurrent first turns (each its own
+    photo), then the paired decodes, if any.
+
+    `idle` runs after the first turn and after the clients, while the server has nothing to do.
     """
     log.info("first turn")
     first = stream_chat(url, inputs.first_turn(image_url), max_tokens)
@@ -58,22 +68,21 @@ def server_scenarios(url: str, image_url: str, max_tokens: int, clients: int,
     conversations = [inputs.first_turn(inputs.data_url(inputs.jpeg_bytes(inputs.photo(variant=i + 1))), q)
                      for i, q in enumerate(inputs.CLIENT_QUESTIONS[:clients])]
     runs, wall = concurrent_chats(url, conversations, max_tokens)
-    before = idle()
+    idle()
     steps = decode_steps(url)  # before the paired decodes: the histogram is the scenarios' own
-    paired = paired_decodes(url, image_url, max_tokens, paired_rounds, before, idle) if before else []
+    paired = paired_decodes(url, image_url, pairing) if pairing else []
     return {"first_turn": as_common(first), "follow_up": as_common(follow),
             "concurrent": {"clients": [as_common(r) for r in runs], "wall_s": wall},
             "decode_steps": steps, "paired_decodes": paired}
 
 
-def paired_decodes(url: str, image_url: str, max_tokens: int, rounds: int, before: float,
-                   idle: Callable[[], float | None]) -> list[dict]:
+def paired_decodes(url: str, image_url: str, pairing: Pairing) -> list[dict]:
     """One client's decode between two bandwidth samples, `rounds` times (the image's prefix is cached)."""
-    out = []
-    for index in range(rounds):
-        log.info("paired decode %d of %d", index + 1, rounds)
-        run = as_common(stream_chat(url, inputs.first_turn(image_url, inputs.PAIRED_QUESTION), max_tokens))
-        after = idle()
+    log.info("%d paired decodes of %d tokens", pairing.rounds, pairing.tokens)
+    out, before = [], pairing.sample()
+    for _ in range(pairing.rounds):
+        run = as_common(stream_chat(url, inputs.first_turn(image_url, inputs.PAIRED_QUESTION), pairing.tokens))
+        after = pairing.sample()
         out.append({"decode_tps": run["decode_tps"], "error": run["error"],
                     "bandwidth_before": before, "bandwidth_after": after})
         before = after
@@ -90,7 +99,7 @@ def as_common(m: Measurement) -> dict:
 
 
 def run_server(model_dir: Path, dtype: str, args: argparse.Namespace, image_url: str, env: dict,
-               idle: Callable[[], float | None] = lambda: None) -> dict:
+               idle: Callable[[], None] = lambda: None, pairing: Pairing | None = None) -> dict:
     """Start the server with this dtype, measure every scenario (`idle` between some), stop it."""
     log_path = args.log_dir / f"server-{dtype}.log"
     with Server(server_env(model_dir, dtype, args, env), log_path, args.root) as server:
@@ -98,7 +107,7 @@ def run_server(model_dir: Path, dtype: str, args: argparse.Namespace, image_url:
         master, workers = server.pids()
         ours = [master, *workers, os.getpid()]
         before, meter = hardware.process_jiffies(ours), hardware.CpuMeter()
-        raw = server_scenarios(server.url, image_url, args.max_tokens, args.clients, idle, args.paired_rounds)
+        raw = server_scenarios(server.url, image_url, args.max_tokens, args.clients, idle, pairing)
         cpu = meter.result(hardware.process_jiffies(ours) - before)
         raw.update(load_s=load_s, memory=server.memory(), cpu=cpu)
     return raw
@@ -146,14 +155,16 @@ def bench_dtype(model_dir: Path, dtype: str, args: argparse.Namespace, image: tu
     """Bandwidth samples, server and (unless skipped) naive baseline for one dtype."""
     samples: list[dict] = []
 
-    def sample() -> float:
+    def sample() -> None:
         samples.append(hardware.read_bandwidth(threads=args.threads))
-        return samples[-1]["read_bytes_per_s"]
 
     sample()
     bytes_per_token = params["per_token"] * hardware.DTYPE_BYTES[dtype]
     result: dict = {"bytes_per_token": bytes_per_token, "raw": {}}
-    result["raw"]["server"] = run_server(model_dir, dtype, args, image[0], {}, idle=sample)
+    meter = hardware.ReadMeter(threads=args.threads) if args.paired_rounds else None
+    pairing = Pairing(args.paired_rounds, args.paired_tokens, meter.sample) if meter else None
+    result["raw"]["server"] = run_server(model_dir, dtype, args, image[0], {}, idle=sample, pairing=pairing)
+    del pairing, meter  # 1.5 GiB: gone before the baseline loads its model
     if not args.skip_naive:
         result["raw"]["naive"] = run_naive(model_dir, dtype, args, image[1])
         sample()
@@ -201,8 +212,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens generated per request")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients")
-    parser.add_argument("--paired-rounds", type=int, default=3,
-                        help="one-client decodes, each between two bandwidth samples (0: none)")
+    parser.add_argument("--paired-rounds", type=int, default=12,
+                        help="one-client decodes, each between two quick bandwidth samples (0: none)")
+    parser.add_argument("--paired-tokens", type=int, default=16, help="tokens generated per paired decode")
     parser.add_argument("--threads", type=int, default=0, help="TORCH_THREADS for server, baseline, bandwidth")
     parser.add_argument("--variants", nargs="*", default=[],
                         help="extra server settings measured on the first dtype, first turn only: "
