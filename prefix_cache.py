@@ -76,11 +76,20 @@ class PrefixCache(Generic[CacheT]):
             return self._entries[match.entry_id][1]
 
     def put(self, keys: Sequence[int], cache: CacheT) -> None:
-        """Keep a cache holding `keys`, evicting the least recently used entries beyond the bound."""
+        """Keep a cache holding `keys`, evicting the least recently used entries beyond the bound.
+
+        Entries holding `keys` or a prefix of them go: this one serves every prompt they served.
+        Without that, asking the same question again (a branch of the cached answer) kept a copy
+        per asking: twelve greedy repeats of one question filled 4096 tokens with one conversation.
+        """
         keys = tuple(keys)
         if not keys or len(keys) > self.max_tokens:
             return
         with self._lock:
+            covered = [entry_id for entry_id, (entry_keys, _) in self._entries.items()
+                       if keys[:len(entry_keys)] == entry_keys]
+            for entry_id in covered:
+                self._tokens -= len(self._entries.pop(entry_id)[0])
             self._entries[self._next_id] = (keys, cache)
             self._next_id += 1
             self._tokens += len(keys)

@@ -1,4 +1,4 @@
-"""The prefix cache store: longest-prefix lookup, take/get, LRU eviction by tokens."""
+"""The prefix cache store: longest-prefix lookup, take/get, LRU eviction by tokens, no redundant entries."""
 from prefix_cache import PrefixCache, common_prefix_length
 
 
@@ -10,13 +10,24 @@ def test_common_prefix_length():
 
 def test_find_picks_the_longest_shared_prefix():
     store = PrefixCache(100)
-    store.put([1, 2, 3], "short")
     store.put([1, 2, 3, 4, 5, 6], "long")
+    store.put([1, 2, 4], "branch")
     store.put([9, 9], "other")
     match = store.find([1, 2, 3, 4, 5, 7])
     assert (match.shared, match.length) == (5, 6)
     assert store.get(match) == "long" and store.tokens == 11
     assert store.find([8]) is None
+
+
+def test_an_entry_replaces_those_it_extends_or_repeats():
+    store = PrefixCache(100)
+    store.put([1, 2, 3], "asked")
+    store.put([1, 2, 3], "asked again")  # the same question, the same greedy answer
+    store.put([1, 2, 3, 4, 5], "followed up")
+    store.put([1, 2, 7], "a branch")  # shares a prefix but extends none: both stay
+    assert store.tokens == 8
+    assert store.get(store.find([1, 2, 3])) == "followed up"
+    assert store.get(store.find([1, 2, 7])) == "a branch"
 
 
 def test_take_removes_and_get_leaves_in_place():
