@@ -36,17 +36,18 @@ class Settings:
     device: str = _setting("cpu", "Torch device the model runs on, e.g. `cpu`.")
     linear_kernel: str = _setting(
         "native",
-        "What computes the model's linear layers on a CPU: `native` (Loupe's own float32 kernel, compiled "
-        "with the system's C++ compiler on first start and cached; on a CPU without AVX-512 or a machine "
-        "without a compiler, and for bfloat16 layers, `packed` instead), `packed` (oneDNN, on weights "
-        "rearranged at load into its blocked layout; float32, and bfloat16 where the CPU supports it), "
-        "`onednn` (oneDNN on the plain float32 weights) or `blas` (torch's default matrix multiply). See "
+        "What computes the model's linear layers on a CPU: `native` (Loupe's own kernels, float32 and, on "
+        "CPUs with AVX512-BF16, bfloat16, plus the text decoder's one-token attention; compiled with the "
+        "system's C++ compiler on first start and cached; on a CPU without AVX-512 or a machine without a "
+        "compiler, `packed` instead, and SDPA for attention), `packed` (oneDNN, on weights rearranged at "
+        "load into its blocked layout; float32, and bfloat16 where the CPU supports it), `onednn` (oneDNN "
+        "on the plain float32 weights) or `blas` (torch's default matrix multiply). See "
         "`python bench/kernels.py` for what each reads per second on your machine.",
     )
     kernel_cache_dir: str = _setting(
         "~/.cache/loupe/kernels",
-        "Where the compiled `native` kernel is kept (one small file per source, flags and torch version), "
-        "so only the first start on a machine compiles it.",
+        "Where the compiled `native` kernels are kept (one small file per source, flags and torch version), "
+        "so only the first start on a machine compiles them.",
     )
     torch_threads: int = _setting(
         0, "Threads torch uses for one generation; 0 leaves torch's default (one per core)."

@@ -12,10 +12,10 @@ fast the kernel streams the weights. On the AMD EPYC this project is benchmarked
   smaller inputs are padded to four rows: the zeros cost arithmetic, which a decode step has to spare.
   `torch.ops.mkldnn._reorder_linear_weight` and `_linear_pointwise` are torch's own (private) ops for
   this, the ones inductor uses for frozen CPU models;
-- Loupe's own kernel (`native`, model_native_kernel.py) read float32 weights at 0.89-0.95 of the
-  bandwidth for one to four rows, 1.07-1.51x as fast as `packed`, and its bfloat16 twin did better
-  still against oneDNN's bfloat16. It is the default where it can be compiled; bfloat16 layers on a
-  CPU without AVX512-BF16 go to `packed`.
+- Loupe's own kernel (`native`, model_native_kernel.py) read float32 weights at 0.89-1.0 of the
+  bandwidth for one to four rows in two runs, 1.07-1.51x as fast as `packed`, and bfloat16 weights
+  at 0.91-0.95, 1.46-1.90x oneDNN's packed bfloat16. It is the default where it can be compiled;
+  bfloat16 layers on a CPU without AVX512-BF16 go to `packed`.
 """
 from __future__ import annotations
 
