@@ -110,7 +110,7 @@ def _packable(dtype: torch.dtype) -> bool:
 
 
 def _tied_embeddings(model: torch.nn.Module, shared: set[int]) -> list[tuple[torch.nn.Linear, torch.nn.Embedding]]:
-    """Linear layers the native kernel fits whose weight is shared with exactly one embedding (a tied lm_head), and it."""
+    """Linear layers native fits whose weight is shared with exactly one embedding (a tied lm_head), and it."""
     users: dict[int, list[torch.nn.Module]] = {}
     for module in model.modules():
         weight = getattr(module, "weight", None)

@@ -21,9 +21,9 @@ from config import Settings
 from generation import Token
 from errors import InvalidRequest
 from inference import ImagePart, Message, SamplingParams
+from model_attention import use_native_attention
 from model_batch import DecodeBatch
 from model_cache import new_cache
-from model_attention import use_native_attention
 from model_kernels import use_linear_kernel
 from model_memory import return_free_memory
 from model_sampling import IncrementalDecoder, Sampler

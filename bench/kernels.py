@@ -7,8 +7,9 @@ it is bound by how fast the kernel streams the weights. This cycles through twel
 (600 MB in float32, far beyond any L3 cache) with each LINEAR_KERNEL: torch's default (`blas`), oneDNN
 on the plain weights (`onednn`), the service's PackedLinear (`packed`: oneDNN on weights rearranged
 once into its blocked layout) and its NativeLinear (`native`: Loupe's own kernel, bfloat16 only on a
-CPU with AVX512-BF16; built into KERNEL_CACHE_DIR), interleaving them so noise hits all alike, and prints the best effective GB/s
-of each beside torch.sum over the same bytes. `--rows 600` shows a prompt's rate as GFLOP/s instead.
+CPU with AVX512-BF16; built into KERNEL_CACHE_DIR), interleaving them so noise hits all alike, and
+prints the best effective GB/s of each beside torch.sum over the same bytes. `--rows 600` shows a
+prompt's rate as GFLOP/s instead.
 
 `--attention 1 4` measures one-token attention instead, for that many sequences: torch's SDPA (as
 transformers calls it) against loupe::decode_attention over 28 layers of a 480-token KV cache of
@@ -124,8 +125,9 @@ def main() -> None:
         for dtype in (torch.float32, torch.bfloat16):
             for sequences in args.attention:
                 r = attention(dtype, sequences, args.repeats)
-                log.info("| %s | %d | %.1f | %.1f | %.1f | %.1f | %.2f |", str(dtype).removeprefix("torch."), sequences,
-                         r["ms"]["sdpa"] * 1e3, r["ms"]["native"] * 1e3, r["sdpa"], r["native"], r["native"] / r["sdpa"])
+                log.info("| %s | %d | %.1f | %.1f | %.1f | %.1f | %.2f |", str(dtype).removeprefix("torch."),
+                         sequences, r["ms"]["sdpa"] * 1e3, r["ms"]["native"] * 1e3, r["sdpa"], r["native"],
+                         r["native"] / r["sdpa"])
         return
     log.info("threads: %d\n\n| dtype | rows | unit | torch.sum GB/s | blas | onednn | packed | native "
              "| packed/onednn | native/packed |", torch.get_num_threads())
