@@ -56,6 +56,20 @@ void tile_rows(int rows, const float* x, int64_t K, const float* w, const float*
   tile<Rows>(x, K, w, bias, y, N);
 }
 
+// Every block of 64 columns (K x 64 weights, either layout) to the threads; each block's rows in tiles.
+template <typename T, typename Tile>
+void for_each_tile(int64_t M, int64_t K, int64_t blocks, const T* x, const T* w, const T* bias, T* y, Tile tile) {
+  const int64_t N = blocks * kBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t m = 0; m < M; m += kTile) {
+        tile(static_cast<int>(std::min<int64_t>(kTile, M - m)), x + m * K, K, w + b * K * kBlock,
+             bias ? bias + b * kBlock : nullptr, y + m * N + b * kBlock, N);
+      }
+    }
+  });
+}
+
 at::Tensor blocked_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be a 2-D float32 tensor");
   TORCH_CHECK(weight.dim() == 3 && weight.size(2) == kBlock && weight.size(1) == x.size(1) &&
@@ -70,14 +84,7 @@ at::Tensor blocked_linear(const at::Tensor& x, const at::Tensor& weight, const c
   const float* wp = weight.data_ptr<float>();
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      for (int64_t m = 0; m < M; m += kTile) {
-        tile_rows(static_cast<int>(std::min<int64_t>(kTile, M - m)), xp + m * K, K, wp + b * K * kBlock,
-                  bp ? bp + b * kBlock : nullptr, yp + m * N + b * kBlock, N);
-      }
-    }
-  });
+  for_each_tile(M, K, blocks, xp, wp, bp, yp, &tile_rows<kTile>);
   return y;
 }
 
@@ -138,14 +145,7 @@ at::Tensor blocked_linear_bf16(const at::Tensor& x, const at::Tensor& weight, co
   const auto* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
   const auto* bp = bias.has_value() ? reinterpret_cast<const uint16_t*>(bias->data_ptr<at::BFloat16>()) : nullptr;
   auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      for (int64_t m = 0; m < M; m += kTile) {
-        tile_rows_bf16(static_cast<int>(std::min<int64_t>(kTile, M - m)), xp + m * K, K, wp + b * K * kBlock,
-                       bp ? bp + b * kBlock : nullptr, yp + m * N + b * kBlock, N);
-      }
-    }
-  });
+  for_each_tile(M, K, blocks, xp, wp, bp, yp, &tile_rows_bf16<kTile>);
   return y;
 }
 
