@@ -108,14 +108,11 @@ def _build(compiler: str, cache_dir: Path) -> Path:
 
 
 class NativeLinear(torch.nn.Linear):
-    """nn.Linear whose weight is stored in 64-column blocks and computed by loupe::blocked_linear(_bf16)."""
+    """nn.Linear whose weight is stored in 64-column blocks and computed by loupe::blocked_linear."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        if self.weight.dtype == torch.bfloat16:
-            out = torch.ops.loupe.blocked_linear_bf16(rows, self.weight, self.bias)
-        else:
-            out = torch.ops.loupe.blocked_linear(rows, self.weight, self.bias)
+        out = torch.ops.loupe.blocked_linear(rows, self.weight, self.bias)
         if out.shape[1] != self.out_features:  # the zero columns padding the last block
             out = out[:, :self.out_features]
         return out.reshape(*x.shape[:-1], self.out_features)

@@ -5,7 +5,8 @@
 // start to end, which keeps the hardware prefetchers ahead and both cores reading at the full
 // bandwidth. Within a block, tiles of up to kTile rows keep kTile x 4 accumulator vectors in registers;
 // for a long prompt the block (512 KB for K = 2048) stays in L2 while every tile of rows passes over it.
-// Built with -mavx512f by model_native_kernel.py; plain GCC vector types, so no intrinsics.
+// Built with -mavx512f by model_native_kernel.py; the float32 tiles use plain GCC vector types, the
+// bfloat16 ones (below) AVX512-BF16 intrinsics.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -70,27 +71,9 @@ void for_each_tile(int64_t M, int64_t K, int64_t blocks, const T* x, const T* w,
   });
 }
 
-at::Tensor blocked_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat, "x must be a 2-D float32 tensor");
-  TORCH_CHECK(weight.dim() == 3 && weight.size(2) == kBlock && weight.size(1) == x.size(1) &&
-                  weight.scalar_type() == at::kFloat && weight.is_contiguous(),
-              "weight must be a contiguous float32 [N / 64, K, 64] tensor with K = x.size(1)");
-  const int64_t M = x.size(0), K = x.size(1), blocks = weight.size(0), N = blocks * kBlock;
-  TORCH_CHECK(!bias.has_value() || (bias->numel() == N && bias->scalar_type() == at::kFloat && bias->is_contiguous()),
-              "bias must be a contiguous float32 tensor of N elements");
-  const at::Tensor rows = x.contiguous();
-  at::Tensor y = at::empty({M, N}, x.options());
-  const float* xp = rows.data_ptr<float>();
-  const float* wp = weight.data_ptr<float>();
-  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
-  for_each_tile(M, K, blocks, xp, wp, bp, yp, &tile_rows<kTile>);
-  return y;
-}
-
 // bfloat16: the same blocks, each holding pairs of k, W_blocked[n / 64][k / 2][n % 64][k % 2], because
-// vdpbf16ps multiplies pairs of bfloat16 and adds both products to one float32 lane. Each call to this
-// function is compiled for AVX512-BF16 only (not the whole file): the caller checks the CPU has it.
+// vdpbf16ps multiplies pairs of bfloat16 and adds both products to one float32 lane. These two functions
+// are compiled for AVX512-BF16 only (not the whole file): model_native_kernel.fits checks the CPU has it.
 // x and the result are bfloat16, the accumulators float32, as in oneDNN's bfloat16 inner product.
 #define LOUPE_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16")))
 
@@ -131,32 +114,37 @@ LOUPE_BF16 void tile_rows_bf16(int rows, const uint16_t* x, int64_t K, const uin
   tile_bf16<Rows>(x, K, w, bias, y, N);
 }
 
-at::Tensor blocked_linear_bf16(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16, "x must be a 2-D bfloat16 tensor");
-  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == kBlock && weight.size(3) == 2 &&
-                  weight.size(1) * 2 == x.size(1) && weight.scalar_type() == at::kBFloat16 && weight.is_contiguous(),
-              "weight must be a contiguous bfloat16 [N / 64, K / 2, 64, 2] tensor with K = x.size(1)");
+// The checks, output and threading both dtypes share; `tile` computes one tile on raw elements.
+template <typename T, typename Tile>
+at::Tensor run_blocks(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, Tile tile) {
   const int64_t M = x.size(0), K = x.size(1), blocks = weight.size(0), N = blocks * kBlock;
-  TORCH_CHECK(!bias.has_value() || (bias->numel() == N && bias->scalar_type() == at::kBFloat16 && bias->is_contiguous()),
-              "bias must be a contiguous bfloat16 tensor of N elements");
+  TORCH_CHECK(weight.is_contiguous() && weight.numel() == blocks * K * kBlock, "weight must be contiguous");
+  TORCH_CHECK(!bias.has_value() || (bias->numel() == N && bias->scalar_type() == x.scalar_type() && bias->is_contiguous()),
+              "bias must be a contiguous tensor of N elements, of x's dtype");
   const at::Tensor rows = x.contiguous();
   at::Tensor y = at::empty({M, N}, x.options());
-  const auto* xp = reinterpret_cast<const uint16_t*>(rows.data_ptr<at::BFloat16>());
-  const auto* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
-  const auto* bp = bias.has_value() ? reinterpret_cast<const uint16_t*>(bias->data_ptr<at::BFloat16>()) : nullptr;
-  auto* yp = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
-  for_each_tile(M, K, blocks, xp, wp, bp, yp, &tile_rows_bf16<kTile>);
+  auto elements = [](const at::Tensor& t) { return static_cast<T*>(t.data_ptr()); };
+  for_each_tile<T>(M, K, blocks, elements(rows), elements(weight), bias.has_value() ? elements(*bias) : nullptr,
+                   elements(y), tile);
   return y;
+}
+
+// x [M, K] float32 with weight [N / 64, K, 64], or x bfloat16 with weight [N / 64, K / 2, 64, 2].
+at::Tensor blocked_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && weight.scalar_type() == x.scalar_type(), "x must be 2-D, of the weight's dtype");
+  if (x.scalar_type() == at::kFloat) {
+    TORCH_CHECK(weight.dim() == 3 && weight.size(1) == x.size(1) && weight.size(2) == kBlock,
+                "a float32 weight must be [N / 64, K, 64] with K = x.size(1)");
+    return run_blocks<float>(x, weight, bias, &tile_rows<kTile>);
+  }
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && weight.dim() == 4 && weight.size(1) * 2 == x.size(1) &&
+                  weight.size(2) == kBlock && weight.size(3) == 2,
+              "x must be float32 or bfloat16; a bfloat16 weight [N / 64, K / 2, 64, 2] with K = x.size(1)");
+  return run_blocks<uint16_t>(x, weight, bias, &tile_rows_bf16<kTile>);
 }
 
 }  // namespace
 
-TORCH_LIBRARY(loupe, m) {
-  m.def("blocked_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
-  m.def("blocked_linear_bf16(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
-}
+TORCH_LIBRARY(loupe, m) { m.def("blocked_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor"); }
 
-TORCH_LIBRARY_IMPL(loupe, CPU, m) {
-  m.impl("blocked_linear", &blocked_linear);
-  m.impl("blocked_linear_bf16", &blocked_linear_bf16);
-}
+TORCH_LIBRARY_IMPL(loupe, CPU, m) { m.impl("blocked_linear", &blocked_linear); }
