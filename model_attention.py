@@ -16,6 +16,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+import model_native_kernel
+
 NAME = "loupe_decode"
 
 
@@ -43,8 +45,14 @@ def _one_token(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, 
             and query.shape[1] % key.shape[1] == 0 and query.stride(-1) == key.stride(-1) == value.stride(-1) == 1)
 
 
-def use_native_attention(model: torch.nn.Module) -> None:
-    """Route the text decoder's attention through NAME (the native library must be loaded)."""
+def use_native_attention(model: torch.nn.Module, cache_dir: str) -> bool:
+    """Route the text decoder's attention through NAME if the native library is ready; says whether it did.
+
+    Whatever kernels the linear layers went to: the attention kernel needs AVX-512, not AVX512-BF16.
+    """
+    if model_native_kernel.unavailable(cache_dir):  # cached: the linear layers asked first and logged why
+        return False
     AttentionInterface.register(NAME, attention_forward)
     AttentionMaskInterface.register(NAME, sdpa_mask)  # the same masks as SDPA: prompts go to it
     model.set_attn_implementation({"text_config": NAME})  # the vision encoder never decodes
+    return True

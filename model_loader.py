@@ -104,11 +104,10 @@ def _load(settings: Settings) -> QwenBackend:
         raise ModelLoadError(_load_advice(source, exc)) from exc
     model.to(settings.device).eval()
     moved = use_linear_kernel(model, settings.linear_kernel, settings.kernel_cache_dir)
-    if moved["native"]:  # the native library is loaded: its one-token attention too
-        use_native_attention(model)
+    native = settings.linear_kernel == "native" and use_native_attention(model, settings.kernel_cache_dir)
     log.info("model %s loaded in %s; linear layers: %s; one-token attention: %s", source, settings.dtype,
              ", ".join(f"{count} {kernel}" for kernel, count in moved.items()) or "torch's default kernel",
-             "native" if moved["native"] else "sdpa")
+             "native" if native else "sdpa")
     if tokenizer.chat_template is None:
         raise ModelLoadError(f"The tokenizer of {source!r} has no chat template.")
     eos = generation_config.eos_token_id

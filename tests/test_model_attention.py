@@ -52,7 +52,7 @@ def kernel_calls(run) -> int:
 
 def test_a_model_decodes_with_the_kernel_and_reads_prompts_with_sdpa(tiny_model_dir):
     plain, ours = load_model(tiny_model_dir, torch.float32), load_model(tiny_model_dir, torch.float32)
-    use_native_attention(ours)
+    assert use_native_attention(ours, str(KERNEL_CACHE_DIR))
     assert ours.config.text_config._attn_implementation == NAME
     assert ours.config.vision_config._attn_implementation == "sdpa"
     ids = torch.randint(0, plain.config.text_config.vocab_size, (2, 9))
