@@ -20,19 +20,12 @@ def read_bandwidth(gib: float = 1.5, repeats: int = 7, threads: int = 0) -> dict
     """Best-of-N memory read bandwidth: torch.sum over a float32 tensor far larger than the caches."""
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)
-    data = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
-    data.sum()  # touch every page before timing
-    best = float("inf")
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        data.sum()
-        best = min(best, time.perf_counter() - begin)
-    copy = copy_bandwidth(data, repeats)
-    result = {"read_bytes_per_s": data.numel() * 4 / best, "copy_bytes_per_s": copy,
-              "tensor_bytes": data.numel() * 4, "repeats": repeats, "threads": torch.get_num_threads()}
-    del data
+    meter = ReadMeter(gib, threads)
+    read = meter.sample(repeats)
+    copy = copy_bandwidth(meter.data, repeats)
+    result = {"read_bytes_per_s": read, "copy_bytes_per_s": copy, "tensor_bytes": meter.data.numel() * 4,
+              "repeats": repeats, "threads": torch.get_num_threads()}
+    del meter
     log.info("memory read bandwidth %.1f GB/s (copy %.1f GB/s) with %d threads",
              result["read_bytes_per_s"] / 1e9, copy / 1e9, result["threads"])
     return result
