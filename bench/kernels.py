@@ -6,8 +6,8 @@ A decode step multiplies a few rows (one per sequence in the batch) by every wei
 it is bound by how fast the kernel streams the weights. This cycles through twelve 2048x6144 layers
 (600 MB in float32, far beyond any L3 cache) with each LINEAR_KERNEL: torch's default (`blas`), oneDNN
 on the plain weights (`onednn`), the service's PackedLinear (`packed`: oneDNN on weights rearranged
-once into its blocked layout) and its NativeLinear (`native`: Loupe's own kernel, bfloat16 only on a
-CPU with AVX512-BF16; built into KERNEL_CACHE_DIR), interleaving them so noise hits all alike, and
+once into its blocked layout) and its NativeLinear (`native`: Loupe's own kernel, float32, and bfloat16
+on CPUs with AVX512-BF16; built into KERNEL_CACHE_DIR), interleaving them so noise hits all alike, and
 prints the best effective GB/s of each beside torch.sum over the same bytes. `--rows 600` shows a
 prompt's rate as GFLOP/s instead.
 
