@@ -74,11 +74,12 @@ class DecodeBatch:
             layer.replace(layer.keys[keep, :, first:], layer.values[keep, :, first:])
         return own
 
-    def forward(self, model, tokens: Sequence[int], positions: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Feed one token per row at the given (text, t, h, w) positions; returns (rows, vocab) logits."""
+    def forward(self, step, tokens: Sequence[int], positions: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Feed one token per row at the given (text, t, h, w) positions; returns (rows, vocab) logits.
+
+        `step(input_ids, position_ids, mask, cache)` is the model's decode step (model_decode_step).
+        """
         input_ids = torch.tensor(tokens, dtype=torch.long).view(-1, 1)
         position_ids = torch.tensor(positions, dtype=torch.long).T.reshape(4, -1, 1)
         self.mask = torch.cat([self.mask, torch.ones(len(self.rows), 1, dtype=torch.long)], dim=1)
-        output = model(input_ids=input_ids, attention_mask=self.mask, position_ids=position_ids,
-                       past_key_values=self.cache, use_cache=True)
-        return output.logits[:, -1]
+        return step(input_ids, position_ids, self.mask, self.cache)

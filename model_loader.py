@@ -24,6 +24,7 @@ from inference import ImagePart, Message, SamplingParams
 from model_attention import use_native_attention
 from model_batch import DecodeBatch
 from model_cache import new_cache
+from model_decode_step import decode_step
 from model_kernels import use_linear_kernel
 from model_memory import return_free_memory
 from model_sampling import IncrementalDecoder, Sampler
@@ -141,6 +142,7 @@ class QwenBackend:
         self.image_token_id = model.config.image_token_id
         self.prefix_cache = PrefixCache(settings.prefix_cache_tokens) if settings.prefix_cache_tokens else None
         self.batch = DecodeBatch(model.config)  # used by the engine's thread only
+        self.decode_step = decode_step(model)
         # Chat-structure and vision tokens: text holding them would break the prompt (an image pad
         # without pixels). Answers never contain them (they are skipped when decoding), so anything
         # the server said can be sent back as history.
@@ -212,7 +214,7 @@ class QwenBackend:
         positions = [[len(s.fed)] + [len(s.fed) + s.delta] * 3 for s in rows]
         for sequence in rows:
             sequence.intact = False  # a failure inside the pass leaves every cache half-written
-        logits = self.batch.forward(self.model, [s.pending for s in rows], positions)
+        logits = self.batch.forward(self.decode_step, [s.pending for s in rows], positions)
         for index, sequence in enumerate(rows):
             sequence.fed.append(sequence.pending)
             sequence.logits, sequence.pending, sequence.intact = logits[index:index + 1], None, True

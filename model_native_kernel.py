@@ -27,8 +27,9 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).resolve().parent / "csrc" / name for name in ("blocked_linear.cpp", "decode_attention.cpp")]
-_NAMES = " and ".join(source.name for source in SOURCES)
+SOURCES = [Path(__file__).resolve().parent / "csrc" / name
+           for name in ("blocked_linear.cpp", "decode_attention.cpp", "decode_step.cpp")]
+_NAMES = ", ".join(source.name for source in SOURCES[:-1]) + f" and {SOURCES[-1].name}"
 BLOCK = 64  # columns per block: kBlock in the C++ source
 # Not -march=native: a cached build must run on any AVX-512 CPU that later finds it (a shared volume).
 # OpenMP: without it at::parallel_for runs on one thread; the process already has torch's libgomp.

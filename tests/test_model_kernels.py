@@ -214,7 +214,8 @@ def test_a_failing_compiler_falls_back_to_packed_with_its_first_error_line(tmp_p
     compiler.chmod(0o755)
     done = fall_back(tmp_path, PATH=str(tmp_path))
     assert done.stdout.strip() == "{'packed': 2}"
-    assert f"{compiler} could not compile blocked_linear.cpp and decode_attention.cpp: x.h:2: fatal error: no such thing" in done.stderr
+    assert (f"{compiler} could not compile blocked_linear.cpp, decode_attention.cpp and decode_step.cpp: "
+            "x.h:2: fatal error: no such thing") in done.stderr
 
 
 def test_a_cpu_without_avx512_gets_packed(tmp_path):
