@@ -42,7 +42,7 @@ class Settings:
         "compiler, `packed` instead, and SDPA for attention), `packed` (oneDNN, on weights rearranged at "
         "load into its blocked layout; float32, and bfloat16 where the CPU supports it), `onednn` (oneDNN "
         "on the plain float32 weights) or `blas` (torch's default matrix multiply). See "
-        "`python bench/kernels.py` for what each reads per second on your machine.",
+        "`python bench/kernel_rates.py` for what each reads per second on your machine.",
     )
     kernel_cache_dir: str = _setting(
         "~/.cache/loupe/kernels",

@@ -1,6 +1,6 @@
 """How fast each CPU kernel reads a linear layer's weights, against the machine's read bandwidth.
 
-    python bench/kernels.py [--threads 2] [--rows 1 2 4]
+    python bench/kernel_rates.py [--threads 2] [--rows 1 2 4]
 
 A decode step multiplies a few rows (one per sequence in the batch) by every weight matrix once, so
 it is bound by how fast the kernel streams the weights. This cycles through twelve 2048x6144 layers
@@ -32,7 +32,7 @@ import model_native_kernel  # noqa: E402
 from config import Settings  # noqa: E402
 from model_kernels import use_linear_kernel  # noqa: E402
 
-log = logging.getLogger("bench.kernels")
+log = logging.getLogger("bench.kernel_rates")
 IN_FEATURES, OUT_FEATURES, LAYERS = 2048, 6144, 12
 PROMPT_ROWS = 64  # from this many rows on, a kernel's rate is given in GFLOP/s
 
