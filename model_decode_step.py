@@ -50,7 +50,6 @@ class NativeDecodeStep:
         config = text.config
         self.eps = config.rms_norm_eps
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim = text.layers[0].self_attn.head_dim
         self.scale = text.layers[0].self_attn.scaling
         self.embed, self.rotary, self.lm_head = text.embed_tokens, text.rotary_emb, model.lm_head
         self.norm = text.norm.weight
