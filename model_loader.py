@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 IMAGE_PAD = "<|image_pad|>"
 MIN_SHARED_TO_COPY = 32  # a shorter shared prefix (a system prompt, say) is cheaper to recompute than copy
 _LOCK = threading.Lock()
-_BACKENDS: dict[tuple[str, str, str], QwenBackend] = {}
+_BACKENDS: dict[tuple[str, str, str, str], QwenBackend] = {}
 
 
 class ModelLoadError(RuntimeError):
@@ -83,7 +83,7 @@ class QwenSequence:
 
 def load_backend(settings: Settings) -> QwenBackend:
     """The process's one backend for these settings, loaded on first call."""
-    key = (settings.model_id, settings.dtype, settings.device)
+    key = (settings.model_id, settings.dtype, settings.device, settings.linear_kernel)
     with _LOCK:
         if key not in _BACKENDS:
             _BACKENDS[key] = _load(settings)

@@ -8,6 +8,7 @@ from transformers import TopKLogitsWarper, TopPLogitsWarper
 
 from errors import InvalidRequest
 from inference import ImagePart, Message, SamplingParams, TextPart
+from model_decode_step import TransformersDecodeStep
 from model_loader import load_backend
 from model_sampling import Sampler
 from reference_processor import reference_inputs
@@ -34,6 +35,13 @@ def test_the_loader_is_a_singleton(settings, backend):
     assert load_backend(settings) is backend
     assert backend.model.training is False
     assert next(backend.model.parameters()).dtype == torch.float32
+
+
+def test_another_linear_kernel_is_another_backend(settings, backend):
+    packed = load_backend(settings.replace(linear_kernel="packed"))
+    assert packed is not backend and load_backend(settings.replace(linear_kernel="packed")) is packed
+    assert type(packed.model.lm_head) is not type(backend.model.lm_head)
+    assert isinstance(packed.decode_step, TransformersDecodeStep)
 
 
 @pytest.mark.parametrize("messages", [
