@@ -1,10 +1,11 @@
-"""Loupe's own kernels (csrc/), compiled for this machine on first use: linear layers and one-token attention.
+"""Loupe's own kernels (csrc/), compiled for this machine on first use: linear layers and decode-step ops.
 
 oneDNN's packed layout read a decode step's float32 weights at 0.76-0.83 of the machine's bandwidth
 on the benchmark machine; this kernel reads the same bytes, laid out in 64-column blocks, at
-0.89-1.0 for one to four rows and computes a long prompt as fast as oneDNN (`python bench/kernel_rates.py`).
-Its bfloat16 twin (AVX512-BF16 dot products) reads bfloat16 weights at 0.91-0.95; model_attention.py
-says what decode_attention.cpp is for. The system's C++ compiler builds them once (about 25 s) into
+0.89-1.0 for one to four rows and computes a long prompt as fast as oneDNN
+(`python bench/kernel_rates.py`). Its bfloat16 twin (AVX512-BF16 dot products) reads bfloat16
+weights at 0.91-0.95. model_attention.py says what decode_attention.cpp is for, model_decode_step.py
+what decode_step.cpp is for. The system's C++ compiler builds them once (about 25 s) into
 KERNEL_CACHE_DIR, named by a hash of their sources, flags and torch version. Where they cannot be
 built, or the CPU has no AVX-512 (the only instruction set they are written and measured for),
 `unavailable()` says why and the caller uses another kernel; `fits(weight)` says whether this CPU
