@@ -66,21 +66,14 @@ class NativeDecodeStep:
         keep = mask.bool()
         for layer, cached in zip(self.layers, cache.layers):
             x = ops.rms_norm(h, layer.input_norm, self.eps)
-            q = ops.head_norm_rope(_linear(x, layer.q).view(rows, self.heads, -1), layer.q_norm, cos, sin, self.eps)
-            k = ops.head_norm_rope(_linear(x, layer.k).view(rows, self.kv_heads, -1), layer.k_norm, cos, sin,
-                                   self.eps)
-            keys, values = cached.update(k, _linear(x, layer.v).view(rows, self.kv_heads, 1, -1))
+            q = ops.head_norm_rope(layer.q.rows(x).view(rows, self.heads, -1), layer.q_norm, cos, sin, self.eps)
+            k = ops.head_norm_rope(layer.k.rows(x).view(rows, self.kv_heads, -1), layer.k_norm, cos, sin, self.eps)
+            keys, values = cached.update(k, layer.v.rows(x).view(rows, self.kv_heads, 1, -1))
             attended = ops.decode_attention(q, keys, values, keep, self.scale)
-            h = h + _linear(attended.view(rows, -1), layer.o)
+            h = h + layer.o.rows(attended.view(rows, -1))
             x = ops.rms_norm(h, layer.post_norm, self.eps)
-            h = h + _linear(F.silu(_linear(x, layer.gate)) * _linear(x, layer.up), layer.down)
+            h = h + layer.down.rows(F.silu(layer.gate.rows(x)) * layer.up.rows(x))
         return self.lm_head(ops.rms_norm(h, self.norm, self.eps))
-
-
-def _linear(x: torch.Tensor, layer: NativeLinear) -> torch.Tensor:
-    """NativeLinear's forward for rows of x, without its reshaping."""
-    out = torch.ops.loupe.blocked_linear(x, layer.weight, layer.bias)
-    return out if out.shape[1] == layer.out_features else out[:, :layer.out_features]  # a padded last block
 
 
 def _layer(layer: torch.nn.Module) -> _Layer:

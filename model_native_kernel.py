@@ -113,11 +113,12 @@ class NativeLinear(torch.nn.Linear):
     """nn.Linear whose weight is stored in 64-column blocks and computed by loupe::blocked_linear."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])
-        out = torch.ops.loupe.blocked_linear(rows, self.weight, self.bias)
-        if out.shape[1] != self.out_features:  # the zero columns padding the last block
-            out = out[:, :self.out_features]
-        return out.reshape(*x.shape[:-1], self.out_features)
+        return self.rows(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.out_features)
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """x [M, K] -> [M, out_features]: forward without reshaping (model_decode_step calls it directly)."""
+        out = torch.ops.loupe.blocked_linear(x, self.weight, self.bias)
+        return out if out.shape[1] == self.out_features else out[:, :self.out_features]  # a padded last block
 
 
 class BlockedEmbedding(torch.nn.Embedding):
