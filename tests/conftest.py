@@ -43,6 +43,16 @@ def backend(settings):
 
 
 @pytest.fixture(scope="session")
+def native() -> None:
+    """Build (or find) Loupe's native kernels; skip where they cannot be (test_model_kernels covers why)."""
+    import model_native_kernel
+
+    problem = model_native_kernel.unavailable(str(KERNEL_CACHE_DIR))
+    if problem:
+        pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
 def app(settings, backend):
     """An app whose engine has loaded the tiny model (the loader's singleton makes this quick)."""
     application = create_app(settings)

@@ -4,19 +4,12 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import profile
 
-import model_native_kernel
 from live_server import KERNEL_CACHE_DIR
 from model_attention import NAME, use_native_attention
 from model_cache import new_cache
 from model_weights import load_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def native() -> None:
-    """Build (or find) the native library; skip where it cannot be (test_model_kernels covers why)."""
-    problem = model_native_kernel.unavailable(str(KERNEL_CACHE_DIR))
-    if problem:
-        pytest.skip(problem)
+pytestmark = pytest.mark.usefixtures("native")  # conftest: skipped where the kernels cannot be built
 
 
 def cached(batch: int, heads: int, length: int, dtype: torch.dtype) -> torch.Tensor:

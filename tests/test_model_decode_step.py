@@ -3,7 +3,6 @@ import pytest
 import torch
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRMSNorm, apply_rotary_pos_emb
 
-import model_native_kernel
 from live_server import KERNEL_CACHE_DIR
 from model_attention import use_native_attention
 from model_batch import DecodeBatch
@@ -13,14 +12,7 @@ from model_kernels import use_linear_kernel
 from model_weights import load_model
 
 DTYPES = [torch.float32, torch.bfloat16]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def native() -> None:
-    """Build (or find) the native library; skip where it cannot be (test_model_kernels covers why)."""
-    problem = model_native_kernel.unavailable(str(KERNEL_CACHE_DIR))
-    if problem:
-        pytest.skip(problem)
+pytestmark = pytest.mark.usefixtures("native")  # conftest: skipped where the kernels cannot be built
 
 
 def norm(width: int, dtype: torch.dtype) -> Qwen3VLTextRMSNorm:

@@ -16,14 +16,6 @@ from model_native_kernel import BlockedEmbedding, NativeLinear
 from model_weights import load_model
 
 
-@pytest.fixture(scope="module")
-def native() -> None:
-    """Build (or find) the native kernel; skip where it cannot be (see the fallback tests below)."""
-    problem = model_native_kernel.unavailable(str(KERNEL_CACHE_DIR))
-    if problem:
-        pytest.skip(problem)
-
-
 def linears(model):
     return {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
 
