@@ -26,7 +26,7 @@ from model_batch import DecodeBatch
 from model_cache import new_cache
 from model_decode_step import decode_step
 from model_kernels import use_linear_kernel
-from model_memory import return_free_memory
+from model_memory import map_large_allocations, return_free_memory
 from model_sampling import IncrementalDecoder, Sampler
 from model_weights import load_model, local_directory
 from prefix_cache import PrefixCache
@@ -92,6 +92,7 @@ def load_backend(settings: Settings) -> QwenBackend:
 
 def _load(settings: Settings) -> QwenBackend:
     """Load tokenizer, image processor and weights (straight into their final dtype, one copy)."""
+    map_large_allocations()  # before the weights: the load's own transient blocks go back too
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     source = settings.model_id
