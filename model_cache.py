@@ -44,6 +44,12 @@ class GrowingLayer(DynamicLayer):
         self.reset()
         self.update(keys, values)
 
+    def fit(self) -> None:
+        """Let go of the spare room: buffers exactly as long as the cache (to be kept, not extended)."""
+        if self._key_buffer is not None and self._key_buffer.shape[-2] > self.get_seq_length():
+            self.room = 0
+            self.replace(self.keys, self.values)  # the next extension reallocates with room again
+
     def reset(self) -> None:
         """Empty, buffers released (DynamicLayer's reset would keep them referenced here)."""
         self._key_buffer = self._value_buffer = None
@@ -73,6 +79,14 @@ def new_cache(config, room: int = ROOM) -> DynamicCache:
     """An empty cache for the model, one growing layer per decoder layer."""
     cache = DynamicCache(config=config)
     cache.layers = [GrowingLayer(room) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+def fit_cache(cache: DynamicCache) -> DynamicCache:
+    """The same cache, each growing layer without spare room (layer by layer: one layer's copy at a time)."""
+    for layer in cache.layers:
+        if isinstance(layer, GrowingLayer):
+            layer.fit()
     return cache
 
 

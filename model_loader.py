@@ -23,7 +23,7 @@ from errors import InvalidRequest
 from inference import ImagePart, Message, SamplingParams
 from model_attention import use_native_attention
 from model_batch import DecodeBatch
-from model_cache import new_cache
+from model_cache import fit_cache, new_cache
 from model_decode_step import decode_step
 from model_kernels import use_linear_kernel
 from model_memory import map_large_allocations, return_free_memory
@@ -224,7 +224,7 @@ class QwenBackend:
         """Take the sequence out of the batch and keep its cache for follow-up questions."""
         own = self.batch.remove(sequence)
         if self.prefix_cache is not None and sequence.intact:
-            self.prefix_cache.put(sequence.fed, own)
+            self.prefix_cache.put(sequence.fed, fit_cache(own))  # no spare room: its bound is its memory
         del own
         return_free_memory()
 

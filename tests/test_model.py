@@ -171,6 +171,17 @@ def test_a_follow_up_reuses_the_conversation_and_answers_as_without_the_cache(ba
     assert ids == generate_reference(backend, follow_up)
 
 
+def test_a_kept_conversation_holds_its_tokens_and_no_spare_room(backend):
+    prompt = backend.prepare([image_turn(photo(64, 64, seed=15), text="Kept?")], 12)
+    tokens(backend, prompt)
+    kept = backend.prefix_cache.get(backend.prefix_cache.find(prompt.keys))
+    length = prompt.prompt_tokens + GREEDY.max_tokens - 1  # the last token is sampled, never fed
+    for layer in kept.layers:
+        for states in (layer.keys, layer.values):
+            assert states.shape[-2] == length
+            assert states.untyped_storage().nbytes() == states.numel() * states.element_size()
+
+
 def test_regenerating_copies_the_cached_prefix_and_keeps_the_original(backend):
     messages = [image_turn(photo(80, 64, seed=12), text="Again?")]
     prompt = backend.prepare(messages, 12)

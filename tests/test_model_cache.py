@@ -60,3 +60,14 @@ def test_a_cache_made_to_fit_gets_room_once_extended():
     assert layer._key_buffer.shape[-2] == 6  # kept for later (the prefix cache): no spare room
     layer.update(*states(1, 1))
     assert layer._key_buffer.shape[-2] == 7 + ROOM
+
+
+def test_fitting_drops_the_spare_room_and_keeps_the_states():
+    layer = GrowingLayer()
+    keys, values = states(5, 0)
+    layer.update(keys, values)
+    layer.fit()
+    assert layer._key_buffer.shape[-2] == layer._value_buffer.shape[-2] == 5
+    assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
+    layer.update(*states(1, 1))
+    assert layer._key_buffer.shape[-2] == 6 + ROOM
