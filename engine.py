@@ -75,6 +75,11 @@ class Engine:
         return self._backend
 
     @property
+    def cached_tokens(self) -> int:
+        """Tokens of earlier conversations the loaded model keeps for follow-ups (0 until loaded)."""
+        return self._backend.cached_tokens if self._backend is not None else 0
+
+    @property
     def running(self) -> int:
         """Generations under way."""
         return self._active

@@ -38,6 +38,7 @@ class Backend(Protocol):
     name: str
     device: str
     dtype: str
+    cached_tokens: int  # tokens of earlier conversations kept for follow-up questions
 
     def prepare(self, messages: Sequence[Message], max_tokens: int) -> Prompt:
         """Tokenise the conversation and process its images (raises InvalidRequest if too long)."""

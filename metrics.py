@@ -53,6 +53,9 @@ class Metrics:
               registry=registry).set_function(lambda: engine.queue_depth)
         Gauge("loupe_generations_in_progress", "Generations being decoded now (at most MAX_BATCH).",
               registry=registry).set_function(lambda: engine.running)
+        Gauge("loupe_prefix_cache_tokens",
+              "Tokens of earlier conversations whose model state is kept for follow-ups (at most PREFIX_CACHE_TOKENS).",
+              registry=registry).set_function(lambda: engine.cached_tokens)
         state = Gauge("loupe_model_state", "1 for the model's current state.", ["state"], registry=registry)
         for name in MODEL_STATES:
             state.labels(name).set_function(lambda name=name: 1 if engine.status == name else 0)

@@ -28,7 +28,7 @@ from model_decode_step import decode_step
 from model_kernels import use_linear_kernel
 from model_memory import map_large_allocations, return_free_memory
 from model_sampling import IncrementalDecoder, Sampler
-from model_weights import load_model, local_directory
+from model_weights import load_advice, load_model, local_directory
 from prefix_cache import PrefixCache
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def _load(settings: Settings) -> QwenBackend:
         model = load_model(directory, getattr(torch, settings.dtype))
         generation_config = GenerationConfig.from_pretrained(directory)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(_load_advice(source, exc)) from exc
+        raise ModelLoadError(load_advice(source, exc)) from exc
     model.to(settings.device).eval()
     moved = use_linear_kernel(model, settings.linear_kernel, settings.kernel_cache_dir)
     native = settings.linear_kernel == "native" and use_native_attention(model, settings.kernel_cache_dir)
@@ -116,16 +116,6 @@ def _load(settings: Settings) -> QwenBackend:
     eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
     name = Path(source).name if Path(source).is_dir() else source
     return QwenBackend(model, tokenizer, image_processor, eos_ids, name, settings)
-
-
-def _load_advice(source: str, exc: Exception) -> str:
-    """A load failure in words an operator can act on."""
-    if not Path(source).is_dir():
-        return (f"Could not load model {source!r}: it is not a local directory and could not be "
-                "downloaded (no network, or no such model). Download it where there is network "
-                f"(e.g. `hf download {source} --local-dir DIR`) and set MODEL_ID to that directory.")
-    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return f"Could not load the model in directory {source!r}: {first_line}"
 
 
 class QwenBackend:
@@ -148,6 +138,11 @@ class QwenBackend:
         # without pixels). Answers never contain them (they are skipped when decoding), so anything
         # the server said can be sent back as history.
         self._specials = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens of earlier conversations kept for follow-up questions (0 without a prefix cache)."""
+        return self.prefix_cache.tokens if self.prefix_cache is not None else 0
 
     def prepare(self, messages: Sequence[Message], max_tokens: int) -> QwenPrompt:
         """Chat template + PIL image processor + placeholder expansion: the processor's inputs."""

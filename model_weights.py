@@ -31,6 +31,16 @@ def local_directory(source: str) -> Path:
     return Path(snapshot_download(source, allow_patterns=CHECKPOINT_FILES))
 
 
+def load_advice(source: str, exc: Exception) -> str:
+    """A failure to load `source` in words an operator can act on."""
+    if not Path(source).is_dir():
+        return (f"Could not load model {source!r}: it is not a local directory and could not be "
+                "downloaded (no network, or no such model). Download it where there is network "
+                f"(e.g. `hf download {source} --local-dir DIR`) and set MODEL_ID to that directory.")
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"Could not load the model in directory {source!r}: {first_line}"
+
+
 def weight_files(directory: Path) -> list[Path]:
     """The checkpoint's safetensors files (one file, or the shards its index names)."""
     index = directory / INDEX

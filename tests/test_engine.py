@@ -23,7 +23,7 @@ class ScriptedPrompt:
 class ScriptedBackend:
     """Gives each sequence the given texts as tokens; every sample waits for `gate` when one is set."""
 
-    name, device, dtype = "scripted", "cpu", "float32"
+    name, device, dtype, cached_tokens = "scripted", "cpu", "float32", 0
 
     def __init__(self, texts, eos_at_end=True, gate=None, fail_after=None):
         self.texts, self.eos_at_end, self.gate, self.fail_after = texts, eos_at_end, gate, fail_after

@@ -100,3 +100,11 @@ def test_queue_in_progress_and_model_gauges(settings):
     stream.close()
     gate.set()
     waiter.join(10)
+
+
+def test_the_prefix_cache_gauge_counts_the_tokens_kept_for_follow_ups(app):
+    client = fresh_client(app)
+    assert client.post("/v1/chat/completions", json=ask(max_tokens=3)).status_code == 200
+    backend = app.extensions["loupe"].engine.backend
+    kept = value(scrape(client), "loupe_prefix_cache_tokens")
+    assert kept == backend.prefix_cache.tokens > 0
