@@ -134,6 +134,26 @@ def decode_steps(base_url: str) -> dict[str, dict[str, float]]:
     return steps
 
 
+def metric_value(text: str, name: str) -> float | None:
+    """The first sample called `name` in a Prometheus text exposition, if there is one."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    return None
+
+
+def settled_gauge(base_url: str, name: str, timeout: float = 30.0) -> float | None:
+    """A gauge of the server once no generation is in progress (a stream's last chunk can reach
+    the client before the server has put its conversation away)."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        text = requests.get(f"{base_url}/metrics", timeout=30).text
+        if metric_value(text, "loupe_generations_in_progress") == 0 or time.perf_counter() > deadline:
+            return metric_value(text, name)
+        time.sleep(0.1)
+
+
 def health(base_url: str) -> tuple[int, dict]:
     """GET /health: (status code, body); (0, {}) when nothing answers yet."""
     try:

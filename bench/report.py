@@ -10,6 +10,8 @@ GB = 1e9
 ROWS = (
     ("load_s", "load time to /health ok", "s", "lower"),
     ("peak_rss_gb", "peak RSS", "GB", "lower"),
+    ("rest_rss_gb", "RSS at rest after the run", "GB", "lower"),
+    ("prefix_cache_tokens", "prefix cache after the run (server /metrics)", "tokens", ""),
     ("image_tokens", "image tokens (first turn)", "", ""),
     ("prompt_tokens", "prompt tokens (first turn)", "", ""),
     ("ttft_s", "first turn: TTFT (client)", "s", "lower"),

@@ -36,7 +36,7 @@ import hardware
 import inputs
 import report
 from build_checkpoint import build_checkpoint
-from client import Measurement, concurrent_chats, decode_steps, stream_chat
+from client import Measurement, concurrent_chats, decode_steps, settled_gauge, stream_chat
 from server import ROOT, Server
 
 log = logging.getLogger("bench.run")
@@ -73,7 +73,8 @@ def server_scenarios(url: str, image_url: str, max_tokens: int, clients: int, id
     paired = paired_decodes(url, image_url, pairing) if pairing else []
     return {"first_turn": as_common(first), "follow_up": as_common(follow),
             "concurrent": {"clients": [as_common(r) for r in runs], "wall_s": wall},
-            "decode_steps": steps, "paired_decodes": paired}
+            "decode_steps": steps, "paired_decodes": paired,
+            "prefix_cache_tokens": settled_gauge(url, "loupe_prefix_cache_tokens")}
 
 
 def paired_decodes(url: str, image_url: str, pairing: Pairing) -> list[dict]:
@@ -147,6 +148,10 @@ def summarise(raw: dict, peak_rss: int, bytes_per_token: int, bandwidth: float) 
                          bytes_per_token=bytes_per_token, bandwidth=bandwidth)
     out.update(report.step_figures(raw.get("decode_steps", {}), len(raw["concurrent"]["clients"])))
     out.update(report.paired_figures(raw.get("paired_decodes", []), bytes_per_token))
+    memory = raw.get("memory", {})  # the server's: what it holds at rest after the run
+    rest = memory.get("worker_rss_bytes", 0) + memory.get("master_rss_bytes", 0)
+    out["rest_rss_gb"] = rest / report.GB if "master_rss_bytes" in memory else None
+    out["prefix_cache_tokens"] = raw.get("prefix_cache_tokens")
     return out
 
 

@@ -76,7 +76,8 @@ class Server:
         master_peak = proc_status_bytes(master, "VmHWM")
         return {"worker_peak_rss_bytes": worker_peak, "master_peak_rss_bytes": master_peak,
                 "peak_rss_bytes": worker_peak + master_peak,
-                "worker_rss_bytes": sum(proc_status_bytes(pid, "VmRSS") for pid in workers)}
+                "worker_rss_bytes": sum(proc_status_bytes(pid, "VmRSS") for pid in workers),
+                "master_rss_bytes": proc_status_bytes(master, "VmRSS")}
 
     def stop(self) -> None:
         """SIGTERM the master (it stops its worker), then wait; SIGKILL the group if it lingers."""

@@ -1,4 +1,4 @@
-"""The benchmark's arithmetic: the batched window, pass rates and paired efficiency."""
+"""The benchmark's arithmetic (the batched window, pass rates, paired efficiency) and its reading of /metrics."""
 import sys
 from pathlib import Path
 
@@ -47,3 +47,19 @@ def test_each_paired_decode_is_against_the_mean_of_its_own_two_samples():
     assert figures["paired_efficiencies"] == [0.8, 0.6, 1.0]
     assert figures["paired_efficiency"] == 0.8
     assert paired_figures([], bytes_per_token=8e9)["paired_efficiency"] is None
+
+
+def test_a_metric_is_read_from_the_exposition_by_its_sample_name():
+    from client import metric_value
+    text = ("# HELP loupe_prefix_cache_tokens Tokens kept.\n# TYPE loupe_prefix_cache_tokens gauge\n"
+            "loupe_prefix_cache_tokens 3382.0\n")
+    assert metric_value(text, "loupe_prefix_cache_tokens") == 3382
+    assert metric_value(text, "loupe_queue_depth") is None
+
+
+def test_the_prefix_cache_is_read_once_the_conversation_is_put_away(live_server):
+    from client import settled_gauge, stream_chat
+    server = live_server()
+    answer = stream_chat(server.url, [{"role": "user", "content": "Hello there"}], 3)
+    assert answer.error is None
+    assert settled_gauge(server.url, "loupe_prefix_cache_tokens") > 0
