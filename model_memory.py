@@ -2,7 +2,7 @@
 
 glibc keeps freed blocks in its heap for reuse instead of returning them, so a process that frees
 memory in pieces of every size keeps its high-water mark as resident memory. Two things follow:
-- Blocks of at least `mmap_threshold` bytes get a mapping of their own, unmapped when freed. glibc
+- Blocks of at least its mmap threshold get a mapping of their own, unmapped when freed. glibc
   starts that threshold at 128 KiB but raises it to the size of each mapped block freed, up to
   32 MiB, so after loading the weights almost every activation comes from the heap. A prompt's
   activations, of many sizes, then left it fragmented: serving the benchmark's scenario in
