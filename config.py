@@ -46,8 +46,8 @@ class Settings:
     )
     kernel_cache_dir: str = _setting(
         "~/.cache/loupe/kernels",
-        "Where the compiled `native` kernels are kept (one small file per source, flags and torch version), "
-        "so only the first start on a machine compiles them.",
+        "Where the compiled `native` kernels are kept (one small file per source, flags and torch version; "
+        "the three newest), so only the first start on a machine compiles them.",
     )
     torch_threads: int = _setting(
         0, "Threads torch uses for one generation; 0 leaves torch's default (one per core)."

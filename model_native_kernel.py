@@ -37,6 +37,7 @@ BLOCK = 64  # columns per block: kBlock in the C++ source
 _CFLAGS = ["-O3", "-mavx512f", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 _COMPILERS = ("c++", "g++", "clang++")
 _COMPILE_TIMEOUT_S = 300
+_KEPT_BUILDS = 3  # other checkouts or versions may share the folder: keep a few builds, not every one ever
 _BLOCKS_AT_A_TIME = 16  # scratch for rearranging a weight in place: 8 MB for K = 2048
 
 
@@ -106,7 +107,20 @@ def _build(compiler: str, cache_dir: Path) -> Path:
                        timeout=_COMPILE_TIMEOUT_S)
         os.replace(built, library)
     log.info("native kernels compiled in %.1f s", time.perf_counter() - begin)
+    _prune(cache_dir)
     return library
+
+
+def _prune(cache_dir: Path, keep: int = _KEPT_BUILDS) -> None:
+    """Delete all but the `keep` newest builds in `cache_dir` (a process that loaded one keeps its copy)."""
+    def modified(path: Path) -> int:
+        try:
+            return path.stat().st_mtime_ns
+        except FileNotFoundError:  # another process pruned it meanwhile
+            return 0
+    builds = sorted(cache_dir.glob("loupe_kernels-*.so"), key=modified, reverse=True)
+    for stale in builds[keep:]:
+        stale.unlink(missing_ok=True)
 
 
 class NativeLinear(torch.nn.Linear):

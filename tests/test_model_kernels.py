@@ -170,6 +170,16 @@ def test_native_rearranges_a_whole_number_of_blocks_in_its_own_memory(native, dt
         assert_linear(layer(x), x, weight, None)
 
 
+def test_a_new_build_leaves_the_three_newest_builds_and_nothing_else_is_touched(tmp_path):
+    for age, name in enumerate(["loupe_kernels-new.so", "loupe_kernels-b.so", "loupe_kernels-c.so",
+                                "loupe_kernels-d.so", "loupe_kernels-e.so", "notes.txt"]):
+        (tmp_path / name).write_text(name)
+        os.utime(tmp_path / name, ns=(10**18 - age * 10**9,) * 2)  # listed newest first
+    model_native_kernel._prune(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "loupe_kernels-b.so", "loupe_kernels-c.so", "loupe_kernels-new.so", "notes.txt"]
+
+
 def test_a_built_kernel_is_found_not_rebuilt(native):
     compiler = next(filter(None, map(shutil.which, model_native_kernel._COMPILERS)))
     library = model_native_kernel._build(compiler, KERNEL_CACHE_DIR)
