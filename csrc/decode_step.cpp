@@ -7,6 +7,7 @@
 // 12 ms with the weight reads taken away. These do the same arithmetic in one call each, rounding a
 // bfloat16 result where transformers' own operations round it.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -14,6 +15,11 @@
 #include <vector>
 
 namespace {
+
+// Calls __VA_ARGS__ (a lambda using scalar_t) for float32 or bfloat16, the dtypes Loupe runs in;
+// any other dtype is an error naming the op.
+#define LOUPE_FLOAT_OR_BFLOAT16(TYPE, NAME, ...) \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 // What a tensor operation of this dtype stores: float32 as computed, bfloat16 rounded to nearest even.
 template <typename T>
@@ -60,12 +66,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
               "weight must be [D] of x's dtype, D = x.size(-1)");
   const at::Tensor rows = x.contiguous(), w = weight.contiguous();
   at::Tensor y = at::empty_like(rows);
-  if (x.scalar_type() == at::kFloat) {
-    rms_norm_rows<float>(rows, w, eps, y);
-  } else {
-    TORCH_CHECK(x.scalar_type() == at::kBFloat16, "x must be float32 or bfloat16");
-    rms_norm_rows<at::BFloat16>(rows, w, eps, y);
-  }
+  LOUPE_FLOAT_OR_BFLOAT16(x.scalar_type(), "rms_norm", [&] { rms_norm_rows<scalar_t>(rows, w, eps, y); });
   return y;
 }
 
@@ -108,12 +109,8 @@ at::Tensor head_norm_rope(const at::Tensor& x, const at::Tensor& weight, const a
   }
   const at::Tensor w = weight.contiguous();
   at::Tensor y = at::empty({B, x.size(1), 1, D}, x.options());
-  if (x.scalar_type() == at::kFloat) {
-    head_norm_rope_rows<float>(x, w, cos, sin, eps, y);
-  } else {
-    TORCH_CHECK(x.scalar_type() == at::kBFloat16, "x must be float32 or bfloat16");
-    head_norm_rope_rows<at::BFloat16>(x, w, cos, sin, eps, y);
-  }
+  LOUPE_FLOAT_OR_BFLOAT16(x.scalar_type(), "head_norm_rope",
+                          [&] { head_norm_rope_rows<scalar_t>(x, w, cos, sin, eps, y); });
   return y;
 }
 
