@@ -148,9 +148,8 @@ def summarise(raw: dict, peak_rss: int, bytes_per_token: int, bandwidth: float) 
                          bytes_per_token=bytes_per_token, bandwidth=bandwidth)
     out.update(report.step_figures(raw.get("decode_steps", {}), len(raw["concurrent"]["clients"])))
     out.update(report.paired_figures(raw.get("paired_decodes", []), bytes_per_token))
-    memory = raw.get("memory", {})  # the server's: what it holds at rest after the run
-    rest = memory.get("worker_rss_bytes", 0) + memory.get("master_rss_bytes", 0)
-    out["rest_rss_gb"] = rest / report.GB if "master_rss_bytes" in memory else None
+    memory = raw.get("memory")  # the server's (the baseline has none): what it holds at rest after the run
+    out["rest_rss_gb"] = (memory["worker_rss_bytes"] + memory["master_rss_bytes"]) / report.GB if memory else None
     out["prefix_cache_tokens"] = raw.get("prefix_cache_tokens")
     return out
 
