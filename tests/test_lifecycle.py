@@ -84,8 +84,9 @@ def test_sigterm_lets_the_running_stream_finish_refuses_new_work_and_exits(live_
 
 
 def test_a_generation_longer_than_the_grace_period_ends_with_a_clear_error(live_server):
-    server = live_server(SHUTDOWN_GRACE="1")
-    _, stream = post_stream(server, max_tokens=2000)
+    # Far more tokens than the tiny model makes in the grace period (it makes about 2,000 a second).
+    server = live_server(SHUTDOWN_GRACE="1", MAX_NEW_TOKENS_LIMIT="100000", MAX_CONTEXT_TOKENS="100100")
+    _, stream = post_stream(server, max_tokens=100000)
     began = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     rest = stream.read().decode()
