@@ -11,13 +11,16 @@ import pytest
 from openai import OpenAI
 from PIL import Image
 
+LONG = 100_000
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     from live_server import LiveServer
 
-    live = LiveServer({"MODEL_ID": str(tiny_model_dir), "MAX_NEW_TOKENS": "8", "THREADS": "4"},
+    # LONG tokens take the tiny model far longer than the hang-up tests wait (it makes about 2,000 a second).
+    live = LiveServer({"MODEL_ID": str(tiny_model_dir), "MAX_NEW_TOKENS": "8", "THREADS": "4",
+                       "MAX_NEW_TOKENS_LIMIT": str(LONG), "MAX_CONTEXT_TOKENS": str(LONG + 100)},
                       tmp_path_factory.mktemp("server") / "server.log")
     yield live.start()
     live.stop()
@@ -102,7 +105,7 @@ def next_cancelled_generation(server, before: list[int], timeout: float = 30) ->
 
 
 def test_a_client_disconnect_stops_the_generation(server):
-    body = json.dumps({"messages": [{"role": "user", "content": "Go on"}], "max_tokens": 2000,
+    body = json.dumps({"messages": [{"role": "user", "content": "Go on"}], "max_tokens": LONG,
                        "ignore_eos": True, "stream": True})
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
@@ -113,20 +116,20 @@ def test_a_client_disconnect_stops_the_generation(server):
     before = cancelled_generations(server)
     connection.sock.close()
     connection.close()
-    assert next_cancelled_generation(server, before) < 2000
+    assert next_cancelled_generation(server, before) < LONG
     assert server.health()["status"] == "ok"
 
 
 def test_a_client_that_hangs_up_on_a_whole_answer_stops_the_generation(server):
     """Non-streamed, nothing is written until the end: the server must notice the closed socket itself."""
     before = cancelled_generations(server)
-    body = json.dumps({"messages": [{"role": "user", "content": "Go on"}], "max_tokens": 2000, "ignore_eos": True})
+    body = json.dumps({"messages": [{"role": "user", "content": "Go on"}], "max_tokens": LONG, "ignore_eos": True})
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
-    time.sleep(1)  # the model is generating (2000 tokens take the tiny model longer than this)
+    time.sleep(1)  # the model is generating (and far from LONG tokens)
     connection.sock.close()
     connection.close()
-    assert next_cancelled_generation(server, before) < 2000
+    assert next_cancelled_generation(server, before) < LONG
     assert "the client closed its connection before the answer was ready" in server.log()
     assert re.search(r"route=/v1/chat/completions status=499 .*outcome=cancelled", server.log())
     history = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
