@@ -95,7 +95,7 @@ class TransformersDecodeStep:
                  cache: DynamicCache) -> torch.Tensor:
         """As NativeDecodeStep.__call__."""
         output = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                            past_key_values=cache, use_cache=True)
+                            cache=cache, use_cache=True)
         return output.logits[:, -1]
 
 

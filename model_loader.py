@@ -252,7 +252,7 @@ class QwenBackend:
         logits = self.model(
             input_ids=prompt.input_ids[:, start:], pixel_values=pixel_values, image_grid_thw=grid,
             mm_token_type_ids=prompt.mm_token_type_ids[:, start:], position_ids=positions[:, :, start:],
-            past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         return cache, start, logits, delta
 
     def _cached_prefix(self, prompt: QwenPrompt) -> tuple[DynamicCache, int]:

@@ -55,8 +55,8 @@ def test_a_model_decodes_with_the_kernel_and_reads_prompts_with_sdpa(tiny_model_
     with torch.inference_mode():
         for name, model in (("sdpa", plain), ("ours", ours)):
             cache = new_cache(model.config)
-            prompt = lambda: model(input_ids=ids, attention_mask=mask, past_key_values=cache).logits  # noqa: E731
-            step = lambda: model(input_ids=torch.tensor([[5], [7]]), past_key_values=cache,  # noqa: E731
+            prompt = lambda: model(input_ids=ids, attention_mask=mask, cache=cache).logits  # noqa: E731
+            step = lambda: model(input_ids=torch.tensor([[5], [7]]), cache=cache,  # noqa: E731
                                  attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)).logits
             calls[name] = (kernel_calls(lambda: logits.setdefault((name, "prompt"), prompt())),
                            kernel_calls(lambda: logits.setdefault((name, "step"), step())))

@@ -72,7 +72,7 @@ def test_a_batch_decodes_the_same_logits_and_caches_as_transformers(tiny_model_d
     with torch.inference_mode():
         for name, step in steps.items():
             cache = new_cache(model.config)
-            model(input_ids=ids, attention_mask=mask, past_key_values=cache)
+            model(input_ids=ids, attention_mask=mask, cache=cache)
             keep = mask
             for position, tokens in enumerate([[5, 7], [11, 3], [2, 9]]):
                 keep = torch.cat([keep, torch.ones(2, 1, dtype=torch.long)], dim=1)
@@ -97,7 +97,7 @@ def test_a_decode_batch_feeds_the_step_its_rows(tiny_model_dir):
     with torch.inference_mode():
         for row, length in (("a", 4), ("b", 6)):
             cache = new_cache(model.config)
-            model(input_ids=torch.arange(1, length + 1).view(1, -1), past_key_values=cache)
+            model(input_ids=torch.arange(1, length + 1).view(1, -1), cache=cache)
             batch.add(row, cache)
         logits = batch.forward(step, [5, 7], [[4, 4, 4, 4], [6, 6, 6, 6]])
     assert logits.shape == (2, model.config.text_config.vocab_size)
