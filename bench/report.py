@@ -26,6 +26,8 @@ ROWS = (
     ("follow_up_ttft_ratio", "follow-up TTFT / first-turn TTFT", "", "lower"),
     ("concurrent_batched_decode_tps", "4 clients: aggregate decode tokens/s while all four decode", "tok/s", "higher"),
     ("concurrent_speedup", "4 clients: that / one client's decode tokens/s", "", "higher"),
+    ("batch_speedup", "4 clients / one, paired: all four decoding at once / one client just before; median",
+     "", "higher"),
     ("concurrent_decode_tps", "4 clients: aggregate decode tokens/s, prefill stalls included", "tok/s", "higher"),
     ("step_tps_1", "decode passes of 1 sequence: tokens/s (server /metrics)", "tok/s", "higher"),
     ("step_tps_n", "decode passes of all 4 sequences: tokens/s (server /metrics)", "tok/s", "higher"),
@@ -103,6 +105,13 @@ def paired_figures(rounds: list[dict], bytes_per_token: int) -> dict:
     each = [r["decode_tps"] * bytes_per_token * 2 / (r["bandwidth_before"] + r["bandwidth_after"])
             for r in rounds if r.get("decode_tps") and r.get("bandwidth_before") and r.get("bandwidth_after")]
     return {"paired_efficiencies": each, "paired_efficiency": statistics.median(each) if each else None}
+
+
+def paired_batch_figures(rounds: list[dict]) -> dict:
+    """Each round's rate while all clients decode against its own one-client rate, and their median."""
+    each = [r["concurrent_batched_decode_tps"] / r["one_decode_tps"] for r in rounds
+            if r.get("concurrent_batched_decode_tps") and r.get("one_decode_tps")]
+    return {"batch_speedups": each, "batch_speedup": statistics.median(each) if each else None}
 
 
 def figures(first: dict, follow: dict, clients: list[dict], wall_s: float, *, load_s: float,

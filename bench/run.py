@@ -16,6 +16,11 @@ paired decode, below). Decode efficiency is given two ways:
   and after it (the server idle), `--paired-rounds` times; each round's decode is against the mean
   of its two samples, and the figure is the median round. Phases last seconds to minutes, so short
   rounds put each decode and its bandwidth in the same phase far more often than not.
+The four clients' batching gain is paired the same way: one client's decode, then four clients at
+once, `--batch-rounds` times, each a branch of the first conversation (its image's prefix cached, so
+prompts are short); each round's aggregate rate while all four decode is against its own one-client
+rate, and the figure is the median round. The four first turns above mix a slow prefill per client
+with decoding at whatever speed the memory had by then.
 """
 from __future__ import annotations
 
@@ -45,11 +50,14 @@ BENCH = Path(__file__).resolve().parent
 
 @dataclass(frozen=True)
 class Pairing:
-    """Paired decodes: `rounds` one-client requests of `tokens` tokens, each between two `sample()`s."""
+    """Paired decodes: `rounds` one-client requests of `tokens` tokens, each between two `sample()`s;
+    then `batch_rounds` of one client followed by all clients at once, `batch_tokens` each."""
 
     rounds: int
     tokens: int
     sample: Callable[[], float]
+    batch_rounds: int = 0
+    batch_tokens: int = 32
 
 
 def server_scenarios(url: str, image_url: str, max_tokens: int, clients: int, idle: Callable[[], None],
@@ -71,9 +79,10 @@ def server_scenarios(url: str, image_url: str, max_tokens: int, clients: int, id
     idle()
     steps = decode_steps(url)  # before the paired decodes: the histogram is the scenarios' own
     paired = paired_decodes(url, image_url, pairing) if pairing else []
+    batches = paired_batches(url, image_url, clients, pairing) if pairing else []
     return {"first_turn": as_common(first), "follow_up": as_common(follow),
             "concurrent": {"clients": [as_common(r) for r in runs], "wall_s": wall},
-            "decode_steps": steps, "paired_decodes": paired,
+            "decode_steps": steps, "paired_decodes": paired, "paired_batches": batches,
             "prefix_cache_tokens": settled_gauge(url, "loupe_prefix_cache_tokens")}
 
 
@@ -87,6 +96,22 @@ def paired_decodes(url: str, image_url: str, pairing: Pairing) -> list[dict]:
         out.append({"decode_tps": run["decode_tps"], "error": run["error"],
                     "bandwidth_before": before, "bandwidth_after": after})
         before = after
+    return out
+
+
+def paired_batches(url: str, image_url: str, clients: int, pairing: Pairing) -> list[dict]:
+    """One client's decode, then `clients` decoding at once, `batch_rounds` times (the image's prefix is cached)."""
+    log.info("%d paired batches: 1 client, then %d at once, %d tokens each", pairing.batch_rounds, clients,
+             pairing.batch_tokens)
+    questions = inputs.CLIENT_QUESTIONS[:clients]
+    out = []
+    for _ in range(pairing.batch_rounds):
+        one = as_common(stream_chat(url, inputs.first_turn(image_url, inputs.PAIRED_QUESTION), pairing.batch_tokens))
+        runs, _ = concurrent_chats(url, [inputs.first_turn(image_url, q) for q in questions], pairing.batch_tokens)
+        many = [as_common(r) for r in runs]
+        errors = [m["error"] for m in [one, *many] if m["error"]]
+        out.append({"one_decode_tps": one["decode_tps"], **report.batched_window(many),
+                    "error": errors[0] if errors else None})
     return out
 
 
@@ -148,6 +173,7 @@ def summarise(raw: dict, peak_rss: int, bytes_per_token: int, bandwidth: float) 
                          bytes_per_token=bytes_per_token, bandwidth=bandwidth)
     out.update(report.step_figures(raw.get("decode_steps", {}), len(raw["concurrent"]["clients"])))
     out.update(report.paired_figures(raw.get("paired_decodes", []), bytes_per_token))
+    out.update(report.paired_batch_figures(raw.get("paired_batches", [])))
     memory = raw.get("memory")  # the server's (the baseline has none): what it holds at rest after the run
     out["rest_rss_gb"] = (memory["worker_rss_bytes"] + memory["master_rss_bytes"]) / report.GB if memory else None
     out["prefix_cache_tokens"] = raw.get("prefix_cache_tokens")
@@ -166,7 +192,8 @@ def bench_dtype(model_dir: Path, dtype: str, args: argparse.Namespace, image: tu
     bytes_per_token = params["per_token"] * hardware.DTYPE_BYTES[dtype]
     result: dict = {"bytes_per_token": bytes_per_token, "raw": {}}
     meter = hardware.ReadMeter(threads=args.threads) if args.paired_rounds else None
-    pairing = Pairing(args.paired_rounds, args.paired_tokens, meter.sample) if meter else None
+    pairing = (Pairing(args.paired_rounds, args.paired_tokens, meter.sample, args.batch_rounds, args.batch_tokens)
+               if meter else None)
     result["raw"]["server"] = run_server(model_dir, dtype, args, image[0], {}, idle=sample, pairing=pairing)
     del pairing, meter  # 1.5 GiB: gone before the baseline loads its model
     if not args.skip_naive:
@@ -219,6 +246,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--paired-rounds", type=int, default=12,
                         help="one-client decodes, each between two quick bandwidth samples (0: none)")
     parser.add_argument("--paired-tokens", type=int, default=16, help="tokens generated per paired decode")
+    parser.add_argument("--batch-rounds", type=int, default=6,
+                        help="one client's decode, then all --clients at once on the cached image (0: none)")
+    parser.add_argument("--batch-tokens", type=int, default=32, help="tokens generated per client in those rounds")
     parser.add_argument("--threads", type=int, default=0, help="TORCH_THREADS for server, baseline, bandwidth")
     parser.add_argument("--variants", nargs="*", default=[],
                         help="extra server settings measured on the first dtype, first turn only: "

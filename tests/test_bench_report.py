@@ -1,4 +1,4 @@
-"""The benchmark's arithmetic (the batched window, pass rates, paired efficiency) and its reading of /metrics."""
+"""The benchmark's arithmetic (batched window, pass rates, paired efficiency and batching) and its reading of /metrics."""
 import sys
 from pathlib import Path
 
@@ -49,6 +49,19 @@ def test_each_paired_decode_is_against_the_mean_of_its_own_two_samples():
     assert paired_figures([], bytes_per_token=8e9)["paired_efficiency"] is None
 
 
+def test_each_batch_round_is_against_its_own_one_client_rate():
+    from report import paired_batch_figures
+
+    rounds = [{"one_decode_tps": 5.0, "concurrent_batched_decode_tps": 20.0},  # 4.0
+              {"one_decode_tps": 8.0, "concurrent_batched_decode_tps": 16.0},  # 2.0: slow memory while four decode
+              {"one_decode_tps": 4.0, "concurrent_batched_decode_tps": 14.0},  # 3.5
+              {"one_decode_tps": 4.0, "concurrent_batched_decode_tps": None}]  # no window: left out
+    figures = paired_batch_figures(rounds)
+    assert figures["batch_speedups"] == [4.0, 2.0, 3.5]
+    assert figures["batch_speedup"] == 3.5
+    assert paired_batch_figures([])["batch_speedup"] is None
+
+
 def test_a_metric_is_read_from_the_exposition_by_its_sample_name():
     from client import metric_value
     text = ("# HELP loupe_prefix_cache_tokens Tokens kept.\n# TYPE loupe_prefix_cache_tokens gauge\n"
@@ -63,3 +76,16 @@ def test_the_prefix_cache_is_read_once_the_conversation_is_put_away(live_server)
     answer = stream_chat(server.url, [{"role": "user", "content": "Hello there"}], 3)
     assert answer.error is None
     assert settled_gauge(server.url, "loupe_prefix_cache_tokens") > 0
+
+
+def test_paired_batches_run_one_client_then_all_at_once_against_a_real_server(live_server):
+    import inputs
+    from run import Pairing, paired_batches
+    server = live_server(MAX_BATCH="4")
+    image = inputs.data_url(inputs.jpeg_bytes(inputs.photo(size=(64, 48))))
+    rounds = paired_batches(server.url, image, 4, Pairing(0, 0, lambda: 0.0, batch_rounds=2, batch_tokens=8))
+    assert len(rounds) == 2
+    for batch in rounds:
+        assert batch["error"] is None and batch["one_decode_tps"] > 0
+        assert set(batch) == {"one_decode_tps", "concurrent_batched_decode_tps", "concurrent_batched_window_s",
+                              "error"}
