@@ -11,7 +11,7 @@ from collections.abc import Hashable, Sequence
 import torch
 from transformers import DynamicCache
 
-from model_cache import cache_from
+from model_cache import cache_from, cache_positions
 
 
 def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
@@ -34,6 +34,11 @@ class DecodeBatch:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def positions(self) -> int:
+        """Token positions the batch's cache holds memory for (rows x length, padding and room included)."""
+        return cache_positions(self.cache)
 
     def add(self, row: Hashable, cache: DynamicCache) -> None:
         """Join with a sequence's own cache (batch of one); the batch takes it over."""

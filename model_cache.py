@@ -75,6 +75,15 @@ class GrowingLayer(DynamicLayer):
         self.room = ROOM  # a cache made to fit grows with room once it is extended
 
 
+def cache_positions(cache: DynamicCache | None) -> int:
+    """Token positions a cache holds memory for, across its rows: its length, plus spare room and padding."""
+    layer = cache.layers[0] if cache is not None and cache.layers else None
+    if layer is None or not layer.is_initialized:
+        return 0
+    states = layer._key_buffer if isinstance(layer, GrowingLayer) and layer._key_buffer is not None else layer.keys
+    return states.shape[0] * states.shape[-2]
+
+
 def new_cache(config, room: int = ROOM) -> DynamicCache:
     """An empty cache for the model, one growing layer per decoder layer."""
     cache = DynamicCache(config=config)

@@ -23,7 +23,7 @@ from errors import InvalidRequest
 from inference import ImagePart, Message, SamplingParams
 from model_attention import use_native_attention
 from model_batch import DecodeBatch
-from model_cache import fit_cache, new_cache
+from model_cache import ROOM, fit_cache, new_cache
 from model_decode_step import decode_step
 from model_kernels import use_linear_kernel
 from model_memory import map_large_allocations, return_free_memory
@@ -214,12 +214,19 @@ class QwenBackend:
         for index, sequence in enumerate(rows):
             sequence.fed.append(sequence.pending)
             sequence.logits, sequence.pending, sequence.intact = logits[index:index + 1], None, True
+        self._make_room(0)  # the batch may have grown new room
+
+    def _make_room(self, joining: int) -> None:
+        """Evict kept conversations until they, the batch and `joining` positions fit PREFIX_CACHE_TOKENS."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.shrink(self.prefix_cache.max_tokens - self.batch.positions - joining)
 
     def finish(self, sequence: QwenSequence) -> None:
         """Take the sequence out of the batch and keep its cache for follow-up questions."""
         own = self.batch.remove(sequence)
         if self.prefix_cache is not None and sequence.intact:
             self.prefix_cache.put(sequence.fed, fit_cache(own))  # no spare room: its bound is its memory
+            self._make_room(0)
         del own
         return_free_memory()
 
@@ -262,13 +269,16 @@ class QwenBackend:
         for first, end in prompt.image_spans:
             if first < start < end:
                 start = first  # an image's features come whole from the vision encoder: never split one
-        cache = None
-        if match is not None and start == match.length:
+        cache, extend = None, match is not None and start == match.length
+        if extend:
             cache = self.prefix_cache.take(match)  # a follow-up extends the earlier conversation in place
         elif match is not None and start >= MIN_SHARED_TO_COPY:
-            cache = copy.deepcopy(self.prefix_cache.get(match))  # a branch (regenerate): keep the original
+            cache = self.prefix_cache.get(match)  # a branch (regenerate): copied below, the original kept
+        self._make_room(prompt.prompt_tokens + ROOM)  # before the copy, the prompt's activations and its cache
         if cache is None:
             return new_cache(self.model.config), 0
+        if not extend:
+            cache = copy.deepcopy(cache)
         cache.crop(start - cache.get_seq_length())  # transformers 5: minus the tokens to drop
         return cache, start
 

@@ -93,6 +93,15 @@ class PrefixCache(Generic[CacheT]):
             self._entries[self._next_id] = (keys, cache)
             self._next_id += 1
             self._tokens += len(keys)
-            while self._tokens > self.max_tokens:
-                evicted_keys, _ = self._entries.pop(next(iter(self._entries)))
-                self._tokens -= len(evicted_keys)
+            self._evict_beyond(self.max_tokens)
+
+    def shrink(self, tokens: int) -> None:
+        """Evict least recently used entries until at most `tokens` remain (running sequences need the room)."""
+        with self._lock:
+            self._evict_beyond(max(tokens, 0))
+
+    def _evict_beyond(self, tokens: int) -> None:
+        """Least recently used out until the entries hold at most `tokens`; the caller holds the lock."""
+        while self._tokens > tokens:
+            evicted_keys, _ = self._entries.pop(next(iter(self._entries)))
+            self._tokens -= len(evicted_keys)

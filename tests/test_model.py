@@ -209,6 +209,33 @@ def test_image_tokens_are_keyed_by_their_pixels(backend):
     assert not set(one.keys[start:end]) & set(two.keys[start:end])  # ...but not the same keys
 
 
+def test_kept_conversations_give_way_to_running_sequences_within_the_bound(settings):
+    from model_cache import ROOM
+    from model_loader import QwenBackend
+
+    shared = load_backend(settings)
+    bound = 2 * ROOM + 200
+    backend = QwenBackend(shared.model, shared.tokenizer, shared.image_processor, shared.eos_ids, "bounded",
+                          settings.replace(prefix_cache_tokens=bound))
+    short = backend.prepare([Message("user", (TextPart("Keep me"),))], 8)
+    tokens(backend, short, replace(GREEDY, max_tokens=8))
+    kept = backend.prefix_cache.tokens
+    assert kept > 0
+    long_prompt = [Message("user", (TextPart("word " * 60),))]
+    one = backend.start(backend.prepare(long_prompt, 8), GREEDY)
+    assert backend.prefix_cache.tokens == kept  # the bound still has room for both
+    two = backend.start(backend.prepare(long_prompt + [Message("user", (TextPart("more"),))], 8), GREEDY)
+    for _ in range(4):
+        for sequence in (one, two):
+            backend.sample(sequence)
+        backend.advance()
+        assert backend.prefix_cache.tokens + backend.batch.positions <= bound or backend.prefix_cache.tokens == 0
+    assert backend.prefix_cache.find(short.keys) is None  # evicted for the two running sequences
+    for sequence in (one, two):
+        backend.finish(sequence)
+    assert backend.prefix_cache.tokens <= bound
+
+
 def test_sequences_decoded_together_give_the_tokens_each_gives_alone(settings):
     from model_loader import QwenBackend
 

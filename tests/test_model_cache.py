@@ -71,3 +71,19 @@ def test_fitting_drops_the_spare_room_and_keeps_the_states():
     assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
     layer.update(*states(1, 1))
     assert layer._key_buffer.shape[-2] == 6 + ROOM
+
+
+def test_a_caches_positions_count_its_rows_room_and_nothing_before_it_holds_states():
+    from transformers import DynamicCache
+
+    from model_cache import cache_positions
+    cache = DynamicCache()
+    cache.layers = [GrowingLayer(), GrowingLayer()]
+    assert cache_positions(cache) == cache_positions(None) == 0
+    for index in range(2):
+        cache.update(*states(6, index, batch=3), index)
+    assert cache_positions(cache) == 3 * (6 + ROOM)
+    plain = DynamicCache()
+    plain.layers = [DynamicLayer()]
+    plain.update(*states(6, 0, batch=2), 0)
+    assert cache_positions(plain) == 2 * 6

@@ -54,3 +54,15 @@ def test_an_entry_larger_than_the_whole_store_is_not_kept():
     store = PrefixCache(3)
     store.put([1, 2, 3, 4], "big")
     assert store.tokens == 0 and store.find([1]) is None
+
+
+def test_shrinking_evicts_the_least_recently_used_to_make_room():
+    store = PrefixCache(10)
+    store.put([1] * 3, "a")
+    store.put([2] * 3, "b")
+    store.put([3] * 3, "c")
+    store.get(store.find([1]))  # "a" is now the most recently used
+    store.shrink(6)
+    assert store.find([2]) is None and store.tokens == 6
+    store.shrink(-5)  # running sequences need more than the whole bound: nothing is kept
+    assert store.tokens == 0 and store.find([1]) is None and store.find([3]) is None
