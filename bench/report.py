@@ -188,5 +188,7 @@ def error_lines(results: dict[str, dict]) -> list[str]:
         for system, raw in result.get("raw", {}).items():
             requests = [("first turn", raw["first_turn"]), ("follow-up", raw["follow_up"])]
             requests += [(f"client {i + 1}", c) for i, c in enumerate(raw["concurrent"]["clients"])]
+            requests += [(f"paired decode {i + 1}", r) for i, r in enumerate(raw.get("paired_decodes", []))]
+            requests += [(f"paired batch {i + 1}", r) for i, r in enumerate(raw.get("paired_batches", []))]
             lines += [f"ERROR {dtype} {system} {name}: {r['error']}" for name, r in requests if r.get("error")]
     return lines

@@ -89,3 +89,13 @@ def test_paired_batches_run_one_client_then_all_at_once_against_a_real_server(li
         assert batch["error"] is None and batch["one_decode_tps"] > 0
         assert set(batch) == {"one_decode_tps", "concurrent_batched_decode_tps", "concurrent_batched_window_s",
                               "error"}
+
+
+def test_a_failed_paired_round_is_listed_with_its_reason():
+    from report import error_lines
+
+    ok = {"error": None}
+    raw = {"first_turn": ok, "follow_up": ok, "concurrent": {"clients": [ok]}, "paired_decodes": [ok],
+           "paired_batches": [ok, {"error": "HTTP 429: too many"}]}
+    assert error_lines({"bfloat16": {"raw": {"server": raw}}}) == [
+        "ERROR bfloat16 server paired batch 2: HTTP 429: too many"]
