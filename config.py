@@ -72,9 +72,9 @@ class Settings:
     prefix_cache_tokens: int = _setting(
         4096,
         "Tokens of earlier conversations whose model state is kept so follow-up questions skip "
-        "re-reading them (the image above all); least recently used first out, and out before running "
-        "generations go past the bound with them. Each token costs 224 KiB in float32 (112 KiB in "
-        "bfloat16) for Qwen3-VL-2B. 0 turns the cache off.",
+        "re-reading them (the image above all); least recently used first out, also to make room for "
+        "running generations: kept and running together stay within it. Each token costs 224 KiB in "
+        "float32 (112 KiB in bfloat16) for Qwen3-VL-2B. 0 turns the cache off.",
     )
     max_batch: int = _setting(
         4,
