@@ -90,7 +90,8 @@ def test_queue_in_progress_and_model_gauges(settings):
     waiter = threading.Thread(target=client.post, args=("/v1/chat/completions",), kwargs={"json": ask()})
     waiter.start()
     deadline = time.monotonic() + 10
-    while engine.queue_depth == 0 and time.monotonic() < deadline:
+    # Both requests can be waiting at first: wait until the engine has taken the stream and the other waits.
+    while (engine.running, engine.queue_depth) != (1, 1) and time.monotonic() < deadline:
         time.sleep(0.01)
     busy = scrape(client)
     assert value(busy, "loupe_model_state", state="ok") == 1
