@@ -39,6 +39,11 @@ class GrowingLayer(DynamicLayer):
         self.values = self._value_buffer[..., :end, :]
         return self.keys, self.values
 
+    @property
+    def capacity(self) -> int:
+        """Positions its buffers hold memory for, filled or spare (0 before the first update)."""
+        return self._key_buffer.shape[-2] if self._key_buffer is not None else 0
+
     def replace(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Hold (a copy of) these states instead, letting go of the old buffers first."""
         self.reset()
@@ -46,7 +51,7 @@ class GrowingLayer(DynamicLayer):
 
     def fit(self) -> None:
         """Let go of the spare room: buffers exactly as long as the cache (to be kept, not extended)."""
-        if self._key_buffer is not None and self._key_buffer.shape[-2] > self.get_seq_length():
+        if self.capacity > self.get_seq_length():
             self.room = 0
             self.replace(self.keys, self.values)  # the next extension reallocates with room again
 
@@ -80,8 +85,8 @@ def cache_positions(cache: DynamicCache | None) -> int:
     layer = cache.layers[0] if cache is not None and cache.layers else None
     if layer is None or not layer.is_initialized:
         return 0
-    states = layer._key_buffer if isinstance(layer, GrowingLayer) and layer._key_buffer is not None else layer.keys
-    return states.shape[0] * states.shape[-2]
+    length = layer.capacity if isinstance(layer, GrowingLayer) else layer.keys.shape[-2]
+    return layer.keys.shape[0] * length
 
 
 def new_cache(config, room: int = ROOM) -> DynamicCache:

@@ -1,4 +1,4 @@
-"""The benchmark's arithmetic (batched window, pass rates, paired efficiency and batching) and its reading of /metrics."""
+"""The benchmark's arithmetic (batched window, pass rates, paired efficiency, batching) and its reading of /metrics."""
 import sys
 from pathlib import Path
 

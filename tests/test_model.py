@@ -209,14 +209,20 @@ def test_image_tokens_are_keyed_by_their_pixels(backend):
     assert not set(one.keys[start:end]) & set(two.keys[start:end])  # ...but not the same keys
 
 
-def test_kept_conversations_give_way_to_running_sequences_within_the_bound(settings):
-    from model_cache import ROOM
+def own_backend(settings, **changes):
+    """A backend of its own (its own batch and prefix cache) on the loaded tiny model, with changed settings."""
     from model_loader import QwenBackend
 
     shared = load_backend(settings)
+    return QwenBackend(shared.model, shared.tokenizer, shared.image_processor, shared.eos_ids, "own",
+                       settings.replace(**changes))
+
+
+def test_kept_conversations_give_way_to_running_sequences_within_the_bound(settings):
+    from model_cache import ROOM
+
     bound = 2 * ROOM + 200
-    backend = QwenBackend(shared.model, shared.tokenizer, shared.image_processor, shared.eos_ids, "bounded",
-                          settings.replace(prefix_cache_tokens=bound))
+    backend = own_backend(settings, prefix_cache_tokens=bound)
     short = backend.prepare([Message("user", (TextPart("Keep me"),))], 8)
     tokens(backend, short, replace(GREEDY, max_tokens=8))
     kept = backend.prefix_cache.tokens
@@ -237,12 +243,8 @@ def test_kept_conversations_give_way_to_running_sequences_within_the_bound(setti
 
 
 def test_sequences_decoded_together_give_the_tokens_each_gives_alone(settings):
-    from model_loader import QwenBackend
-
-    # A backend of its own, without the prefix cache, so every sequence reads its whole prompt.
-    shared = load_backend(settings)
-    backend = QwenBackend(shared.model, shared.tokenizer, shared.image_processor, shared.eos_ids, "batch",
-                          settings.replace(prefix_cache_tokens=0))
+    # Without the prefix cache, so every sequence reads its whole prompt.
+    backend = own_backend(settings, prefix_cache_tokens=0)
     conversations = [
         [image_turn(photo(96, 64, seed=21), text="What is it?")],
         [Message("user", (TextPart("A much longer question about nothing in particular at all"),))],
