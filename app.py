@@ -1,24 +1,24 @@
-"""Loupe: ask questions about images with Qwen3-VL on a CPU. `create_app()` builds the Flask app."""
+"""Loupe: ask questions about images with Qwen3-VL on a CPU. `create_app()` builds the Flask app.
+
+The composition root: it reads the settings, starts the engine on the model loader, opens the
+history, and hands them to the web layer.
+"""
 from __future__ import annotations
 
-import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from flask import Flask, render_template
+from loupe.engine.engine import Engine
+from loupe.engine.generation import Backend
+from loupe.history.store import HistoryStore
+from loupe.settings import Settings
+from loupe.web.factory import build_app
+from loupe.web.observability import configure_logging
 
-import api
-import history_api
-from config import Settings
-from engine import Engine
-from errors import register_error_handlers
-from generation import Backend
-from history_store import HistoryStore
-from images import ACCEPTED_FORMATS
-from metrics import init_metrics
-from observability import configure_logging, init_request_ids
-from rate_limits import init_rate_limits
-from security import init_security
+if TYPE_CHECKING:
+    from flask import Flask
 
-log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent  # templates/ and static/ live here
 
 
 def create_app(config: Settings | None = None, engine: Engine | None = None,
@@ -29,32 +29,12 @@ def create_app(config: Settings | None = None, engine: Engine | None = None,
     """
     settings = config if config is not None else Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_request_bytes  # a `messages` field may hold images
-    app.json.sort_keys = False
     if engine is None:
         engine = Engine(lambda: load_model(settings), settings.queue_size, settings.max_batch,
                         settings.request_timeout).start()
     if history is None and settings.history:
         history = HistoryStore.open(settings)
-    app.extensions["loupe"] = api.Services(settings, engine, history if settings.history else None)
-    init_request_ids(app)  # first, so even a refused request has an id and a log line
-    init_security(app, settings)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(history_api.bp)
-    init_metrics(app, engine)
-    register_error_handlers(app)  # before the rate limits: an error's own Retry-After must win (errors.py)
-    init_rate_limits(app, settings)
-
-    @app.get("/")
-    def index():
-        """The chat page."""
-        # api_key_required lets the page ask for a key before its first request instead of after a 401.
-        return render_template("index.html", settings=settings, accepted_types=sorted(ACCEPTED_FORMATS.values()),
-                               api_key_required=bool(settings.api_keys()))
-
-    return app
+    return build_app(settings, engine, history if settings.history else None, ROOT)
 
 
 def load_model(settings: Settings) -> Backend:

@@ -1,6 +1,6 @@
 """gunicorn settings for Loupe: `gunicorn -c gunicorn.conf.py 'app:create_app()'`."""
-import lifecycle
-from config import Settings
+from loupe.settings import Settings
+from loupe.web import lifecycle
 
 _settings = Settings.from_env()
 
@@ -41,8 +41,8 @@ if _settings.log_format == "json":
     logconfig_dict = {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "observability.JsonFormatter"}},
-        "filters": {"request_id": {"()": "observability.RequestIdFilter"}},
+        "formatters": {"json": {"()": "loupe.web.observability.JsonFormatter"}},
+        "filters": {"request_id": {"()": "loupe.web.observability.RequestIdFilter"}},
         "handlers": {"json": _handler},
         "root": {"level": _settings.log_level.upper(), "handlers": ["json"]},
         "loggers": {"gunicorn.error": {"level": _settings.log_level.upper(), "handlers": ["json"],

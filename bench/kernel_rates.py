@@ -21,16 +21,12 @@ import argparse
 import logging
 import time
 
-import sys
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's own kernels, as served
-import model_native_kernel  # noqa: E402
-from config import Settings  # noqa: E402
-from model_kernels import use_linear_kernel  # noqa: E402
+from loupe.runtime import native_kernel
+from loupe.runtime.kernels import use_linear_kernel
+from loupe.settings import Settings
 
 log = logging.getLogger("bench.kernel_rates")
 IN_FEATURES, OUT_FEATURES, LAYERS = 2048, 6144, 12
@@ -53,7 +49,7 @@ def served(weights: list[torch.Tensor], kernel: str) -> torch.nn.Sequential:
 def kernels(x: torch.Tensor, weights: list[torch.Tensor], data: torch.Tensor) -> dict:
     """Name → one pass over every layer."""
     packed = served(weights, "packed")
-    native = served(weights, "native") if model_native_kernel.fits(weights[0]) else None
+    native = served(weights, "native") if native_kernel.fits(weights[0]) else None
     return {
         "sum": lambda: data.sum(),
         "blas": lambda: [F.linear(x, w) for w in weights],
@@ -86,7 +82,7 @@ def measure(dtype: torch.dtype, rows: int, repeats: int) -> dict[str, float]:
 
 def attention(dtype: torch.dtype, sequences: int, repeats: int, length: int = 480) -> dict[str, float]:
     """Best effective GB/s of the KV cache read by SDPA and by the native kernel, interleaved."""
-    if model_native_kernel.unavailable(Settings().kernel_cache_dir):
+    if native_kernel.unavailable(Settings().kernel_cache_dir):
         raise SystemExit("the native kernels are not available here (see the log)")
     query = torch.randn(sequences, 16, 1, 128, dtype=dtype)
     caches = [[torch.randn(sequences, 8, length + 128, 128, dtype=dtype)[:, :, :length] for _ in range(2)]

@@ -23,7 +23,7 @@ from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
 from transformers.generation.streamers import BaseStreamer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-import inputs
+from bench import inputs
 
 log = logging.getLogger("bench.naive")
 IMAGE_PAD = "<|image_pad|>"

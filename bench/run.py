@@ -37,12 +37,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import hardware
-import inputs
-import report
-from build_checkpoint import build_checkpoint
-from client import Measurement, concurrent_chats, decode_steps, settled_gauge, stream_chat
-from server import ROOT, Server
+from bench import hardware, inputs, report
+from bench.build_checkpoint import build_checkpoint
+from bench.client import Measurement, concurrent_chats, decode_steps, settled_gauge, stream_chat
+from bench.server import ROOT, Server
 
 log = logging.getLogger("bench.run")
 BENCH = Path(__file__).resolve().parent
@@ -152,7 +150,7 @@ def server_env(model_dir: Path, dtype: str, args: argparse.Namespace, extra: dic
 def run_naive(model_dir: Path, dtype: str, args: argparse.Namespace, image_path: Path) -> dict:
     """bench/naive.py in its own process (never beside a server: one model copy at a time)."""
     out = args.log_dir / f"naive-{dtype}.json"
-    command = [sys.executable, str(BENCH / "naive.py"), "--model", str(model_dir), "--dtype", dtype,
+    command = [sys.executable, "-m", "bench.naive", "--model", str(model_dir), "--dtype", dtype,
                "--image", str(image_path), "--max-tokens", str(args.max_tokens), "--clients", str(args.clients),
                "--measured-clients", str(args.clients if args.naive_measured_clients is None
                                          else args.naive_measured_clients),
@@ -160,7 +158,7 @@ def run_naive(model_dir: Path, dtype: str, args: argparse.Namespace, image_path:
     log.info("naive baseline, %s", dtype)
     before, meter = children_jiffies(), hardware.CpuMeter()
     with open(args.log_dir / f"naive-{dtype}.log", "ab") as sink:
-        subprocess.run(command, check=True, stdout=sink, stderr=subprocess.STDOUT, cwd=BENCH)
+        subprocess.run(command, check=True, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
     return {**json.loads(out.read_text()), "cpu": meter.result(children_jiffies() - before)}
 
 

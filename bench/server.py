@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from client import health
+from bench.client import health
 
 log = logging.getLogger("bench.server")
 

@@ -24,12 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from PIL import Image
 
-from PIL import Image  # noqa: E402
-
-from live_server import LiveServer  # noqa: E402
+from tests.support.live_server import LiveServer
 
 KEY = "soak-key"
 EXPECTED = {200, 400, 401, 415, 429}  # 429: the queue is full, which concurrent clients will cause
@@ -203,7 +200,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="loupe-soak-") as scratch:
         model_dir = args.model_dir
         if model_dir is None:
-            from tiny_model import build_tiny_model
+            from tests.support.tiny_model import build_tiny_model
 
             model_dir = build_tiny_model(Path(scratch) / "tiny-model")
         figures = run(duration, clients, args.max_requests, model_dir, Path(scratch) / "server.log")

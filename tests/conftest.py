@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from app import create_app
-from config import Settings
-from live_server import KERNEL_CACHE_DIR, ROOT, LiveServer
-from tiny_model import build_tiny_model
+from loupe.settings import Settings
+from tests.support.live_server import KERNEL_CACHE_DIR, ROOT, LiveServer
+from tests.support.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -45,9 +45,9 @@ def backend(settings):
 @pytest.fixture(scope="session")
 def native() -> None:
     """Build (or find) Loupe's native kernels; skip where they cannot be (test_model_kernels covers why)."""
-    import model_native_kernel
+    from loupe.runtime import native_kernel
 
-    problem = model_native_kernel.unavailable(str(KERNEL_CACHE_DIR))
+    problem = native_kernel.unavailable(str(KERNEL_CACHE_DIR))
     if problem:
         pytest.skip(problem)
 

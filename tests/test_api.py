@@ -1,39 +1,16 @@
 """The HTTP API through Flask's test client, on the tiny model: shapes, streaming, every error status."""
-import base64
 import io
-import json
 import threading
 
 import pytest
 from PIL import Image
 
 from app import create_app
-from engine import Engine
-from errors import SERVER_BUSY_RETRY_AFTER
-from test_engine import ScriptedBackend
-
-
-def png(width=64, height=48, fmt="PNG"):
-    buffer = io.BytesIO()
-    Image.effect_noise((width, height), 40).convert("RGB").save(buffer, fmt)
-    return buffer.getvalue()
-
-
-def data_url(data, mime="image/png"):
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-def ask(text="Hi", image=None, **fields):
-    content = [{"type": "text", "text": text}]
-    if image is not None:
-        content.insert(0, {"type": "image_url", "image_url": {"url": image}})
-    return {"model": "anything", "messages": [{"role": "user", "content": content}], **fields}
-
-
-def sse_chunks(response):
-    lines = [line for line in response.get_data(as_text=True).split("\n\n") if line and not line.startswith(":")]
-    assert lines[-1] == "data: [DONE]"
-    return [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+from loupe.engine.engine import Engine
+from loupe.errors import SERVER_BUSY_RETRY_AFTER
+from loupe.web.services import services
+from tests.support.chat import ask, data_url, png, sse_chunks
+from tests.support.fakes import ScriptedBackend
 
 
 def test_text_completion(client, backend):
@@ -196,7 +173,7 @@ def test_a_server_fault_is_a_500_that_says_nothing_of_its_cause(settings, caplog
 def test_a_full_queue_is_429_and_a_closed_stream_stops_the_generation(settings, backend, caplog):
     app = create_app(settings.replace(queue_size=0, max_batch=1))
     client = app.test_client()
-    engine = app.extensions["loupe"].engine
+    engine = services(app).engine
     for _ in range(500):
         if engine.status == "ok":
             break
@@ -210,7 +187,7 @@ def test_a_full_queue_is_429_and_a_closed_stream_stops_the_generation(settings, 
     assert busy.status_code == 429
     assert busy.get_json()["error"]["code"] == "server_busy"
     assert busy.headers["Retry-After"] == str(SERVER_BUSY_RETRY_AFTER)
-    caplog.set_level("INFO", logger="engine")
+    caplog.set_level("INFO", logger="loupe.engine.engine")
     stream.close()  # the client goes away: the generation stops and the slot frees
     for _ in range(500):
         if not engine.running:

@@ -1,10 +1,6 @@
 """The benchmark's arithmetic (batched window, pass rates, paired efficiency, batching) and its reading of /metrics."""
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/ is scripts, not a package
-
-from report import batched_window, union_seconds  # noqa: E402
+from bench.report import batched_window, union_seconds
 
 
 def client(ttft, finished, chunks):
@@ -27,7 +23,7 @@ def test_no_window_without_chunk_times_or_overlap():
 
 
 def test_step_rates_come_from_the_pass_histogram():
-    from report import step_figures
+    from bench.report import step_figures
 
     steps = {"1": {"count": 10, "sum": 3.0}, "2": {"count": 1, "sum": 0.4}, "4": {"count": 20, "sum": 10.0}}
     figures = step_figures(steps, clients=4)
@@ -37,7 +33,7 @@ def test_step_rates_come_from_the_pass_histogram():
 
 
 def test_each_paired_decode_is_against_the_mean_of_its_own_two_samples():
-    from report import paired_figures
+    from bench.report import paired_figures
 
     rounds = [{"decode_tps": 4.0, "bandwidth_before": 30e9, "bandwidth_after": 50e9},  # 4 x 8e9 / 40e9 = 0.8
               {"decode_tps": 3.0, "bandwidth_before": 50e9, "bandwidth_after": 30e9},  # 0.6
@@ -50,7 +46,7 @@ def test_each_paired_decode_is_against_the_mean_of_its_own_two_samples():
 
 
 def test_each_batch_round_is_against_its_own_one_client_rate():
-    from report import paired_batch_figures
+    from bench.report import paired_batch_figures
 
     rounds = [{"one_decode_tps": 5.0, "concurrent_batched_decode_tps": 20.0},  # 4.0
               {"one_decode_tps": 8.0, "concurrent_batched_decode_tps": 16.0},  # 2.0: slow memory while four decode
@@ -63,7 +59,7 @@ def test_each_batch_round_is_against_its_own_one_client_rate():
 
 
 def test_a_metric_is_read_from_the_exposition_by_its_sample_name():
-    from client import metric_value
+    from bench.client import metric_value
     text = ("# HELP loupe_prefix_cache_tokens Tokens kept.\n# TYPE loupe_prefix_cache_tokens gauge\n"
             "loupe_prefix_cache_tokens 3382.0\n")
     assert metric_value(text, "loupe_prefix_cache_tokens") == 3382
@@ -71,7 +67,7 @@ def test_a_metric_is_read_from_the_exposition_by_its_sample_name():
 
 
 def test_the_prefix_cache_is_read_once_the_conversation_is_put_away(live_server):
-    from client import settled_gauge, stream_chat
+    from bench.client import settled_gauge, stream_chat
     server = live_server()
     answer = stream_chat(server.url, [{"role": "user", "content": "Hello there"}], 3)
     assert answer.error is None
@@ -79,8 +75,8 @@ def test_the_prefix_cache_is_read_once_the_conversation_is_put_away(live_server)
 
 
 def test_paired_batches_run_one_client_then_all_at_once_against_a_real_server(live_server):
-    import inputs
-    from run import Pairing, paired_batches
+    from bench import inputs
+    from bench.run import Pairing, paired_batches
     server = live_server(MAX_BATCH="4")
     image = inputs.data_url(inputs.jpeg_bytes(inputs.photo(size=(64, 48))))
     rounds = paired_batches(server.url, image, 4, Pairing(0, 0, lambda: 0.0, batch_rounds=2, batch_tokens=8))
@@ -92,7 +88,7 @@ def test_paired_batches_run_one_client_then_all_at_once_against_a_real_server(li
 
 
 def test_a_failed_paired_round_is_listed_with_its_reason():
-    from report import error_lines
+    from bench.report import error_lines
 
     ok = {"error": None}
     raw = {"first_turn": ok, "follow_up": ok, "concurrent": {"clients": [ok]}, "paired_decodes": [ok],

@@ -1,7 +1,7 @@
 """Settings come from the environment (and .env), typed and validated, with documented defaults."""
 import pytest
 
-from config import DEFAULT_MODEL_ID, Settings, documented_settings
+from loupe.settings import DEFAULT_MODEL_ID, Settings, documented_settings
 
 
 def test_defaults():

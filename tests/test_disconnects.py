@@ -2,7 +2,7 @@
 import socket
 import threading
 
-from disconnects import POLL_SECONDS, cancel_on_disconnect, peer_closed
+from loupe.web.disconnects import POLL_SECONDS, cancel_on_disconnect, peer_closed
 
 
 def test_a_peer_is_closed_only_once_it_hangs_up():

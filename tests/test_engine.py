@@ -4,78 +4,13 @@ These tests drive the engine with a scripted backend so that queue states can be
 the model itself is exercised in test_model.py and test_api.py.
 """
 import threading
-from dataclasses import dataclass
 
 import pytest
 
-from engine import Engine
-from generation import Token
-from errors import GenerationFailed, ModelUnavailable, ServerBusy
-from inference import ChatRequest, Finished, Message, SamplingParams, Started, TextDelta, TextPart
-
-
-@dataclass
-class ScriptedPrompt:
-    prompt_tokens: int = 5
-    image_tokens: int = 0
-
-
-class ScriptedBackend:
-    """Gives each sequence the given texts as tokens; every sample waits for `gate` when one is set."""
-
-    name, device, dtype, cached_tokens = "scripted", "cpu", "float32", 0
-
-    def __init__(self, texts, eos_at_end=True, gate=None, fail_after=None):
-        self.texts, self.eos_at_end, self.gate, self.fail_after = texts, eos_at_end, gate, fail_after
-        self.tokens_made = 0
-        self.started = threading.Event()
-        self.batch = []
-        self.widest_batch = 0
-        self.calls = []
-
-    def prepare(self, messages, max_tokens):
-        return ScriptedPrompt()
-
-    def start(self, prompt, sampling):
-        self.calls.append("start")
-        self.started.set()
-        sequence = {"step": 0}
-        self.batch.append(sequence)
-        self.widest_batch = max(self.widest_batch, len(self.batch))
-        return sequence
-
-    def sample(self, sequence):
-        self.calls.append("sample")
-        if self.gate is not None:
-            self.gate.wait(5)
-        step = sequence["step"]
-        if self.fail_after is not None and step >= self.fail_after:
-            raise RuntimeError("backend broke")
-        self.tokens_made += 1
-        if step < len(self.texts):
-            return Token(step, self.texts[step])
-        return Token(99, "", eos=self.eos_at_end)
-
-    def advance(self):
-        for sequence in self.batch:
-            sequence["step"] += 1
-
-    def finish(self, sequence):
-        self.batch.remove(sequence)
-
-
-def chat(max_tokens=10, stop=()):
-    sampling = SamplingParams(max_tokens, 0.0, 1.0, 0, 0.0, stop=stop)
-    return ChatRequest((Message("user", (TextPart("hi"),)),), sampling)
-
-
-def ready_engine(backend, queue_size=2, max_batch=1):
-    engine = Engine(lambda: backend, queue_size, max_batch).start()
-    for _ in range(500):
-        if engine.status == "ok":
-            return engine
-        threading.Event().wait(0.01)
-    raise AssertionError("engine did not become ready")
+from loupe.engine.engine import Engine
+from loupe.errors import GenerationFailed, ModelUnavailable, ServerBusy
+from loupe.inference import Finished, Started, TextDelta
+from tests.support.fakes import ScriptedBackend, chat, ready_engine
 
 
 def test_events_of_a_whole_generation():

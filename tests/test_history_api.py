@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from engine import Engine
-from image_store import sha256_of
-from test_api import ask, data_url, png, sse_chunks
-from test_engine import ScriptedBackend
+from loupe.engine.engine import Engine
+from loupe.history.image_store import sha256_of
+from tests.support.chat import ask, data_url, png, sse_chunks
+from tests.support.fakes import ScriptedBackend
 
 
 @pytest.fixture
@@ -226,9 +226,9 @@ def test_with_history_off_nothing_is_written_and_the_routes_say_so(app, settings
 
 
 def test_a_history_fault_is_logged_and_never_breaks_the_answer(app, settings, tmp_path, caplog):
-    from history_schema import make_engine
-    from history_store import HistoryStore
-    from image_store import ImageStore
+    from loupe.history.image_store import ImageStore
+    from loupe.history.schema import make_engine
+    from loupe.history.store import HistoryStore
 
     unmigrated = HistoryStore(make_engine(f"sqlite:///{tmp_path / 'empty.db'}"), ImageStore(tmp_path / "images"))
     client = create_app(settings, engine=app.extensions["loupe"].engine, history=unmigrated).test_client()

@@ -13,8 +13,8 @@ import urllib.request
 
 from PIL import Image
 
-from config import Settings
-from history_store import HistoryStore
+from loupe.history.store import HistoryStore
+from loupe.settings import Settings
 
 
 def call(server, method, path, body=None, headers=None, timeout=30):

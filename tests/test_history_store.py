@@ -8,10 +8,10 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from config import Settings
-from history_schema import current_revision, head_revision, make_engine, migrate
-from history_store import HistoryStore, NewImage, utcnow
-from image_store import ImageStore, sha256_of
+from loupe.history.image_store import ImageStore, sha256_of
+from loupe.history.schema import current_revision, head_revision, make_engine, migrate
+from loupe.history.store import HistoryStore, NewImage, utcnow
+from loupe.settings import Settings
 
 
 def photo(seed=0, size=(40, 30)):

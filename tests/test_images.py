@@ -5,10 +5,10 @@ import io
 import pytest
 from PIL import Image
 
-from config import Settings
-from errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from images import decode_data_url, decode_image, load_request_images
-from inference import ChatRequest, ImagePart, Message, SamplingParams, TextPart
+from loupe.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from loupe.inference import ChatRequest, ImagePart, Message, SamplingParams, TextPart
+from loupe.protocol.images import decode_data_url, decode_image, load_request_images
+from loupe.settings import Settings
 
 SETTINGS = Settings.from_mapping({"IMAGE_MAX_EDGE": "64", "MAX_IMAGE_BYTES": "200000"})
 

@@ -6,9 +6,9 @@ import threading
 import time
 
 from app import create_app
-from engine import Engine
-from lifecycle import begin_shutdown
-from test_api import ask
+from loupe.engine.engine import Engine
+from loupe.web.lifecycle import begin_shutdown
+from tests.support.chat import ask
 
 
 def test_live_answers_while_the_model_loads(settings):
@@ -98,7 +98,7 @@ def test_a_generation_longer_than_the_grace_period_ends_with_a_clear_error(live_
 
 
 def test_the_grace_timer_ends_queued_and_running_generations(settings):
-    from test_engine import ScriptedBackend
+    from tests.support.fakes import ScriptedBackend
 
     gate = threading.Event()  # never opened until the end: the running generation makes no progress
     engine = Engine(lambda: ScriptedBackend(["a"] * 100, gate=gate), queue_size=2).start()

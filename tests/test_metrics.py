@@ -5,8 +5,8 @@ import time
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
-from engine import Engine
-from test_api import ask, data_url, png
+from loupe.engine.engine import Engine
+from tests.support.chat import ask, data_url, png
 
 
 def scrape(client):
@@ -71,7 +71,7 @@ def test_generations_speed_and_tokens(app):
 
 def test_queue_in_progress_and_model_gauges(settings):
     release, gate = threading.Event(), threading.Event()
-    from test_engine import ScriptedBackend
+    from tests.support.fakes import ScriptedBackend
 
     def load():
         release.wait(10)

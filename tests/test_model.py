@@ -6,12 +6,12 @@ import torch
 from PIL import Image
 from transformers import TopKLogitsWarper, TopPLogitsWarper
 
-from errors import InvalidRequest
-from inference import ImagePart, Message, SamplingParams, TextPart
-from model_decode_step import TransformersDecodeStep
+from loupe.errors import InvalidRequest
+from loupe.inference import ImagePart, Message, SamplingParams, TextPart
+from loupe.runtime.decode_step import TransformersDecodeStep
+from loupe.runtime.sampling import Sampler
 from model_loader import load_backend
-from model_sampling import Sampler
-from reference_processor import reference_inputs
+from tests.support.reference_processor import reference_inputs
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, top_p=1.0, top_k=0, presence_penalty=0.0,
                         ignore_eos=True)
@@ -62,7 +62,7 @@ def test_prepared_inputs_equal_transformers_own_processor(backend, messages):
     merge = backend.image_processor.merge_size ** 2
     image_count = sum(len(m.images()) for m in messages)
     pads = 0 if prompt.image_grid_thw is None else int(prompt.image_grid_thw.prod(-1).sum()) // merge
-    assert prompt.image_tokens == pads == int((prompt.input_ids == backend.image_token_id).sum())
+    assert prompt.image_tokens == pads == int((prompt.input_ids == backend.prompts.image_token_id).sum())
     assert (prompt.image_grid_thw is None) == (image_count == 0)
 
 
@@ -110,7 +110,7 @@ def test_text_with_chat_or_vision_tokens_is_refused(backend, text):
 
 
 def test_whatever_the_model_says_can_be_sent_back_as_history(backend):
-    from model_sampling import IncrementalDecoder
+    from loupe.runtime.sampling import IncrementalDecoder
 
     for token in range(len(backend.tokenizer)):
         said = IncrementalDecoder(backend.tokenizer).add(token)
@@ -211,7 +211,7 @@ def test_image_tokens_are_keyed_by_their_pixels(backend):
 
 def own_backend(settings, **changes):
     """A backend of its own (its own batch and prefix cache) on the loaded tiny model, with changed settings."""
-    from model_loader import QwenBackend
+    from loupe.runtime.backend import QwenBackend
 
     shared = load_backend(settings)
     return QwenBackend(shared.model, shared.tokenizer, shared.image_processor, shared.eos_ids, "own",
@@ -219,7 +219,7 @@ def own_backend(settings, **changes):
 
 
 def test_kept_conversations_give_way_to_running_sequences_within_the_bound(settings):
-    from model_cache import ROOM
+    from loupe.runtime.cache import ROOM
 
     bound = 2 * ROOM + 200
     backend = own_backend(settings, prefix_cache_tokens=bound)

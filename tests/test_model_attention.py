@@ -4,10 +4,10 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import profile
 
-from live_server import KERNEL_CACHE_DIR
-from model_attention import NAME, use_native_attention
-from model_cache import new_cache
-from model_weights import load_model
+from loupe.runtime.attention import NAME, use_native_attention
+from loupe.runtime.cache import new_cache
+from loupe.runtime.weights import load_model
+from tests.support.live_server import KERNEL_CACHE_DIR
 
 pytestmark = pytest.mark.usefixtures("native")  # conftest: skipped where the kernels cannot be built
 

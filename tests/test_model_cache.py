@@ -4,7 +4,7 @@ import copy
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from model_cache import ROOM, GrowingLayer
+from loupe.runtime.cache import ROOM, GrowingLayer
 
 
 def states(length, seed, batch=1):
@@ -76,7 +76,7 @@ def test_fitting_drops_the_spare_room_and_keeps_the_states():
 def test_a_caches_positions_count_its_rows_room_and_nothing_before_it_holds_states():
     from transformers import DynamicCache
 
-    from model_cache import cache_positions
+    from loupe.runtime.cache import cache_positions
     cache = DynamicCache()
     cache.layers = [GrowingLayer(), GrowingLayer()]
     assert cache_positions(cache) == cache_positions(None) == 0

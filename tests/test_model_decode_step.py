@@ -3,13 +3,14 @@ import pytest
 import torch
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRMSNorm, apply_rotary_pos_emb
 
-from live_server import KERNEL_CACHE_DIR
-from model_attention import use_native_attention
-from model_batch import DecodeBatch
-from model_cache import new_cache
-from model_decode_step import NativeDecodeStep, TransformersDecodeStep, decode_step
-from model_kernels import use_linear_kernel
-from model_weights import load_model
+from loupe.runtime.attention import use_native_attention
+from loupe.runtime.batch import DecodeBatch
+from loupe.runtime.cache import new_cache
+from loupe.runtime.decode_step import NativeDecodeStep, TransformersDecodeStep, decode_step
+from loupe.runtime.kernels import use_linear_kernel
+from loupe.runtime.weights import load_model
+from tests.support.cpu import NATIVE_DTYPES
+from tests.support.live_server import KERNEL_CACHE_DIR
 
 DTYPES = [torch.float32, torch.bfloat16]
 pytestmark = pytest.mark.usefixtures("native")  # conftest: skipped where the kernels cannot be built
@@ -61,7 +62,7 @@ def native_model(directory, dtype: torch.dtype):
     return model
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", NATIVE_DTYPES)  # bfloat16 layers are native only with AVX512-BF16
 def test_a_batch_decodes_the_same_logits_and_caches_as_transformers(tiny_model_dir, dtype):
     model = native_model(tiny_model_dir, dtype)
     ids = torch.randint(0, model.config.text_config.vocab_size, (2, 9))

@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import model_native_kernel
-from live_server import KERNEL_CACHE_DIR, ROOT
-from model_kernels import PACKED_ROWS, OneDnnLinear, PackedLinear, use_linear_kernel
-from model_native_kernel import BlockedEmbedding, NativeLinear
-from model_weights import load_model
+from loupe.runtime import native_kernel
+from loupe.runtime.kernels import PACKED_ROWS, OneDnnLinear, PackedLinear, use_linear_kernel
+from loupe.runtime.native_kernel import BlockedEmbedding, NativeLinear
+from loupe.runtime.weights import load_model
+from tests.support.cpu import NATIVE_DTYPES, needs_bf16_native
+from tests.support.live_server import KERNEL_CACHE_DIR, ROOT
 
 
 def linears(model):
@@ -24,16 +25,13 @@ def plain_weights(model):
     return {name: (m.weight.detach().clone(), m.bias) for name, m in linears(model).items()}
 
 
-# The native bfloat16 kernel multiplies bfloat16 pairs exactly and adds in float32, as oneDNN does:
-# its results are float32 arithmetic rounded to bfloat16 once (8 bits: a relative step of 2**-8).
-BF16_NATIVE = torch.cpu._is_avx512_bf16_supported()
-needs_bf16_native = pytest.mark.skipif(not BF16_NATIVE, reason="this CPU has no AVX512-BF16")
-DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=needs_bf16_native)]
 BLOCKS = {torch.float32: (40, 64), torch.bfloat16: (20, 64, 2)}  # a block of 40 inputs, for each dtype
 
 
 def assert_linear(out, x, weight, bias):
     """`out` is F.linear(x, weight, bias): float32 to 1e-5, bfloat16 as float32 arithmetic rounded once."""
+    # The native bfloat16 kernel multiplies bfloat16 pairs exactly and adds in float32, as oneDNN does:
+    # its results are float32 arithmetic rounded to bfloat16 once (8 bits: a relative step of 2**-8).
     if out.dtype == torch.float32:
         assert torch.allclose(out, F.linear(x, weight, bias), atol=1e-5)
         return
@@ -43,7 +41,7 @@ def assert_linear(out, x, weight, bias):
 
 @pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512", reason="written for AVX-512 only")
 def test_the_native_kernel_builds_where_it_is_written_for():
-    assert model_native_kernel.unavailable(str(KERNEL_CACHE_DIR)) is None  # CI installs g++
+    assert native_kernel.unavailable(str(KERNEL_CACHE_DIR)) is None  # CI installs g++
 
 
 @pytest.mark.parametrize("kernel", ["native", "packed"])
@@ -124,7 +122,7 @@ def test_the_blas_kernel_leaves_the_model_alone(tiny_model_dir):
     assert all(type(m) is torch.nn.Linear for m in linears(model).values())
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", NATIVE_DTYPES)
 def test_native_ties_the_lm_head_and_the_embedding_to_one_blocked_copy(native, tiny_model_dir, dtype):
     model = load_model(tiny_model_dir, dtype)
     embedding = model.model.language_model.embed_tokens
@@ -137,7 +135,7 @@ def test_native_ties_the_lm_head_and_the_embedding_to_one_blocked_copy(native, t
         assert torch.equal(embedding(ids), rows[ids])
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", NATIVE_DTYPES)
 def test_a_native_model_computes_the_plain_models_logits(native, tiny_model_dir, dtype):
     plain, blocked = load_model(tiny_model_dir, dtype), load_model(tiny_model_dir, dtype)
     use_linear_kernel(blocked, "native", str(KERNEL_CACHE_DIR))
@@ -147,23 +145,23 @@ def test_a_native_model_computes_the_plain_models_logits(native, tiny_model_dir,
     assert torch.allclose(ours, theirs, atol=1e-4 if dtype == torch.float32 else 1e-2)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", NATIVE_DTYPES)
 @pytest.mark.parametrize("rows", [1, 5, 6, 7, 13])
 def test_native_layers_pad_odd_widths_and_add_the_bias(native, rows, dtype):
     layer = torch.nn.Linear(40, 100, dtype=dtype)  # 100 columns: the second block of 64 is partly padding
     weight, bias = layer.weight.detach().clone(), layer.bias.detach().clone()
-    model_native_kernel.to_native(layer)
+    native_kernel.to_native(layer)
     assert type(layer) is NativeLinear and layer.weight.shape == (2, *BLOCKS[dtype])
     x = torch.randn(rows, 40, dtype=dtype)
     with torch.inference_mode():
         assert_linear(layer(x), x, weight, bias)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", NATIVE_DTYPES)
 def test_native_rearranges_a_whole_number_of_blocks_in_its_own_memory(native, dtype):
     layer = torch.nn.Linear(40, 64 * 37, bias=False, dtype=dtype)  # 37 blocks: more than one batch of them
     weight, memory = layer.weight.detach().clone(), layer.weight.data_ptr()
-    model_native_kernel.to_native(layer)
+    native_kernel.to_native(layer)
     assert layer.weight.shape == (37, *BLOCKS[dtype]) and layer.weight.data_ptr() == memory
     x = torch.randn(3, 40, dtype=dtype)
     with torch.inference_mode():
@@ -175,22 +173,22 @@ def test_a_new_build_leaves_the_three_newest_builds_and_nothing_else_is_touched(
                                 "loupe_kernels-d.so", "loupe_kernels-e.so", "notes.txt"]):
         (tmp_path / name).write_text(name)
         os.utime(tmp_path / name, ns=(10**18 - age * 10**9,) * 2)  # listed newest first
-    model_native_kernel._prune(tmp_path)
+    native_kernel._prune(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "loupe_kernels-b.so", "loupe_kernels-c.so", "loupe_kernels-new.so", "notes.txt"]
 
 
 def test_a_built_kernel_is_found_not_rebuilt(native):
-    compiler = next(filter(None, map(shutil.which, model_native_kernel._COMPILERS)))
-    library = model_native_kernel._build(compiler, KERNEL_CACHE_DIR)
+    compiler = next(filter(None, map(shutil.which, native_kernel._COMPILERS)))
+    library = native_kernel._build(compiler, KERNEL_CACHE_DIR)
     built = library.stat().st_mtime_ns
-    assert model_native_kernel._build(compiler, KERNEL_CACHE_DIR) == library
+    assert native_kernel._build(compiler, KERNEL_CACHE_DIR) == library
     assert library.stat().st_mtime_ns == built
 
 
 FALLBACK = textwrap.dedent("""
     import logging, sys, torch
-    from model_kernels import use_linear_kernel
+    from loupe.runtime.kernels import use_linear_kernel
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 8))
     print(dict(use_linear_kernel(model, "native", sys.argv[1])))

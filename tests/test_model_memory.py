@@ -8,9 +8,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Frees a 16 MiB tensor (which raises glibc's default threshold to 16 MiB), then prints how many
 # MiB of resident memory freeing an 8 MiB tensor gave back.
 PROBE = """
-import sys
 import torch
-sys.path.insert(0, {root!r})
 {setup}
 def rss_mib():
     with open("/proc/self/status") as status:
@@ -26,7 +24,7 @@ print(holding - rss_mib())
 
 def returned_mib(setup: str) -> float:
     """MiB given back by freeing an 8 MiB tensor in a fresh interpreter after `setup` ran."""
-    script = PROBE.format(root=str(ROOT), setup=setup)
+    script = PROBE.format(setup=setup)
     return float(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True,
                                 cwd=ROOT).stdout)
 
@@ -36,10 +34,10 @@ def test_by_default_glibc_keeps_a_freed_block_after_a_larger_one_was_freed():
 
 
 def test_with_the_threshold_fixed_a_freed_block_goes_back():
-    assert returned_mib("import model_memory; model_memory.map_large_allocations()") > 7
+    assert returned_mib("from loupe.runtime import memory; memory.map_large_allocations()") > 7
 
 
 def test_loading_the_model_fixes_the_threshold(tiny_model_dir):
-    setup = (f"from config import Settings; from model_loader import load_backend; "
+    setup = (f"from loupe.settings import Settings; from model_loader import load_backend; "
              f"load_backend(Settings(model_id={str(tiny_model_dir)!r}))")
     assert returned_mib(setup) > 7

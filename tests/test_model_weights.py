@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import Qwen3VLForConditionalGeneration
 
-from model_weights import load_model, local_directory, weight_files
+from loupe.runtime.weights import load_model, local_directory, weight_files
 
 
 def assert_same_weights(model, expected):

@@ -2,8 +2,8 @@
 import json
 import logging
 
-from observability import JsonFormatter, RequestIdFilter
-from test_api import ask, sse_chunks
+from loupe.web.observability import JsonFormatter, RequestIdFilter
+from tests.support.chat import ask, sse_chunks
 
 
 def request_lines(caplog):

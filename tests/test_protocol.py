@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from config import Settings
-from errors import InvalidRequest
-from inference import ImagePart, TextPart
-from protocol import DEFAULT_IMAGE_PROMPT, parse_form_request, parse_json_request
+from loupe.errors import InvalidRequest
+from loupe.inference import ImagePart, TextPart
+from loupe.protocol.chat_requests import DEFAULT_IMAGE_PROMPT, parse_form_request, parse_json_request
+from loupe.settings import Settings
 
 SETTINGS = Settings.from_mapping({"MAX_IMAGES": "2", "MAX_NEW_TOKENS": "64", "MAX_NEW_TOKENS_LIMIT": "128"})
 IMAGE_URL = "data:image/png;base64,AAAA"

@@ -5,15 +5,16 @@ import pytest
 import redis
 
 from app import create_app
-from config import Settings
-from errors import SERVER_BUSY_RETRY_AFTER
-from test_api import ask
-from test_engine import ScriptedBackend, chat, ready_engine
+from loupe.errors import SERVER_BUSY_RETRY_AFTER
+from loupe.settings import Settings
+from loupe.web.services import services
+from tests.support.chat import ask
+from tests.support.fakes import ScriptedBackend, chat, ready_engine
 
 
 def limited_client(app, limit="3/minute", engine=None):
-    settings = app.extensions["loupe"].settings.replace(rate_limit=limit)
-    return create_app(settings, engine=engine or app.extensions["loupe"].engine).test_client()
+    settings = services(app).settings.replace(rate_limit=limit)
+    return create_app(settings, engine=engine or services(app).engine).test_client()
 
 
 def assert_429(response) -> dict:
@@ -65,8 +66,8 @@ def test_the_readme_gives_the_full_queue_s_retry_after(readme_text):
 
 
 def test_instances_sharing_a_redis_share_one_limit(app, redis_uri):
-    settings = app.extensions["loupe"].settings.replace(rate_limit="3/minute", rate_limit_storage=redis_uri)
-    first, second = (create_app(settings, engine=app.extensions["loupe"].engine).test_client() for _ in range(2))
+    settings = services(app).settings.replace(rate_limit="3/minute", rate_limit_storage=redis_uri)
+    first, second = (create_app(settings, engine=services(app).engine).test_client() for _ in range(2))
     answers = [client.post("/v1/chat/completions", json=ask(max_tokens=1)) for client in (first, second, first)]
     assert [a.status_code for a in answers] == [200, 200, 200]
     assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["2", "1", "0"]  # one count, not two
@@ -76,8 +77,8 @@ def test_instances_sharing_a_redis_share_one_limit(app, redis_uri):
 
 
 def test_refused_keys_do_not_use_up_the_limit(app):
-    settings = app.extensions["loupe"].settings.replace(rate_limit="1/minute", api_key="k")
-    client = create_app(settings, engine=app.extensions["loupe"].engine).test_client()
+    settings = services(app).settings.replace(rate_limit="1/minute", api_key="k")
+    client = create_app(settings, engine=services(app).engine).test_client()
     for _ in range(3):
         assert client.post("/v1/chat/completions", json=ask(max_tokens=1)).status_code == 401
     ok = client.post("/v1/chat/completions", json=ask(max_tokens=1), headers={"Authorization": "Bearer k"})

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from config import Settings
-from errors import InvalidRequest, PayloadTooLarge
-from images import load_request_images
-from inference import ChatRequest, ImagePart, Message, SamplingParams
-from remote_images import fetch_image, is_public_address
+from loupe.errors import InvalidRequest, PayloadTooLarge
+from loupe.inference import ChatRequest, ImagePart, Message, SamplingParams
+from loupe.protocol.images import load_request_images
+from loupe.protocol.remote_images import fetch_image, is_public_address
+from loupe.settings import Settings
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000")  # served as-is, not decoded
 SETTINGS = Settings.from_mapping({"ALLOW_REMOTE_IMAGES": "true", "MAX_IMAGE_BYTES": "1000",

@@ -1,9 +1,17 @@
 """Response objects and SSE frames built from engine events."""
 import json
 
-from errors import InvalidRequest
-from inference import Finished, Started, TextDelta, Timings
-from responses import SSE_ACCEPTED, SSE_DONE, CompletionMeta, collect, completion_body, sse_frame, stream_frames
+from loupe.errors import InvalidRequest
+from loupe.inference import Finished, Started, TextDelta, Timings
+from loupe.protocol.responses import (
+    SSE_ACCEPTED,
+    SSE_DONE,
+    CompletionMeta,
+    collect,
+    completion_body,
+    sse_frame,
+    stream_frames,
+)
 
 META = CompletionMeta(model="tiny", id="chatcmpl-1", created=123)
 FINISHED = Finished("length", prompt_tokens=10, completion_tokens=3,

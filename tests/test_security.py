@@ -6,9 +6,10 @@ from html.parser import HTMLParser
 import pytest
 
 from app import create_app
-from config import Settings
-from security import key_is_valid
-from test_api import ask
+from loupe.settings import Settings
+from loupe.web.security import key_is_valid
+from loupe.web.services import services
+from tests.support.chat import ask
 
 KEYS = "key-one,key-two"
 
@@ -18,8 +19,8 @@ def keyed(app, tmp_path_factory):
     """A client of an app that wants API keys (from API_KEY and a key file), sharing the loaded engine."""
     key_file = tmp_path_factory.mktemp("keys") / "keys.txt"
     key_file.write_text("# operators' keys\nfile-key\n\n")
-    settings = app.extensions["loupe"].settings.replace(api_key=KEYS, api_key_file=str(key_file))
-    return create_app(settings, engine=app.extensions["loupe"].engine).test_client()
+    settings = services(app).settings.replace(api_key=KEYS, api_key_file=str(key_file))
+    return create_app(settings, engine=services(app).engine).test_client()
 
 
 def bearer(key):
@@ -50,8 +51,8 @@ def test_the_page_probes_and_metrics_stay_open(keyed):
 
 
 def test_metrics_can_require_the_key(app):
-    settings = app.extensions["loupe"].settings.replace(api_key="k", metrics_require_key=True)
-    client = create_app(settings, engine=app.extensions["loupe"].engine).test_client()
+    settings = services(app).settings.replace(api_key="k", metrics_require_key=True)
+    client = create_app(settings, engine=services(app).engine).test_client()
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers=bearer("k")).status_code != 401
 
@@ -80,8 +81,8 @@ def test_the_api_key_is_not_in_the_settings_repr():
 
 
 def cors_client(app, **changes):
-    settings = app.extensions["loupe"].settings.replace(**changes)
-    return create_app(settings, engine=app.extensions["loupe"].engine).test_client()
+    settings = services(app).settings.replace(**changes)
+    return create_app(settings, engine=services(app).engine).test_client()
 
 
 PREFLIGHT = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",

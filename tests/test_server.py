@@ -16,7 +16,7 @@ LONG = 100_000
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
-    from live_server import LiveServer
+    from tests.support.live_server import LiveServer
 
     # LONG tokens take the tiny model far longer than the hang-up tests wait (it makes about 2,000 a second).
     live = LiveServer({"MODEL_ID": str(tiny_model_dir), "MAX_NEW_TOKENS": "8", "THREADS": "4",

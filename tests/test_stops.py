@@ -1,5 +1,5 @@
 """Stop strings cut the answer, across token boundaries, without sending the stop text."""
-from stops import StopMatcher
+from loupe.engine.stops import StopMatcher
 
 
 def feed_all(matcher, pieces):

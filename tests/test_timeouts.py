@@ -3,9 +3,9 @@ import threading
 import time
 
 from app import create_app
-from engine import Engine
-from test_api import ask
-from test_engine import ScriptedBackend
+from loupe.engine.engine import Engine
+from tests.support.chat import ask
+from tests.support.fakes import ScriptedBackend
 
 
 def started_app(settings, backend, timeout):

@@ -10,7 +10,7 @@ from PIL import Image
 from transformers import AutoTokenizer, GenerationConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from tiny_model import CHAT_TEMPLATE, build_tiny_model
+from tests.support.tiny_model import CHAT_TEMPLATE, build_tiny_model
 
 IMAGE_MESSAGE = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in this picture?"}]}]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from security import CONTENT_SECURITY_POLICY
+from loupe.web.security import CONTENT_SECURITY_POLICY
 
 
 def wait_until_ready(page):

@@ -6,8 +6,8 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from live_server import LiveServer
-from page_actions import wait_until_ready
+from tests.e2e.page_actions import wait_until_ready
+from tests.support.live_server import LiveServer
 
 pytestmark = pytest.mark.e2e
 

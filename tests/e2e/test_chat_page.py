@@ -8,9 +8,16 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from live_server import LiveServer
-from page_actions import (answer_states, chat_requests, goto_under_the_servers_csp, open_settings,
-                          set_max_tokens, wait_until_ready, watch_answer_states)
+from tests.e2e.page_actions import (
+    answer_states,
+    chat_requests,
+    goto_under_the_servers_csp,
+    open_settings,
+    set_max_tokens,
+    wait_until_ready,
+    watch_answer_states,
+)
+from tests.support.live_server import LiveServer
 
 pytestmark = pytest.mark.e2e
 

@@ -7,8 +7,8 @@ import urllib.request
 import pytest
 from playwright.sync_api import expect
 
-from live_server import LiveServer
-from page_actions import chat_requests, goto_under_the_servers_csp, open_settings, wait_until_ready
+from tests.e2e.page_actions import chat_requests, goto_under_the_servers_csp, open_settings, wait_until_ready
+from tests.support.live_server import LiveServer
 
 pytestmark = pytest.mark.e2e
 

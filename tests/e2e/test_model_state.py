@@ -16,9 +16,9 @@ from playwright.sync_api import expect
 from werkzeug.serving import make_server
 
 from app import create_app
-from config import Settings
-from engine import Engine
-from generation import Token
+from loupe.engine.engine import Engine
+from loupe.inference import Token
+from loupe.settings import Settings
 
 pytestmark = pytest.mark.e2e
 

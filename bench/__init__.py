@@ -1,0 +1,1 @@
+"""The benchmark and the soak test: run from the project folder as modules, e.g. `python -m bench.run`."""

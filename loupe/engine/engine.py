@@ -1,0 +1,278 @@
+"""The engine: loads a backend in the background and serves queued requests, decoding them together.
+
+It knows nothing about HTTP or torch: requests come in, events (started, text, finished) go out.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from loupe.engine.generation import Backend, Generation
+from loupe.engine.stops import StopMatcher
+from loupe.errors import GenerationFailed, LoupeError, ModelUnavailable, ServerBusy, ShuttingDown
+from loupe.inference import ChatRequest, Finished, Started, TextDelta, Timings, Token
+
+log = logging.getLogger(__name__)
+
+
+# Told how each generation ended: `stop`, `length`, `cancelled` or `error`, and its timings if it finished.
+Observer = Callable[[str, "Timings | None"], None]
+# Told of each decode forward pass: how many sequences it fed and how long it took, in seconds.
+StepObserver = Callable[[int, float], None]
+
+
+class Engine:
+    """Loads the backend once, in the background, and serves a bounded FIFO queue with one worker.
+
+    The worker decodes up to `max_batch` generations together, one token each per step (they share
+    each pass over the weights); waiting requests join between steps, in order.
+    """
+
+    def __init__(self, load: Callable[[], Backend], queue_size: int, max_batch: int = 1,
+                 request_timeout: float = 0.0):
+        self._load = load
+        self._queue_size = queue_size
+        self._max_batch = max_batch
+        self._request_timeout = request_timeout
+        self._queue: queue.Queue[Generation] = queue.Queue()
+        self._waiting = 0
+        self._lock = threading.Lock()
+        self._backend: Backend | None = None
+        self._error: str | None = None
+        self._started = False
+        self._active = 0
+        self._runs: list[_Run] = []  # the batch; only the engine's thread changes it
+        self._draining = False
+        self._observers: list[Observer] = []
+        self._step_observers: list[StepObserver] = []
+        self.load_seconds: float | None = None
+
+    def start(self) -> Engine:
+        """Begin loading the model and serving the queue; returns at once."""
+        if not self._started:
+            self._started = True
+            threading.Thread(target=self._load_and_serve, name="loupe-engine", daemon=True).start()
+        return self
+
+    @property
+    def status(self) -> str:
+        """`loading`, `ok` or `error`."""
+        if self._backend is not None:
+            return "ok"
+        return "error" if self._error is not None else "loading"
+
+    @property
+    def error(self) -> str | None:
+        """Why loading failed, in words an operator can act on."""
+        return self._error
+
+    @property
+    def backend(self) -> Backend | None:
+        """The loaded backend, or None while loading or after a failure."""
+        return self._backend
+
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens of earlier conversations the loaded model keeps for follow-ups (0 until loaded)."""
+        return self._backend.cached_tokens if self._backend is not None else 0
+
+    @property
+    def running(self) -> int:
+        """Generations under way."""
+        return self._active
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for their turn."""
+        return self._waiting
+
+    @property
+    def draining(self) -> bool:
+        """Whether the engine is finishing its work before the process stops, and taking no more."""
+        return self._draining
+
+    def drain(self) -> None:
+        """Refuse new requests from now on; running and queued ones still complete."""
+        self._draining = True
+
+    def add_observer(self, observer: Observer) -> None:
+        """Call `observer(outcome, timings)` after each generation (metrics use this)."""
+        self._observers.append(observer)
+
+    def add_step_observer(self, observer: StepObserver) -> None:
+        """Call `observer(batch_size, seconds)` after each decode forward pass."""
+        self._step_observers.append(observer)
+
+    def abort_all(self, error: LoupeError) -> int:
+        """End the running and every queued generation with `error`; returns how many there were."""
+        with self._lock:
+            pending = list(self._queue.queue) + [run.generation for run in list(self._runs)]
+        for generation in pending:
+            generation.fail(error)
+        return len(pending)
+
+    def submit(self, request: ChatRequest) -> Generation:
+        """Prepare the prompt on the caller's thread and queue it; 503 if not ready or stopping, 429 if full."""
+        if self._draining:
+            raise ShuttingDown("The server is shutting down; send the request to another instance or retry.")
+        backend = self._backend
+        if backend is None:
+            if self._error is not None:
+                raise ModelUnavailable(f"The model failed to load: {self._error}")
+            raise ModelUnavailable("The model is still loading; try again shortly.")
+        prompt = backend.prepare(request.messages, request.sampling.max_tokens)
+        generation = Generation(request, prompt, self._request_timeout, on_cancel=self._release_slot)
+        with self._lock:
+            # QUEUE_SIZE requests may wait once the batch is full; free batch places take more.
+            if self._waiting >= self._queue_size + self._max_batch - self._active:
+                raise ServerBusy("The server is busy with other requests; try again shortly.")
+            self._waiting += 1
+            generation.holds_slot = True
+        self._queue.put(generation)
+        return generation
+
+    def _release_slot(self, generation: Generation) -> None:
+        """Free a queue slot once per generation: when the worker takes it, or when it is cancelled first."""
+        with self._lock:
+            if generation.holds_slot:
+                generation.holds_slot = False
+                self._waiting -= 1
+
+    def _load_and_serve(self) -> None:
+        begin = time.perf_counter()
+        try:
+            backend = self._load()
+        except Exception as exc:  # noqa: BLE001 - any load failure becomes /health's reason
+            log.exception("model failed to load")
+            self._error = str(exc) or type(exc).__name__
+            return
+        self.load_seconds = time.perf_counter() - begin
+        self._backend = backend
+        log.info("model %s ready in %.1f s", backend.name, self.load_seconds)
+        while True:
+            self._admit(backend)
+            self._step(backend)
+            self._active = len(self._runs)
+
+    def _admit(self, backend: Backend) -> None:
+        """Start one waiting request if the batch has room; wait for one when there is nothing to do.
+
+        One per step: each new request gets its first token right after its own prefill, and the
+        running ones go on decoding between prefills, instead of everyone waiting for a burst's.
+        """
+        while len(self._runs) < self._max_batch:
+            try:
+                generation = self._queue.get(block=not self._runs)
+            except queue.Empty:
+                return
+            self._release_slot(generation)
+            if generation.cancelled:
+                self._notify("timeout" if generation.timed_out else "cancelled", None)
+                continue
+            self._active = len(self._runs) + 1
+            run = _Run(generation)
+            try:
+                run.sequence = backend.start(generation.prompt, generation.request.sampling)
+            except Exception:
+                log.exception("reading the prompt failed")
+                generation.put(GenerationFailed("prefill failed"))
+                self._notify("error", None)
+                continue
+            self._runs.append(run)
+            return
+
+    def _step(self, backend: Backend) -> None:
+        """One token for every run; finished and cancelled ones leave before the next pass."""
+        runs = self._runs
+        try:
+            for run in list(runs):
+                if run.generation.cancelled:
+                    log.info("generation cancelled after %d tokens", run.count)
+                    run.outcome = "timeout" if run.generation.timed_out else "cancelled"
+                elif not run.on_token(backend.sample(run.sequence)):
+                    continue
+                runs.remove(run)
+                backend.finish(run.sequence)
+                self._notify(run.outcome, run.timings if run.outcome in ("stop", "length") else None)
+            if runs:
+                begin = time.perf_counter()
+                backend.advance()
+                self._notify_step(len(runs), time.perf_counter() - begin)
+        except Exception:
+            log.exception("generation failed")
+            for run in runs:
+                run.generation.put(GenerationFailed("generation failed"))
+                self._notify("error", None)
+                try:
+                    backend.finish(run.sequence)
+                except Exception:  # the engine thread must outlive any one batch
+                    log.exception("could not release a failed sequence")
+            runs.clear()
+
+    def _notify_step(self, batch_size: int, seconds: float) -> None:
+        """Tell the step observers about one forward pass."""
+        _tell(self._step_observers, batch_size, seconds)
+
+    def _notify(self, outcome: str, timings: Timings | None) -> None:
+        """Tell the observers how a generation ended."""
+        _tell(self._observers, outcome, timings)
+
+
+def _tell(observers: list[Callable], *args) -> None:
+    """Call each observer; their failures are logged and never stop the engine."""
+    for observer in observers:
+        try:
+            observer(*args)
+        except Exception:  # noqa: BLE001 - a metrics bug must not take generation down
+            log.exception("observer %r failed", observer)
+
+
+class _Run:
+    """One generation in the batch: its timings, stop strings and token count, turned into events."""
+
+    def __init__(self, generation: Generation):
+        self.generation = generation
+        self.sampling = generation.request.sampling
+        prompt = generation.prompt
+        self.timings = Timings(image_tokens=prompt.image_tokens, prompt_tokens=prompt.prompt_tokens)
+        self.began = time.perf_counter()
+        self.timings.queue_ms = (self.began - generation.submitted) * 1000
+        self.matcher = StopMatcher(self.sampling.stop)
+        self.count = 0
+        self.first_at: float | None = None
+        self.sequence: object = None
+        self.outcome = "cancelled"  # until it finishes: `stop` or `length`
+        generation.put(Started())
+
+    def on_token(self, token: Token) -> bool:
+        """Send what the token adds to the answer; True when the generation is over."""
+        now = time.perf_counter()
+        if self.first_at is None:
+            self.first_at = now
+            self.timings.cached_tokens = token.cached_prompt_tokens
+            self.timings.prompt_ms = (now - self.began) * 1000
+            self.timings.ttft_ms = (now - self.generation.submitted) * 1000
+        self.timings.decode_ms = (now - self.first_at) * 1000
+        self.count += 1
+        if token.eos:
+            return self._finish("stop")
+        text, stopped = self.matcher.feed(token.text)
+        if text:
+            self.generation.put(TextDelta(text))
+        if stopped:  # the stop string itself is never sent
+            return self._finish("stop", flush=False)
+        if self.count >= self.sampling.max_tokens:
+            return self._finish("length")
+        return False
+
+    def _finish(self, reason: str, flush: bool = True) -> bool:
+        """Send held-back text (it was no stop string after all) and the Finished event."""
+        if flush and (rest := self.matcher.flush()):
+            self.generation.put(TextDelta(rest))
+        self.timings.completion_tokens = self.count
+        self.outcome = reason
+        self.generation.put(Finished(reason, self.timings.prompt_tokens, self.count, self.timings))
+        return True

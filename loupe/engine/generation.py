@@ -1,0 +1,103 @@
+"""What the engine hands out and takes in: prompts, tokens, the backend's interface, a generation.
+
+Knows nothing about HTTP or torch.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
+
+from loupe.errors import LoupeError, RequestTimeout
+from loupe.inference import ChatRequest, Event, Finished, Message, SamplingParams, Token
+
+
+class Prompt(Protocol):
+    """A prepared prompt: token ids and pixels, whatever the backend needs."""
+
+    prompt_tokens: int
+    image_tokens: int
+
+
+class Backend(Protocol):
+    """What the engine needs from a model: prepare prompts, then decode a batch of sequences."""
+
+    name: str
+    device: str
+    dtype: str
+    cached_tokens: int  # tokens of earlier conversations kept for follow-up questions
+
+    def prepare(self, messages: Sequence[Message], max_tokens: int) -> Prompt:
+        """Tokenise the conversation and process its images (raises InvalidRequest if too long)."""
+
+    def start(self, prompt: Prompt, sampling: SamplingParams) -> object:
+        """Read the prompt and add a sequence for it to the decode batch."""
+
+    def sample(self, sequence: object) -> Token:
+        """The sequence's next token."""
+
+    def advance(self) -> None:
+        """Feed every sequence in the batch its last sampled token (one forward pass)."""
+
+    def finish(self, sequence: object) -> None:
+        """Remove a sequence from the batch."""
+
+
+class Generation:
+    """One submitted request: iterate it for events; `cancel()` when the client has gone."""
+
+    def __init__(self, request: ChatRequest, prompt: Prompt, timeout: float = 0.0,
+                 on_cancel: Callable[[Generation], None] | None = None):
+        self.request = request
+        self.prompt = prompt
+        self.submitted = time.perf_counter()
+        self.timeout = timeout
+        self.timed_out = False
+        self.holds_slot = False  # whether it counts against the queue (the engine sets and clears this)
+        self._deadline = self.submitted + timeout if timeout > 0 else None
+        self._on_cancel = on_cancel
+        self._events: queue.Queue[Event | LoupeError] = queue.Queue()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the engine to stop (or never start) this generation; a queued one frees its slot at once."""
+        self._cancelled.set()
+        if self._on_cancel is not None:
+            self._on_cancel(self)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the client gave up on this generation."""
+        return self._cancelled.is_set()
+
+    def fail(self, error: LoupeError) -> None:
+        """End this generation with an error for its consumer, and stop the engine working on it."""
+        self.cancel()
+        self._events.put(error)
+
+    def put(self, event: Event | LoupeError) -> None:
+        """Hand an event (or an error) to the consumer; the engine calls this."""
+        self._events.put(event)
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            try:
+                event = self._events.get(timeout=self._remaining())
+            except queue.Empty:  # past the deadline, waiting or running: end it and free its slot
+                self.timed_out = True
+                self.fail(RequestTimeout(f"The request did not finish within REQUEST_TIMEOUT ({self.timeout:g} s) "
+                                         "of waiting and generating; ask for fewer tokens or retry later."))
+                continue
+            if isinstance(event, LoupeError):
+                raise event
+            yield event
+            if isinstance(event, Finished):
+                return
+
+    def _remaining(self) -> float | None:
+        """Seconds left before the deadline (None: no deadline)."""
+        if self._deadline is None:
+            return None
+        return max(self._deadline - time.perf_counter(), 0.0)

@@ -1,0 +1,1 @@
+"""The history: one record per request, its images content-addressed on disk, SQL through SQLAlchemy."""

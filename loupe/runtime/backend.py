@@ -1,0 +1,171 @@
+"""Qwen3-VL on torch behind the engine's Backend interface: prefill (reusing cached prefixes) and batch steps."""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from loupe.inference import Message, SamplingParams, Token
+from loupe.runtime.batch import DecodeBatch
+from loupe.runtime.cache import ROOM, fit_cache, new_cache
+from loupe.runtime.decode_step import decode_step
+from loupe.runtime.memory import return_free_memory
+from loupe.runtime.prefix_cache import PrefixCache
+from loupe.runtime.prompts import PromptBuilder, QwenPrompt
+from loupe.runtime.sampling import IncrementalDecoder, Sampler
+from loupe.settings import Settings
+
+MIN_SHARED_TO_COPY = 32  # a shorter shared prefix (a system prompt, say) is cheaper to recompute than copy
+
+
+@dataclass(eq=False)  # identity, not value: a sequence is a row of the decode batch
+class QwenSequence:
+    """One generation in progress: its prompt, sampling state and what the model has read so far."""
+
+    prompt: QwenPrompt
+    sampling: SamplingParams
+    sampler: Sampler
+    decoder: IncrementalDecoder
+    delta: int  # M-RoPE: decoding positions run this far from the token count
+    fed: list[int]  # prefix-cache keys of everything in the KV cache
+    logits: torch.Tensor
+    cached_prompt_tokens: int
+    pending: int | None = None
+    intact: bool = True
+
+
+class QwenBackend:
+    """Qwen3-VL behind the engine's Backend interface."""
+
+    def __init__(self, model, tokenizer, image_processor, eos_ids: set[int], name: str, settings: Settings):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.eos_ids = eos_ids
+        self.name = name
+        self.device = settings.device
+        self.dtype = settings.dtype
+        self.max_context = settings.max_context_tokens
+        self.prompts = PromptBuilder(tokenizer, image_processor, model.config.image_token_id, self.max_context)
+        self.prefix_cache = PrefixCache(settings.prefix_cache_tokens) if settings.prefix_cache_tokens else None
+        self.batch = DecodeBatch(model.config)  # used by the engine's thread only
+        self.decode_step = decode_step(model)
+
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens of earlier conversations kept for follow-up questions (0 without a prefix cache)."""
+        return self.prefix_cache.tokens if self.prefix_cache is not None else 0
+
+    def prepare(self, messages: Sequence[Message], max_tokens: int) -> QwenPrompt:
+        """The conversation as model inputs (raises InvalidRequest past the context limit)."""
+        return self.prompts.build(messages, max_tokens)
+
+    @torch.inference_mode()
+    def start(self, prompt: QwenPrompt, sampling: SamplingParams) -> QwenSequence:
+        """Read a prompt (reusing a cached prefix) and add it to the decode batch."""
+        cache, cached, logits, delta = self._prefill(prompt)
+        sequence = QwenSequence(prompt, sampling, Sampler(sampling), IncrementalDecoder(self.tokenizer),
+                                delta, list(prompt.keys), logits, cached)
+        self.batch.add(sequence, cache)
+        return_free_memory()  # the prefill's activations and the batch's old layers
+        return sequence
+
+    def sample(self, sequence: QwenSequence) -> Token:
+        """Pick the sequence's next token from its latest logits; `advance` feeds it to the model."""
+        token = sequence.sampler.pick(sequence.logits)
+        sequence.pending = token
+        eos = token in self.eos_ids and not sequence.sampling.ignore_eos
+        cached, sequence.cached_prompt_tokens = sequence.cached_prompt_tokens, 0
+        return Token(token, "" if eos else sequence.decoder.add(token), eos, cached)
+
+    @torch.inference_mode()
+    def advance(self) -> None:
+        """One forward pass feeding every sequence in the batch its pending token."""
+        rows: list[QwenSequence] = self.batch.rows
+        positions = [[len(s.fed)] + [len(s.fed) + s.delta] * 3 for s in rows]
+        for sequence in rows:
+            sequence.intact = False  # a failure inside the pass leaves every cache half-written
+        logits = self.batch.forward(self.decode_step, [s.pending for s in rows], positions)
+        for index, sequence in enumerate(rows):
+            sequence.fed.append(sequence.pending)
+            sequence.logits, sequence.pending, sequence.intact = logits[index:index + 1], None, True
+        self._make_room(0)  # the batch may have grown new room
+
+    def _make_room(self, joining: int) -> None:
+        """Evict kept conversations until they, the batch and `joining` positions fit PREFIX_CACHE_TOKENS."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.shrink(self.prefix_cache.max_tokens - self.batch.positions - joining)
+
+    def finish(self, sequence: QwenSequence) -> None:
+        """Take the sequence out of the batch and keep its cache for follow-up questions."""
+        own = self.batch.remove(sequence)
+        if self.prefix_cache is not None and sequence.intact:
+            self.prefix_cache.put(sequence.fed, fit_cache(own))  # no spare room: its bound is its memory
+            self._make_room(0)
+        del own
+        return_free_memory()
+
+    def generate(self, prompt: QwenPrompt, sampling: SamplingParams, cancelled: Callable[[], bool]) -> Iterator[Token]:
+        """One sequence on its own: tokens until an end, the limit, or `cancelled()`."""
+        if cancelled():
+            return
+        sequence = self.start(prompt, sampling)
+        try:
+            for step in range(sampling.max_tokens):
+                token = self.sample(sequence)
+                yield token
+                if token.eos or step + 1 == sampling.max_tokens or cancelled():
+                    return
+                self.advance()
+        finally:
+            self.finish(sequence)
+
+    def _prefill(self, prompt: QwenPrompt) -> tuple[DynamicCache, int, torch.Tensor, int]:
+        """Read the prompt (only what no cached prefix covers): (cache, reused tokens, logits, rope delta)."""
+        positions, delta = self.prompt_positions(prompt)
+        cache, start = self._cached_prefix(prompt)
+        new_images = [i for i, (first, _) in enumerate(prompt.image_spans) if first >= start]
+        pixel_values = grid = None
+        if new_images:
+            rows = prompt.image_grid_thw.prod(-1).tolist()
+            offsets = [sum(rows[:i]) for i in range(len(rows) + 1)]
+            pixel_values = torch.cat([prompt.pixel_values[offsets[i]:offsets[i + 1]] for i in new_images])
+            grid = prompt.image_grid_thw[new_images]
+        logits = self.model(
+            input_ids=prompt.input_ids[:, start:], pixel_values=pixel_values, image_grid_thw=grid,
+            mm_token_type_ids=prompt.mm_token_type_ids[:, start:], position_ids=positions[:, :, start:],
+            cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        return cache, start, logits, delta
+
+    def _cached_prefix(self, prompt: QwenPrompt) -> tuple[DynamicCache, int]:
+        """A cache already holding the longest reusable prefix of the prompt, and that prefix's length."""
+        match = self.prefix_cache.find(prompt.keys) if self.prefix_cache is not None else None
+        start = 0 if match is None else min(match.shared, prompt.prompt_tokens - 1)  # read >= 1 token
+        for first, end in prompt.image_spans:
+            if first < start < end:
+                start = first  # an image's features come whole from the vision encoder: never split one
+        cache, extend = None, match is not None and start == match.length
+        if extend:
+            cache = self.prefix_cache.take(match)  # a follow-up extends the earlier conversation in place
+        elif match is not None and start >= MIN_SHARED_TO_COPY:
+            cache = self.prefix_cache.get(match)  # a branch (regenerate): copied below, the original kept
+        self._make_room(prompt.prompt_tokens + ROOM)  # before the copy, the prompt's activations and its cache
+        if cache is None:
+            return new_cache(self.model.config), 0
+        if not extend:
+            cache = copy.deepcopy(cache)
+        cache.crop(start - cache.get_seq_length())  # transformers 5: minus the tokens to drop
+        return cache, start
+
+    def prompt_positions(self, prompt: QwenPrompt) -> tuple[torch.Tensor, int]:
+        """(4, 1, L) position ids (text row + M-RoPE t/h/w rows) and the offset decoding continues from."""
+        length = prompt.prompt_tokens
+        text_row = torch.arange(length).view(1, 1, length)
+        if prompt.image_grid_thw is None:
+            return text_row.expand(4, 1, length), 0
+        rope, deltas = self.model.model.get_rope_index(
+            prompt.input_ids, mm_token_type_ids=prompt.mm_token_type_ids, image_grid_thw=prompt.image_grid_thw)
+        return torch.cat([text_row, rope], dim=0), int(deltas[0, 0])

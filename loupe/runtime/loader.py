@@ -1,0 +1,50 @@
+"""Loading Qwen3-VL for serving: tokenizer, image processor, weights, and the kernels that compute them."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, GenerationConfig
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from loupe.runtime.attention import use_native_attention
+from loupe.runtime.backend import QwenBackend
+from loupe.runtime.kernels import use_linear_kernel
+from loupe.runtime.memory import map_large_allocations
+from loupe.runtime.weights import load_advice, load_model, local_directory
+from loupe.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says what to do about it."""
+
+
+def load(settings: Settings) -> QwenBackend:
+    """Load tokenizer, image processor and weights (straight into their final dtype, one copy)."""
+    map_large_allocations()  # before the weights: the load's own transient blocks go back too
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    source = settings.model_id
+    try:
+        directory = local_directory(source)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(directory)
+        model = load_model(directory, getattr(torch, settings.dtype))
+        generation_config = GenerationConfig.from_pretrained(directory)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(load_advice(source, exc)) from exc
+    model.to(settings.device).eval()
+    moved = use_linear_kernel(model, settings.linear_kernel, settings.kernel_cache_dir)
+    native = settings.linear_kernel == "native" and use_native_attention(model, settings.kernel_cache_dir)
+    log.info("model %s loaded in %s; linear layers: %s; one-token attention: %s", source, settings.dtype,
+             ", ".join(f"{count} {kernel}" for kernel, count in moved.items()) or "torch's default kernel",
+             "native" if native else "sdpa")
+    if tokenizer.chat_template is None:
+        raise ModelLoadError(f"The tokenizer of {source!r} has no chat template.")
+    eos = generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
+    name = Path(source).name if Path(source).is_dir() else source
+    return QwenBackend(model, tokenizer, image_processor, eos_ids, name, settings)

@@ -1,0 +1,117 @@
+"""Qwen3-VL's model inputs, built as transformers' Qwen3VLProcessor builds them, without torchvision.
+
+The processor needs torchvision, which has no CPU build here. The same inputs come from the model's
+chat template and the PIL image processor: each image's `<|image_pad|>` repeated
+`grid.prod() // merge_size²` times, `pixel_values`, `image_grid_thw` and `mm_token_type_ids` (without
+which M-RoPE silently falls back to text positions). tests/test_model.py checks them against the
+processor's own.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from loupe.errors import InvalidRequest
+from loupe.inference import ImagePart, Message
+
+IMAGE_PAD = "<|image_pad|>"
+
+
+@dataclass(frozen=True)
+class QwenPrompt:
+    """Model inputs for one conversation, exactly as transformers' Qwen3VLProcessor would give them."""
+
+    input_ids: torch.Tensor  # (1, L); each image's pad token repeated grid.prod() // merge**2 times
+    mm_token_type_ids: torch.Tensor  # (1, L); 1 on image tokens: without it M-RoPE silently goes text-only
+    pixel_values: torch.Tensor | None
+    image_grid_thw: torch.Tensor | None
+    # Per position: the token id, or for image tokens a digest of the image's pixels, so that two
+    # prompts share a prefix only if they share its images too (all image pads have the same id).
+    keys: tuple[int, ...] = ()
+    image_spans: tuple[tuple[int, int], ...] = ()  # token [start, end) of each image
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.input_ids.shape[1]
+
+    @property
+    def image_tokens(self) -> int:
+        return int(self.mm_token_type_ids.sum())
+
+
+
+class PromptBuilder:
+    """Turns a conversation into a QwenPrompt with the model's tokenizer and image processor."""
+
+    def __init__(self, tokenizer, image_processor, image_token_id: int, max_context: int):
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.image_token_id = image_token_id
+        self.max_context = max_context
+        # Chat-structure and vision tokens: text holding them would break the prompt (an image pad
+        # without pixels). Answers never contain them (they are skipped when decoding), so anything
+        # the server said can be sent back as history.
+        self._specials = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+
+    def build(self, messages: Sequence[Message], max_tokens: int) -> QwenPrompt:
+        """Chat template + PIL image processor + placeholder expansion: the processor's inputs."""
+        conversation, images = self._conversation(messages)
+        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        pixel_values = grid = None
+        if images:
+            processed = self.image_processor(images=images, return_tensors="pt")
+            pixel_values, grid = processed["pixel_values"], processed["image_grid_thw"]
+            merge = self.image_processor.merge_size ** 2
+            pieces = text.split(IMAGE_PAD)
+            expanded = [pieces[0]]
+            for thw, piece in zip(grid, pieces[1:]):
+                expanded += [IMAGE_PAD * int(thw.prod() // merge), piece]
+            text = "".join(expanded)
+        input_ids = torch.tensor([self.tokenizer(text)["input_ids"]], dtype=torch.long)
+        if input_ids.shape[1] + max_tokens > self.max_context:
+            raise InvalidRequest(
+                f"The prompt is {input_ids.shape[1]} tokens; with max_tokens {max_tokens} it exceeds the "
+                f"context limit of {self.max_context}. Shorten the conversation or send fewer images.",
+                param="messages")
+        token_types = (input_ids == self.image_token_id).to(torch.int32)
+        keys, spans = _content_keys(input_ids, token_types, pixel_values, grid, self.image_processor.merge_size)
+        return QwenPrompt(input_ids, token_types, pixel_values, grid, keys, spans)
+
+    def _conversation(self, messages: Sequence[Message]) -> tuple[list[dict], list]:
+        """Messages in the chat template's format, and their images in order."""
+        conversation, images = [], []
+        for message in messages:
+            content = []
+            for part in message.parts:
+                if isinstance(part, ImagePart):
+                    content.append({"type": "image"})
+                    images.append(part.image)
+                else:
+                    if any(special in part.text for special in self._specials):
+                        raise InvalidRequest("Message text may not contain the model's special tokens.",
+                                             param="messages")
+                    content.append({"type": "text", "text": part.text})
+            conversation.append({"role": message.role, "content": content})
+        return conversation, images
+
+
+def _content_keys(input_ids: torch.Tensor, token_types: torch.Tensor, pixel_values: torch.Tensor | None,
+                  grid: torch.Tensor | None, merge_size: int) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """Per-position prefix-cache keys (image tokens keyed by their pixels) and each image's token span."""
+    keys = input_ids[0].tolist()
+    if grid is None:
+        return tuple(keys), ()
+    starts = [i for i, t in enumerate(token_types[0].tolist()) if t and (i == 0 or not token_types[0, i - 1])]
+    spans, row = [], 0
+    for start, thw in zip(starts, grid):
+        rows = int(thw.prod())
+        digest = hashlib.blake2b(pixel_values[row:row + rows].numpy().tobytes(), digest_size=7).digest()
+        base = int.from_bytes(digest, "big") << 16
+        count = rows // merge_size**2
+        keys[start:start + count] = [-(base + k) for k in range(count)]  # negative: never a token id
+        spans.append((start, start + count))
+        row += rows
+    return tuple(keys), tuple(spans)

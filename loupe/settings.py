@@ -1,0 +1,261 @@
+"""Loupe's settings: the only place that reads environment variables (and `.env`)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+from limits import parse_many
+
+DEFAULT_MODEL_ID = "Qwen/Qwen3-VL-2B-Instruct"
+LINEAR_KERNELS = ("native", "packed", "onednn", "blas")  # implemented in loupe/runtime/kernels.py
+RATE_LIMIT_STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+unix://", "redis+sentinel://",
+                              "redis+cluster://")
+MiB = 1024 * 1024
+
+
+def _setting(default, help: str, env: str | None = None, secret: bool = False):  # noqa: A002 - "help" reads best
+    """A dataclass field that carries its documentation (and its variable name, if not the field's)."""
+    # Secrets stay out of repr() so a logged Settings never shows an API key.
+    return field(default=default, repr=not secret, metadata={"help": help, "env": env})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the service; each is an environment variable of the same name in capitals."""
+
+    model_id: str = _setting(
+        DEFAULT_MODEL_ID,
+        "Hugging Face model id, or a local directory holding the model (config, weights, tokenizer, "
+        "chat template, preprocessor config). Use a local directory on machines without network.",
+    )
+    dtype: str = _setting("float32", "Weights and compute type: `float32` or `bfloat16`.")
+    device: str = _setting("cpu", "Torch device the model runs on, e.g. `cpu`.")
+    linear_kernel: str = _setting(
+        "native",
+        "What computes the model's linear layers on a CPU: `native` (Loupe's own kernels, float32 and, on "
+        "CPUs with AVX512-BF16, bfloat16, plus the text decoder's one-token attention and decode step; "
+        "compiled with the system's C++ compiler on first start and cached; on a CPU without AVX-512 or a "
+        "machine without a compiler, `packed` instead, with SDPA and transformers' decode step), `packed` "
+        "(oneDNN, on weights rearranged at load into its blocked layout; float32, and bfloat16 where the CPU "
+        "supports it), `onednn` (oneDNN on the plain float32 weights) or `blas` (torch's default matrix "
+        "multiply). See `python bench/kernel_rates.py` for what each reads per second on your machine.",
+    )
+    kernel_cache_dir: str = _setting(
+        "~/.cache/loupe/kernels",
+        "Where the compiled `native` kernels are kept (one small file per source, flags and torch version; "
+        "the three newest), so only the first start on a machine compiles them.",
+    )
+    torch_threads: int = _setting(
+        0, "Threads torch uses for one generation; 0 leaves torch's default (one per core)."
+    )
+    max_new_tokens: int = _setting(512, "Tokens generated when a request does not say `max_tokens`.")
+    max_new_tokens_limit: int = _setting(
+        2048, "Ceiling for a request's `max_tokens`; larger values are refused with 400."
+    )
+    max_context_tokens: int = _setting(
+        8192, "Ceiling for prompt tokens (text and image) plus `max_tokens` of one request."
+    )
+    image_max_edge: int = _setting(
+        768,
+        "Images are downscaled so their longest edge is at most this many pixels before the model "
+        "sees them. The main speed lever on a CPU: fewer pixels, fewer image tokens.",
+    )
+    max_image_bytes: int = _setting(10 * MiB, "Largest accepted image file, in bytes (10 MiB).")
+    max_images: int = _setting(8, "Most images in one request (across all its messages).")
+    max_request_bytes: int = _setting(
+        48 * MiB, "Largest accepted request body, in bytes; fits several base64 images in JSON."
+    )
+    prefix_cache_tokens: int = _setting(
+        4096,
+        "Tokens of earlier conversations whose model state is kept so follow-up questions skip "
+        "re-reading them (the image above all); least recently used first out, also to make room for "
+        "running generations: kept and running together stay within it. Each token costs 224 KiB in "
+        "float32 (112 KiB in bfloat16) for Qwen3-VL-2B. 0 turns the cache off.",
+    )
+    max_batch: int = _setting(
+        4,
+        "Generations decoded together: each step reads the weights once for all of them, so "
+        "concurrent users share the cost. 1 generates one request at a time.",
+    )
+    queue_size: int = _setting(
+        8, "Requests that may wait while the batch is full; past that a request gets 429 (server busy) with "
+        "`Retry-After`."
+    )
+    request_timeout: float = _setting(
+        900.0, "Seconds a request may spend waiting in the queue and generating; past that it ends with "
+        "504 `request_timeout` and frees its place. 0: no limit."
+    )
+    allow_remote_images: bool = _setting(
+        False,
+        "Fetch `http(s)` image URLs in JSON messages. Off: such URLs are refused with 400. "
+        "Never fetched from loopback or private addresses.",
+    )
+    remote_image_timeout: float = _setting(10.0, "Seconds allowed to fetch one remote image.")
+    host: str = _setting("0.0.0.0", "Address the server listens on.")
+    port: int = _setting(8000, "Port the server listens on.")
+    threads: int = _setting(
+        16, "gunicorn worker threads: requests served at once (health, page, streams, the queue); "
+        "keep it above QUEUE_SIZE + 1 so /health answers while the queue is full."
+    )
+    generation_timeout: int = _setting(
+        900, "gunicorn worker timeout in seconds; longer than the slowest CPU generation."
+    )
+    log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
+    data_dir: str = _setting(
+        "data", "Directory for the history: the SQLite database (by default) and `images/`; created on "
+        "first start. Relative paths are from the working directory."
+    )
+    database_url: str = _setting(
+        "", "SQLAlchemy URL of the history database, e.g. `postgresql+psycopg://…` for several instances "
+        "sharing one history; empty: SQLite at `DATA_DIR/history.db`."
+    )
+    history: bool = _setting(True, "Record every inference and its images; `off` records nothing at all.")
+    history_max_days: int = _setting(0, "Delete history records older than this many days; 0 keeps all.")
+    history_max_records: int = _setting(
+        0, "Keep at most this many history records, deleting the oldest; 0 keeps all."
+    )
+    api_key: str = _setting(
+        "", "API keys, comma-separated; when set (or API_KEY_FILE is), `/v1/*` needs "
+        "`Authorization: Bearer <key>`. Empty: no key needed.", secret=True,
+    )
+    api_key_file: str = _setting(
+        "", "A file of API keys, one per line (blank lines and `#` comments ignored); read at start."
+    )
+    metrics_require_key: bool = _setting(
+        False, "Whether `/metrics` also needs an API key (it is open by default, for scrapers)."
+    )
+    rate_limit: str = _setting(
+        "30/minute", "Generation requests one client (IP address) may make, e.g. `30/minute` or "
+        "`10/minute;500/day`; `off` for no limit. Past it: 429 with `Retry-After`."
+    )
+    rate_limit_storage: str = _setting(
+        "memory://", "Where rate-limit counters live: `memory://` (this process) or a Redis URI such as "
+        "`redis://redis:6379/0`, shared by several instances."
+    )
+    cors_origins: str = _setting(
+        "", "Origins allowed to call the API from a browser, comma-separated, or `*`. "
+        "Empty: same origin only (no CORS headers)."
+    )
+    cors_allow_credentials: bool = _setting(
+        False, "Let cross-origin pages send cookies and HTTP auth (never with `CORS_ORIGINS=*`)."
+    )
+    shutdown_grace: int = _setting(
+        30, "Seconds running and queued generations get to finish after SIGTERM; then they end with a "
+        "503 error and the process exits."
+    )
+    log_format: str = _setting(
+        "text", "`text` (one readable line per event) or `json` (one JSON object per line)."
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
+        """Build settings from `.env` (if present) overlaid by the process environment."""
+        values: dict[str, str] = {}
+        if env_file is not None and Path(env_file).is_file():
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        return cls.from_mapping(values)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str]) -> Settings:
+        """Build settings from a name → text mapping, converting each value to its field's type."""
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            raw = values.get(env_name(f))
+            if raw is not None and raw.strip() != "":
+                kwargs[f.name] = _convert(f, raw.strip())
+        settings = cls(**kwargs)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes) -> Settings:
+        """A copy with some fields changed (tests and tools use this)."""
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, with a message naming the variable."""
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"DTYPE must be float32 or bfloat16, not {self.dtype!r}")
+        if self.linear_kernel not in LINEAR_KERNELS:
+            raise ValueError(f"LINEAR_KERNEL must be {' or '.join(LINEAR_KERNELS)}, not {self.linear_kernel!r}")
+        positive = ("max_batch", "max_new_tokens", "max_new_tokens_limit", "max_context_tokens", "image_max_edge",
+                    "max_image_bytes", "max_images", "max_request_bytes", "threads", "port")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.upper()} must be positive")
+        for name in ("queue_size", "torch_threads", "prefix_cache_tokens", "history_max_days",
+                     "history_max_records"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.upper()} must not be negative")
+        if self.request_timeout < 0:
+            raise ValueError("REQUEST_TIMEOUT must not be negative (0 means no limit)")
+        if self.max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError("MAX_NEW_TOKENS must not exceed MAX_NEW_TOKENS_LIMIT")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"LOG_FORMAT must be text or json, not {self.log_format!r}")
+        if self.shutdown_grace < 0:
+            raise ValueError("SHUTDOWN_GRACE must not be negative")
+        if self.rate_limit.lower() != "off":
+            try:
+                parse_many(self.rate_limit)
+            except ValueError:
+                raise ValueError(f"RATE_LIMIT={self.rate_limit!r} is not a limit like 30/minute, or off") from None
+        if not self.rate_limit_storage.startswith(RATE_LIMIT_STORAGE_SCHEMES):
+            raise ValueError("RATE_LIMIT_STORAGE must be memory:// or a redis:// URI")
+        if self.cors_allow_credentials and "*" in self.cors_origin_list():
+            raise ValueError("CORS_ALLOW_CREDENTIALS cannot be used with CORS_ORIGINS=*; list the origins")
+        if self.api_key_file and not Path(self.api_key_file).is_file():
+            raise ValueError(f"API_KEY_FILE={self.api_key_file!r} is not a readable file")
+        if self.api_key_file and not self.api_keys():
+            raise ValueError(f"API_KEY_FILE={self.api_key_file!r} holds no keys")
+        if self.image_max_edge < 32:
+            raise ValueError("IMAGE_MAX_EDGE must be at least 32 (the model's smallest image side)")
+
+    @property
+    def history_database_url(self) -> str:
+        """Where the history lives: DATABASE_URL, or a SQLite file in DATA_DIR."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(Path(self.data_dir) / 'history.db').resolve()}"
+
+    def api_keys(self) -> tuple[str, ...]:
+        """Every accepted API key, from API_KEY and API_KEY_FILE; empty when the API is open."""
+        keys = [k.strip() for k in self.api_key.split(",")]
+        if self.api_key_file:
+            lines = Path(self.api_key_file).read_text().splitlines()
+            keys += [line.strip() for line in lines if not line.strip().startswith("#")]
+        return tuple(k for k in keys if k)
+
+    def cors_origin_list(self) -> list[str]:
+        """CORS_ORIGINS as a list; empty means same-origin only."""
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+
+def env_name(f: dataclasses.Field) -> str:
+    """The environment variable that sets a field."""
+    return f.metadata.get("env") or f.name.upper()
+
+
+def _convert(f: dataclasses.Field, raw: str):
+    """Turn an environment string into the field's type, or say which variable is wrong."""
+    kind = type(f.default)
+    try:
+        if kind is bool:
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{env_name(f)}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def documented_settings() -> list[tuple[str, object, str]]:
+    """(variable, default, help) for each setting, in declaration order; the README table mirrors it."""
+    return [(env_name(f), f.default, f.metadata["help"]) for f in dataclasses.fields(Settings)]

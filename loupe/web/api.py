@@ -1,0 +1,54 @@
+"""The API's routes: chat completions, the model list and the probes. Parse, call the engine, format."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from loupe.protocol.responses import CompletionMeta, completion_body, stream_frames
+from loupe.web.chat_flow import close_at_end, collect_answer, load_chat_request, served_model_name, start_chat
+from loupe.web.observability import request_id
+from loupe.web.services import services
+
+bp = Blueprint("api", __name__)
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@bp.post("/v1/chat/completions")
+def chat_completions():
+    """OpenAI Chat Completions, from JSON or form-data, whole or streamed."""
+    chat = load_chat_request()
+    run = start_chat(chat)
+    meta = CompletionMeta(model=served_model_name(), id=f"chatcmpl-{request_id()}")
+    if chat.stream:
+        return Response(close_at_end(stream_frames(run.events, meta, chat.include_usage), run),
+                        mimetype="text/event-stream", headers=SSE_HEADERS)
+    text, finished = collect_answer(run)
+    return jsonify(completion_body(meta, text, finished))
+
+
+@bp.get("/v1/models")
+def models():
+    """The OpenAI model list: the one model this server serves."""
+    return jsonify({"object": "list", "data": [
+        {"id": served_model_name(), "object": "model", "created": 0, "owned_by": "loupe"}]})
+
+
+@bp.get("/health")
+def health():
+    """Readiness: 200 once the model is loaded; 503 while loading, after a failed load or when stopping."""
+    settings, engine = services().settings, services().engine
+    if engine.draining:
+        return jsonify({"status": "shutting_down"}), 503
+    if engine.backend is not None:
+        backend = engine.backend
+        return jsonify({"status": "ok", "model": backend.name, "device": backend.device,
+                        "dtype": backend.dtype, "queue_depth": engine.queue_depth})
+    if engine.status == "error":
+        return jsonify({"status": "error", "error": engine.error}), 503
+    return jsonify({"status": "loading", "model": settings.model_id}), 503
+
+
+@bp.get("/live")
+def live():
+    """Liveness: 200 whenever the process can answer, whatever the model is doing."""
+    return jsonify({"status": "alive"})

@@ -1,0 +1,34 @@
+"""Building the Flask app around an engine and a history store: routes, hooks and error handlers, in order."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Flask
+
+from loupe.engine.engine import Engine
+from loupe.history.store import HistoryStore
+from loupe.settings import Settings
+from loupe.web import api, history_api, page
+from loupe.web.errors import register_error_handlers
+from loupe.web.metrics import init_metrics
+from loupe.web.observability import init_request_ids
+from loupe.web.rate_limits import init_rate_limits
+from loupe.web.security import init_security
+from loupe.web.services import Services, install
+
+
+def build_app(settings: Settings, engine: Engine, history: HistoryStore | None, root: Path) -> Flask:
+    """The Flask app serving `engine` (and `history`, None when off); `root` holds templates/ and static/."""
+    app = Flask(__name__, root_path=str(root))
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_request_bytes  # a `messages` field may hold images
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # Flask's DefaultJSONProvider has it
+    install(app, Services(settings, engine, history))
+    init_request_ids(app)  # first, so even a refused request has an id and a log line
+    init_security(app, settings)
+    for blueprint in (page.bp, api.bp, history_api.bp):
+        app.register_blueprint(blueprint)
+    init_metrics(app, engine)
+    register_error_handlers(app)  # before the rate limits: an error's own Retry-After must win (web/errors.py)
+    init_rate_limits(app, settings)
+    return app
