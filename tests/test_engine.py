@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from loupe.engine.engine import Engine
-from loupe.errors import GenerationFailed, ModelUnavailable, ServerBusy
+from loupe.errors import GenerationFailed, ModelUnavailable, ServerBusy, ShuttingDown
 from loupe.inference import Finished, Started, TextDelta
 from tests.support.fakes import ScriptedBackend, chat, ready_engine
 
@@ -134,3 +134,26 @@ def test_each_new_request_gets_its_first_token_before_the_next_is_read():
     starts = [i for i, call in enumerate(backend.calls) if call == "start"]
     assert len(starts) == 3
     assert "sample" in backend.calls[starts[1]:starts[2]]  # the second was sampled before the third was read
+
+
+def engine_threads() -> int:
+    return sum(thread.name == "loupe-engine" for thread in threading.enumerate())
+
+
+def test_close_ends_running_and_queued_generations_and_the_worker():
+    before = engine_threads()
+    gate = threading.Event()
+    backend = ScriptedBackend(["x"] * 1000, gate=gate)
+    engine = ready_engine(backend, queue_size=1)
+    running = engine.submit(chat(max_tokens=1000))
+    assert backend.started.wait(5)
+    queued = engine.submit(chat(max_tokens=1000))
+    gate.set()
+    engine.close()
+    for generation in (running, queued):
+        with pytest.raises(ShuttingDown):
+            list(generation)
+    assert engine_threads() == before
+    assert backend.batch == []  # the running sequence was released
+    with pytest.raises(ShuttingDown):
+        engine.submit(chat())

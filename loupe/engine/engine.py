@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 
 from loupe.engine.generation import Backend, Generation
-from loupe.engine.stops import StopMatcher
+from loupe.engine.run import Run
 from loupe.errors import GenerationFailed, LoupeError, ModelUnavailable, ServerBusy, ShuttingDown
-from loupe.inference import ChatRequest, Finished, Started, TextDelta, Timings, Token
+from loupe.inference import ChatRequest, Timings
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,15 @@ class Engine:
         self._queue_size = queue_size
         self._max_batch = max_batch
         self._request_timeout = request_timeout
-        self._queue: queue.Queue[Generation] = queue.Queue()
+        self._queue: queue.Queue[Generation | None] = queue.Queue()  # None: close() wakes the worker
         self._waiting = 0
         self._lock = threading.Lock()
         self._backend: Backend | None = None
         self._error: str | None = None
-        self._started = False
+        self._thread: threading.Thread | None = None
+        self._closed = False
         self._active = 0
-        self._runs: list[_Run] = []  # the batch; only the engine's thread changes it
+        self._runs: list[Run] = []  # the batch; only the engine's thread changes it
         self._draining = False
         self._observers: list[Observer] = []
         self._step_observers: list[StepObserver] = []
@@ -52,10 +53,18 @@ class Engine:
 
     def start(self) -> Engine:
         """Begin loading the model and serving the queue; returns at once."""
-        if not self._started:
-            self._started = True
-            threading.Thread(target=self._load_and_serve, name="loupe-engine", daemon=True).start()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._load_and_serve, name="loupe-engine", daemon=True)
+            self._thread.start()
         return self
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop for good: end the running and queued generations (503), then let the worker thread end."""
+        self._draining = self._closed = True
+        self.abort_all(ShuttingDown("The server stopped before this generation finished."))
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)  # a load in progress finishes first
 
     @property
     def status(self) -> str:
@@ -109,7 +118,8 @@ class Engine:
     def abort_all(self, error: LoupeError) -> int:
         """End the running and every queued generation with `error`; returns how many there were."""
         with self._lock:
-            pending = list(self._queue.queue) + [run.generation for run in list(self._runs)]
+            queued = [generation for generation in list(self._queue.queue) if generation is not None]
+            pending = queued + [run.generation for run in list(self._runs)]
         for generation in pending:
             generation.fail(error)
         return len(pending)
@@ -152,7 +162,7 @@ class Engine:
         self.load_seconds = time.perf_counter() - begin
         self._backend = backend
         log.info("model %s ready in %.1f s", backend.name, self.load_seconds)
-        while True:
+        while not self._closed or self._runs:  # closing: the cancelled runs leave the batch first
             self._admit(backend)
             self._step(backend)
             self._active = len(self._runs)
@@ -168,12 +178,14 @@ class Engine:
                 generation = self._queue.get(block=not self._runs)
             except queue.Empty:
                 return
+            if generation is None:  # close() woke the worker
+                return
             self._release_slot(generation)
             if generation.cancelled:
                 self._notify("timeout" if generation.timed_out else "cancelled", None)
                 continue
             self._active = len(self._runs) + 1
-            run = _Run(generation)
+            run = Run(generation)
             try:
                 run.sequence = backend.start(generation.prompt, generation.request.sampling)
             except Exception:
@@ -228,51 +240,3 @@ def _tell(observers: list[Callable], *args) -> None:
             observer(*args)
         except Exception:  # noqa: BLE001 - a metrics bug must not take generation down
             log.exception("observer %r failed", observer)
-
-
-class _Run:
-    """One generation in the batch: its timings, stop strings and token count, turned into events."""
-
-    def __init__(self, generation: Generation):
-        self.generation = generation
-        self.sampling = generation.request.sampling
-        prompt = generation.prompt
-        self.timings = Timings(image_tokens=prompt.image_tokens, prompt_tokens=prompt.prompt_tokens)
-        self.began = time.perf_counter()
-        self.timings.queue_ms = (self.began - generation.submitted) * 1000
-        self.matcher = StopMatcher(self.sampling.stop)
-        self.count = 0
-        self.first_at: float | None = None
-        self.sequence: object = None
-        self.outcome = "cancelled"  # until it finishes: `stop` or `length`
-        generation.put(Started())
-
-    def on_token(self, token: Token) -> bool:
-        """Send what the token adds to the answer; True when the generation is over."""
-        now = time.perf_counter()
-        if self.first_at is None:
-            self.first_at = now
-            self.timings.cached_tokens = token.cached_prompt_tokens
-            self.timings.prompt_ms = (now - self.began) * 1000
-            self.timings.ttft_ms = (now - self.generation.submitted) * 1000
-        self.timings.decode_ms = (now - self.first_at) * 1000
-        self.count += 1
-        if token.eos:
-            return self._finish("stop")
-        text, stopped = self.matcher.feed(token.text)
-        if text:
-            self.generation.put(TextDelta(text))
-        if stopped:  # the stop string itself is never sent
-            return self._finish("stop", flush=False)
-        if self.count >= self.sampling.max_tokens:
-            return self._finish("length")
-        return False
-
-    def _finish(self, reason: str, flush: bool = True) -> bool:
-        """Send held-back text (it was no stop string after all) and the Finished event."""
-        if flush and (rest := self.matcher.flush()):
-            self.generation.put(TextDelta(rest))
-        self.timings.completion_tokens = self.count
-        self.outcome = reason
-        self.generation.put(Finished(reason, self.timings.prompt_tokens, self.count, self.timings))
-        return True
