@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loupe.engine.engine import Engine
-from loupe.engine.generation import Backend
+from loupe.engine.generation import AnyBackend
 from loupe.history.store import HistoryStore
 from loupe.settings import Settings
 from loupe.web.factory import build_app
@@ -37,7 +37,7 @@ def create_app(config: Settings | None = None, engine: Engine | None = None,
     return build_app(settings, engine, history if settings.history else None, ROOT)
 
 
-def load_model(settings: Settings) -> Backend:
+def load_model(settings: Settings) -> AnyBackend:
     """Load the model; torch is imported here, on the engine's thread, never by the web layer."""
     import model_loader
 

@@ -104,7 +104,8 @@ def _read_stream(response: requests.Response, result: Measurement) -> None:
     result.text = "".join(pieces)
 
 
-def concurrent_chats(base_url: str, conversations: list[list[dict]], max_tokens: int) -> tuple[list[Measurement], float]:
+def concurrent_chats(base_url: str, conversations: list[list[dict]],
+                     max_tokens: int) -> tuple[list[Measurement], float]:
     """Send the conversations at once, one thread each; (measurements, wall seconds until the last ends)."""
     results: list[Measurement | None] = [None] * len(conversations)
     start = time.perf_counter()

@@ -78,7 +78,8 @@ def first_turn(image_url: str, question: str = FIRST_QUESTION) -> list[dict]:
 
 def follow_up(image_url: str, answer: str, question: str = FOLLOW_UP_QUESTION) -> list[dict]:
     """OpenAI messages: the first turn, its answer as the assistant's turn, and a new question."""
-    return first_turn(image_url) + [
+    return [
+        *first_turn(image_url),
         {"role": "assistant", "content": [{"type": "text", "text": clean_answer(answer)}]},
         {"role": "user", "content": [{"type": "text", "text": question}]},
     ]

@@ -37,7 +37,7 @@ def served(weights: list[torch.Tensor], kernel: str) -> torch.nn.Sequential:
     """The layers as the service holds them with LINEAR_KERNEL=`kernel`."""
     layers = torch.nn.Sequential(*(torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
                                    for w in weights))
-    for layer, w in zip(layers, weights):
+    for layer, w in zip(layers, weights, strict=True):
         # A copy each: native rearranges its weights in place, and `weights` must stay plain for blas/onednn.
         layer.weight = torch.nn.Parameter(w.clone(), requires_grad=False)
     moved = use_linear_kernel(layers, kernel, Settings().kernel_cache_dir)
@@ -74,7 +74,7 @@ def measure(dtype: torch.dtype, rows: int, repeats: int) -> dict[str, float]:
                 run()
                 best[name] = min(best[name], time.perf_counter() - begin)
     if rows >= PROMPT_ROWS:  # compute-bound: arithmetic per second; torch.sum's figure stays GB/s
-        work = {name: 2 * rows * IN_FEATURES * OUT_FEATURES * LAYERS for name in best} | {"sum": total}
+        work = dict.fromkeys(best, 2 * rows * IN_FEATURES * OUT_FEATURES * LAYERS) | {"sum": total}
     else:
         work = dict.fromkeys(best, total)
     return {name: work[name] / seconds / 1e9 for name, seconds in best.items()}

@@ -220,7 +220,8 @@ def bench_variant(model_dir: Path, spec: str, args: argparse.Namespace, image_ur
         load_s = server.start()
         first = as_common(stream_chat(server.url, inputs.first_turn(image_url), args.max_tokens))
         memory = server.memory()
-    return {"dtype": dtype, "env": env, "threads": threads, "load_s": load_s, "peak_rss_gb": memory["peak_rss_bytes"] / 1e9,
+    return {"dtype": dtype, "env": env, "threads": threads, "load_s": load_s,
+            "peak_rss_gb": memory["peak_rss_bytes"] / 1e9,
             **{k: first.get(k) for k in ("image_tokens", "prompt_tokens", "ttft_s", "server_ttft_s",
                                          "decode_tps", "client_decode_tps", "error")}}
 
@@ -284,7 +285,7 @@ def main() -> None:
     results = {dtype: bench_dtype(model_dir, dtype, args, image, params) for dtype in args.dtype}
     variants = [bench_variant(model_dir, spec, args, image[0]) for spec in args.variants]
     document = {
-        "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]), "started": started,
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "started": started,
         "duration_s": time.perf_counter() - begin, "cpu": hardware.cpu_info(), "checkpoint": str(model_dir),
         "parameters": params, "image": {"sent": list(photo.size), "bytes": len(jpeg)},
         "max_tokens": args.max_tokens, "clients": args.clients, "threads": args.threads,

@@ -53,14 +53,15 @@ class Client(threading.Thread):
 
     def __init__(self, port: int, seed: int, stop_at: float, budget: threading.Semaphore, results: list):
         super().__init__(daemon=True)
-        self.port, self.random, self.stop_at, self.budget, self.results = port, random.Random(seed), stop_at, budget, results
+        self.port, self.random, self.stop_at = port, random.Random(seed), stop_at
+        self.budget, self.results = budget, results
         self.images = [image_url(seed * 10 + i) for i in range(3)]
         self.kinds = [(self.text, 4), (self.image, 3), (self.stream, 3), (self.cancelled_stream, 2),
                       (self.malformed, 1), (self.bad_field, 1), (self.no_key, 1), (self.wrong_type, 1),
                       (self.probe, 1)]
 
     def run(self) -> None:
-        functions, weights = zip(*self.kinds)
+        functions, weights = zip(*self.kinds, strict=True)
         while time.monotonic() < self.stop_at and self.budget.acquire(blocking=False):
             kind = self.random.choices(functions, weights)[0]
             began = time.monotonic()

@@ -4,6 +4,8 @@ Data only; the web layer (loupe/web/errors.py) maps them to HTTP responses.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class LoupeError(Exception):
     """Base of every error a client may see; subclasses fix the HTTP status and OpenAI type."""
@@ -11,7 +13,7 @@ class LoupeError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
-    headers: dict[str, str] = {}  # extra response headers, e.g. WWW-Authenticate
+    headers: ClassVar[dict[str, str]] = {}  # extra response headers, e.g. WWW-Authenticate
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -45,7 +47,7 @@ class AuthenticationError(LoupeError):
     status = 401
     type = "authentication_error"
     code = "invalid_api_key"
-    headers = {"WWW-Authenticate": 'Bearer realm="loupe"'}
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="loupe"'}
 
 
 class NotFound(LoupeError):
@@ -85,7 +87,7 @@ class ServerBusy(LoupeError):
     status = 429
     type = "rate_limit_error"
     code = "server_busy"
-    headers = {"Retry-After": str(SERVER_BUSY_RETRY_AFTER)}
+    headers: ClassVar[dict[str, str]] = {"Retry-After": str(SERVER_BUSY_RETRY_AFTER)}
 
 
 class ModelUnavailable(LoupeError):

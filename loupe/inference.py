@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from PIL.Image import Image
 
@@ -34,7 +33,7 @@ class ImagePart:
     height: int | None = None
 
 
-Part = Union[TextPart, ImagePart]
+Part = TextPart | ImagePart
 
 
 @dataclass(frozen=True)
@@ -139,4 +138,4 @@ class Finished:
     timings: Timings = field(default_factory=Timings)
 
 
-Event = Union[Started, TextDelta, Finished]
+Event = Started | TextDelta | Finished

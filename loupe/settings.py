@@ -242,7 +242,7 @@ def env_name(f: dataclasses.Field) -> str:
 
 def _convert(f: dataclasses.Field, raw: str):
     """Turn an environment string into the field's type, or say which variable is wrong."""
-    kind = type(f.default)
+    kind: type = type(f.default)  # every setting has a default of its type
     try:
         if kind is bool:
             lowered = raw.lower()

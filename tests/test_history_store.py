@@ -103,7 +103,7 @@ def test_retention_keeps_the_newest_records(tmp_path):
     made = [record(created=now - timedelta(minutes=10 - i)) for i in range(5)]
     for i, rec in enumerate(made):
         store.add(rec, [photo(i)])
-    page = store.list(limit=10)
+    page = store.page(limit=10)
     assert [r["id"] for r in page.records] == [r["id"] for r in reversed(made[2:])]
     assert len(files(store)) == 3
 
@@ -115,7 +115,7 @@ def test_retention_by_age_also_runs_at_startup(tmp_path):
     store.add(new, [photo(2)])
     store.close()
     store = open_store(tmp_path, HISTORY_MAX_DAYS="7")
-    assert [r["id"] for r in store.list(limit=10).records] == [new["id"]]
+    assert [r["id"] for r in store.page(limit=10).records] == [new["id"]]
     assert files(store) == [sha256_of(photo(2).data)]
 
 
@@ -127,16 +127,16 @@ def test_paging_is_newest_first_and_stable_under_inserts(store):
         store.add(rec, [])
     seen, cursor = [], None
     while True:
-        page = store.list(limit=10, before=cursor)
+        page = store.page(limit=10, before=cursor)
         seen += [r["id"] for r in page.records]
         store.add(record(), [])  # a newer record must not shift the pages being read
         if not page.more:
             break
         cursor = (page.records[-1]["created_at"], page.records[-1]["id"])
     assert seen == [r["id"] for r in reversed(made)]
-    failed = store.list(limit=100, status="failed", until=now)
+    failed = store.page(limit=100, status="failed", until=now)
     assert [r["id"] for r in failed.records] == [r["id"] for r in reversed(made) if r["status"] == "failed"]
-    recent = store.list(limit=100, since=now - timedelta(seconds=80), until=now)
+    recent = store.page(limit=100, since=now - timedelta(seconds=80), until=now)
     assert len(recent.records) == 5
 
 
@@ -155,7 +155,7 @@ def test_threads_recording_at_once_lose_nothing(store):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert errors == []
-    assert len(store.list(limit=100).records) == 80
+    assert len(store.page(limit=100).records) == 80
     assert store.missing_images() == []
 
 

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from loupe.engine.generation import Backend, Generation
+from loupe.engine.generation import AnyBackend, Generation
 from loupe.engine.run import Run
 from loupe.errors import GenerationFailed, LoupeError, ModelUnavailable, ServerBusy, ShuttingDown
 from loupe.inference import ChatRequest, Timings
@@ -31,7 +31,7 @@ class Engine:
     each pass over the weights); waiting requests join between steps, in order.
     """
 
-    def __init__(self, load: Callable[[], Backend], queue_size: int, max_batch: int = 1,
+    def __init__(self, load: Callable[[], AnyBackend], queue_size: int, max_batch: int = 1,
                  request_timeout: float = 0.0):
         self._load = load
         self._queue_size = queue_size
@@ -40,7 +40,7 @@ class Engine:
         self._queue: queue.Queue[Generation | None] = queue.Queue()  # None: close() wakes the worker
         self._waiting = 0
         self._lock = threading.Lock()
-        self._backend: Backend | None = None
+        self._backend: AnyBackend | None = None
         self._error: str | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -79,7 +79,7 @@ class Engine:
         return self._error
 
     @property
-    def backend(self) -> Backend | None:
+    def backend(self) -> AnyBackend | None:
         """The loaded backend, or None while loading or after a failure."""
         return self._backend
 
@@ -155,7 +155,7 @@ class Engine:
         begin = time.perf_counter()
         try:
             backend = self._load()
-        except Exception as exc:  # noqa: BLE001 - any load failure becomes /health's reason
+        except Exception as exc:  # any load failure becomes /health's reason
             log.exception("model failed to load")
             self._error = str(exc) or type(exc).__name__
             return
@@ -167,7 +167,7 @@ class Engine:
             self._step(backend)
             self._active = len(self._runs)
 
-    def _admit(self, backend: Backend) -> None:
+    def _admit(self, backend: AnyBackend) -> None:
         """Start one waiting request if the batch has room; wait for one when there is nothing to do.
 
         One per step: each new request gets its first token right after its own prefill, and the
@@ -196,7 +196,7 @@ class Engine:
             self._runs.append(run)
             return
 
-    def _step(self, backend: Backend) -> None:
+    def _step(self, backend: AnyBackend) -> None:
         """One token for every run; finished and cancelled ones leave before the next pass."""
         runs = self._runs
         try:
@@ -238,5 +238,5 @@ def _tell(observers: list[Callable], *args) -> None:
     for observer in observers:
         try:
             observer(*args)
-        except Exception:  # noqa: BLE001 - a metrics bug must not take generation down
+        except Exception:  # a metrics bug must not take generation down
             log.exception("observer %r failed", observer)

@@ -8,7 +8,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from loupe.errors import LoupeError, RequestTimeout
 from loupe.inference import ChatRequest, Event, Finished, Message, SamplingParams, Token
@@ -17,32 +17,47 @@ from loupe.inference import ChatRequest, Event, Finished, Message, SamplingParam
 class Prompt(Protocol):
     """A prepared prompt: token ids and pixels, whatever the backend needs."""
 
-    prompt_tokens: int
-    image_tokens: int
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens of the whole prompt, image tokens included."""
+
+    @property
+    def image_tokens(self) -> int:
+        """Tokens the prompt's images became."""
 
 
-class Backend(Protocol):
+PromptT = TypeVar("PromptT", bound=Prompt)
+SequenceT = TypeVar("SequenceT")  # the backend's own state of one generation: opaque to the engine
+
+
+class Backend(Protocol[PromptT, SequenceT]):
     """What the engine needs from a model: prepare prompts, then decode a batch of sequences."""
 
     name: str
     device: str
     dtype: str
-    cached_tokens: int  # tokens of earlier conversations kept for follow-up questions
 
-    def prepare(self, messages: Sequence[Message], max_tokens: int) -> Prompt:
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens of earlier conversations kept for follow-up questions."""
+
+    def prepare(self, messages: Sequence[Message], max_tokens: int) -> PromptT:
         """Tokenise the conversation and process its images (raises InvalidRequest if too long)."""
 
-    def start(self, prompt: Prompt, sampling: SamplingParams) -> object:
+    def start(self, prompt: PromptT, sampling: SamplingParams) -> SequenceT:
         """Read the prompt and add a sequence for it to the decode batch."""
 
-    def sample(self, sequence: object) -> Token:
+    def sample(self, sequence: SequenceT) -> Token:
         """The sequence's next token."""
 
     def advance(self) -> None:
         """Feed every sequence in the batch its last sampled token (one forward pass)."""
 
-    def finish(self, sequence: object) -> None:
+    def finish(self, sequence: SequenceT) -> None:
         """Remove a sequence from the batch."""
+
+
+AnyBackend = Backend[Any, Any]  # what the engine holds: it never looks inside prompts or sequences
 
 
 class Generation:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from loupe.engine.generation import Generation
 from loupe.engine.stops import StopMatcher
@@ -21,7 +22,7 @@ class Run:
         self.matcher = StopMatcher(self.sampling.stop)
         self.count = 0
         self.first_at: float | None = None
-        self.sequence: object = None
+        self.sequence: Any = None  # the backend's, once it has read the prompt
         self.outcome = "cancelled"  # until it finishes: `stop` or `length`
         generation.put(Started())
 

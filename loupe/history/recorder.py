@@ -82,7 +82,8 @@ class Recording:
 
 def messages_and_images(chat: ChatRequest) -> tuple[list[dict], list[NewImage]]:
     """The conversation as JSON with each image replaced by its position; the images to store."""
-    messages, new_images = [], []
+    messages: list[dict] = []
+    new_images: list[NewImage] = []
     for message in chat.messages:
         content = []
         for part in message.parts:

@@ -105,4 +105,7 @@ def current_revision(engine: sa.Engine) -> str | None:
 
 def head_revision() -> str:
     """The newest schema revision this code knows."""
-    return ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migrations in {MIGRATIONS}")
+    return head

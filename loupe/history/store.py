@@ -5,7 +5,7 @@ import logging
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -22,7 +22,7 @@ _BATCH = 500  # ids per IN (...) list: well under every database's parameter lim
 
 def utcnow() -> datetime:
     """Now, in UTC, without tzinfo: how every time is stored (the same on SQLite and PostgreSQL)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class HistoryStore:
             except sa.exc.IntegrityError:
                 # Another instance added one of these images between our check and our insert.
                 self._insert(record, new_images, shas)
-            for image, sha in zip(new_images, shas):
+            for image, sha in zip(new_images, shas, strict=True):
                 if not self.images.exists(sha):  # another instance deleted it meanwhile: put it back
                     self.images.put(image.data)
         self.prune()
@@ -100,7 +100,7 @@ class HistoryStore:
         """Image rows for the addresses not yet known (the same photo is kept once)."""
         known = set(connection.scalars(sa.select(images.c.sha256).where(images.c.sha256.in_(set(shas)))))
         rows, now = {}, utcnow()
-        for image, sha in zip(new_images, shas):
+        for image, sha in zip(new_images, shas, strict=True):
             if sha not in known:
                 rows[sha] = {"sha256": sha, "mime": image.mime, "size": len(image.data), "width": image.width,
                              "height": image.height, "created_at": now}
@@ -117,7 +117,7 @@ class HistoryStore:
             record["images"] = self._images_of(connection, [record_id]).get(record_id, [])
         return record
 
-    def list(self, limit: int, before: tuple[datetime, str] | None = None, status: str | None = None,
+    def page(self, limit: int, before: tuple[datetime, str] | None = None, status: str | None = None,
              since: datetime | None = None, until: datetime | None = None) -> Page:
         """Records newest first, after the `before` (created_at, id) cursor, filtered by status and date."""
         query = sa.select(inferences).order_by(inferences.c.created_at.desc(), inferences.c.id.desc())

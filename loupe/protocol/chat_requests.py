@@ -1,6 +1,7 @@
 """OpenAI Chat Completions requests (JSON or form-data) → internal `ChatRequest`; pure, no model."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -176,10 +177,8 @@ def _stop(raw: Any, from_form: bool) -> tuple[str, ...]:
     if raw is None or raw == "":
         return ()
     if from_form and isinstance(raw, str) and raw.startswith("["):
-        try:
+        with contextlib.suppress(json.JSONDecodeError):  # not JSON after all: one stop string
             raw = json.loads(raw)
-        except json.JSONDecodeError:
-            pass
     stops = [raw] if isinstance(raw, str) else raw
     if (not isinstance(stops, list) or len(stops) > MAX_STOP_SEQUENCES
             or not all(isinstance(s, str) and s for s in stops)):

@@ -50,7 +50,7 @@ class DecodeBatch:
         length = max(own_length, self.mask.shape[1])
         # Layer by layer, releasing each old layer as its successor is made: the join costs one
         # layer's worth of memory beside the batch, not a second copy of every cache.
-        for layer, own in zip(self.cache.layers, cache.layers):
+        for layer, own in zip(self.cache.layers, cache.layers, strict=True):
             layer.replace(torch.cat([_left_pad(layer.keys, length), _left_pad(own.keys, length)]),
                           torch.cat([_left_pad(layer.values, length), _left_pad(own.values, length)]))
             own.reset()
@@ -69,8 +69,9 @@ class DecodeBatch:
             own, self.cache, self.mask = self.cache, None, None
             return own
         start = int(self.mask[index].argmax())  # the first real position of a left-padded row
-        own = cache_from(self.config, [(layer.keys[index:index + 1, :, start:], layer.values[index:index + 1, :, start:])
-                                       for layer in self.cache.layers], room=0)  # kept, not extended, for now
+        states = [(layer.keys[index:index + 1, :, start:], layer.values[index:index + 1, :, start:])
+                for layer in self.cache.layers]
+        own = cache_from(self.config, states, room=0)  # kept, not extended, for now
         keep = [i for i in range(len(self.rows) + 1) if i != index]
         mask = self.mask[keep]
         first = int(mask.max(dim=0).values.argmax())  # drop columns that are padding in every row left

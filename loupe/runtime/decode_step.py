@@ -64,7 +64,7 @@ class NativeDecodeStep:
         h = self.embed(input_ids).view(rows, -1)
         cos, sin = (t.view(rows, -1) for t in self.rotary(h, position_ids[1:]))
         keep = mask.bool()
-        for layer, cached in zip(self.layers, cache.layers):
+        for layer, cached in zip(self.layers, cache.layers, strict=True):
             x = ops.rms_norm(h, layer.input_norm, self.eps)
             q = ops.head_norm_rope(layer.q.rows(x).view(rows, self.heads, -1), layer.q_norm, cos, sin, self.eps)
             k = ops.head_norm_rope(layer.k.rows(x).view(rows, self.kv_heads, -1), layer.k_norm, cos, sin, self.eps)

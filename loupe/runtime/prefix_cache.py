@@ -26,7 +26,7 @@ class Match:
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     """How many leading items two sequences share."""
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):  # up to the shorter one
         if x != y:
             break
         n += 1

@@ -67,7 +67,7 @@ class PromptBuilder:
             merge = self.image_processor.merge_size ** 2
             pieces = text.split(IMAGE_PAD)
             expanded = [pieces[0]]
-            for thw, piece in zip(grid, pieces[1:]):
+            for thw, piece in zip(grid, pieces[1:], strict=True):
                 expanded += [IMAGE_PAD * int(thw.prod() // merge), piece]
             text = "".join(expanded)
         input_ids = torch.tensor([self.tokenizer(text)["input_ids"]], dtype=torch.long)
@@ -106,7 +106,7 @@ def _content_keys(input_ids: torch.Tensor, token_types: torch.Tensor, pixel_valu
         return tuple(keys), ()
     starts = [i for i, t in enumerate(token_types[0].tolist()) if t and (i == 0 or not token_types[0, i - 1])]
     spans, row = [], 0
-    for start, thw in zip(starts, grid):
+    for start, thw in zip(starts, grid, strict=True):
         rows = int(thw.prod())
         digest = hashlib.blake2b(pixel_values[row:row + rows].numpy().tobytes(), digest_size=7).digest()
         base = int.from_bytes(digest, "big") << 16

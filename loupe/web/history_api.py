@@ -6,7 +6,7 @@ import binascii
 import logging
 import uuid
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import Blueprint, jsonify, request, send_file, url_for
 
@@ -27,7 +27,7 @@ PREVIEW_CHARS = 200
 @bp.get("/inferences")
 def list_inferences():
     """Records newest first: `limit`, `cursor` (from `next_cursor`), `status`, `since`, `until`."""
-    page = store().list(read_limit(request.args), read_cursor(request.args.get("cursor")),
+    page = store().page(read_limit(request.args), read_cursor(request.args.get("cursor")),
                         read_status(request.args.get("status")), read_time(request.args, "since"),
                         read_time(request.args, "until"))
     last = page.records[-1] if page.records and page.more else None
@@ -145,7 +145,7 @@ def read_time(args: Mapping[str, str], name: str) -> datetime | None:
         raise InvalidRequest(f"`{name}` must be an ISO 8601 date or time, e.g. 2026-11-23T20:00:00Z.",
                              param=name) from None
     if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment
 
 

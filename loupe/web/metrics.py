@@ -1,6 +1,7 @@
 """Prometheus metrics with prometheus_client: requests, the queue, generation speed, the model."""
 from __future__ import annotations
 
+import functools
 import time
 
 from flask import Blueprint, Flask, Response, current_app, g, request
@@ -58,7 +59,7 @@ class Metrics:
               registry=registry).set_function(lambda: engine.cached_tokens)
         state = Gauge("loupe_model_state", "1 for the model's current state.", ["state"], registry=registry)
         for name in MODEL_STATES:
-            state.labels(name).set_function(lambda name=name: 1 if engine.status == name else 0)
+            state.labels(name).set_function(functools.partial(_is_state, engine, name))
         Gauge("loupe_model_load_seconds", "How long loading the model took (0 until loaded).",
               registry=registry).set_function(lambda: engine.load_seconds or 0)
         Gauge("loupe_shutting_down", "1 once SIGTERM began the graceful stop.",
@@ -81,6 +82,11 @@ class Metrics:
         """Count one finished HTTP request and its duration."""
         self.requests.labels(route, method, str(status)).inc()
         self.request_seconds.labels(route).observe(time.perf_counter() - started)
+
+
+def _is_state(engine: Engine, name: str) -> int:
+    """1 while the engine's model is in state `name`, else 0."""
+    return 1 if engine.status == name else 0
 
 
 def init_metrics(app: Flask, engine: Engine) -> Metrics:

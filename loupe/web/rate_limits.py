@@ -1,7 +1,10 @@
 """Per-client rate limits on the generation routes, with Flask-Limiter."""
 from __future__ import annotations
 
+from typing import cast
+
 from flask import Flask
+from flask.typing import RouteCallable
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
@@ -29,5 +32,6 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter | None:
                                         "retry after the time in the Retry-After header.")
     for endpoint in GENERATION_ENDPOINTS:
         # The wrapped view checks the limit after the key check, so refused keys cost nothing.
-        app.view_functions[endpoint] = limit(app.view_functions[endpoint])
+        # Flask-Limiter's decorator is typed for async views too; these are sync, and stay so.
+        app.view_functions[endpoint] = cast("RouteCallable", limit(app.view_functions[endpoint]))
     return limiter

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hmac
+import re
+from typing import Any
 
 from flask import Flask, Response, request
 from flask_cors import CORS
@@ -46,7 +48,7 @@ def init_security(app: Flask, settings: Settings) -> None:
         _require_keys(app, keys, settings.metrics_require_key)
     origins = settings.cors_origin_list()
     if origins:
-        resources = {rf"{prefix}*": {} for prefix in PROTECTED_PREFIXES}
+        resources: dict[str | re.Pattern[str], dict[str, Any]] = {rf"{prefix}*": {} for prefix in PROTECTED_PREFIXES}
         CORS(app, resources=resources, origins=origins, supports_credentials=settings.cors_allow_credentials,
              send_wildcard=origins == ["*"],  # a literal `*`, not the caller's origin echoed back
              allow_headers=CORS_ALLOW_HEADERS, expose_headers=CORS_EXPOSE_HEADERS, max_age=600)
