@@ -10,8 +10,8 @@ bind = f"{_settings.host}:{_settings.port}"
 # One worker process: each worker holds its own copy of the model (8.5 GB in float32).
 workers = 1
 
-# Threads let /health, the page and queued requests answer while a generation runs;
-# the engine still generates one request at a time. THREADS should exceed QUEUE_SIZE + 1.
+# Each running or queued generation holds a thread until its answer ends (up to MAX_BATCH + QUEUE_SIZE
+# of them); THREADS above that leaves threads for /health and the page.
 worker_class = "gthread"
 threads = _settings.threads
 

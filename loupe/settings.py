@@ -99,7 +99,7 @@ class Settings:
     port: int = _setting(8000, "Port the server listens on.")
     threads: int = _setting(
         16, "gunicorn worker threads: requests served at once (health, page, streams, the queue); "
-        "keep it above QUEUE_SIZE + 1 so /health answers while the queue is full."
+        "keep it above MAX_BATCH + QUEUE_SIZE so /health answers while the batch and the queue are full."
     )
     generation_timeout: int = _setting(
         900, "gunicorn worker timeout in seconds; longer than the slowest CPU generation."
