@@ -1,6 +1,6 @@
 """Build a full-size random-weight Qwen3-VL checkpoint from a real model's config, tokenizer and processor files.
 
-Usage: python bench/build_checkpoint.py SRC_DIR [OUT_DIR]
+Usage: python -m bench.build_checkpoint SRC_DIR [OUT_DIR]
 
 SRC_DIR holds the real model's small files (config.json, tokenizer, chat template, preprocessor
 config); no weights are needed. OUT_DIR (default ~/.cache/loupe-bench/<name>-random) gets

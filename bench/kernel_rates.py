@@ -1,6 +1,6 @@
 """How fast each CPU kernel reads a linear layer's weights, against the machine's read bandwidth.
 
-    python bench/kernel_rates.py [--threads 2] [--rows 1 2 4]
+    python -m bench.kernel_rates [--threads 2] [--rows 1 2 4]
 
 A decode step multiplies a few rows (one per sequence in the batch) by every weight matrix once, so
 it is bound by how fast the kernel streams the weights. This cycles through twelve 2048x6144 layers

@@ -6,7 +6,7 @@ requests, requests one after another. transformers' Qwen3VLProcessor cannot be b
 torchvision (its video processor), so the tutorial's `processor.apply_chat_template` is done by
 hand exactly as the processor does it: template text, image processor, image pads expanded.
 
-Usage: python bench/naive.py --model DIR --dtype float32 --image photo.jpg --max-tokens 32 --out naive.json
+Usage: python -m bench.naive --model DIR --dtype float32 --image photo.jpg --max-tokens 32 --out naive.json
 """
 from __future__ import annotations
 

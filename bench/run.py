@@ -1,6 +1,6 @@
 """Loupe's benchmark: the real server against a naive transformers baseline, on a full-size random model.
 
-    python bench/run.py --source ../shared/models/qwen3-vl-2b-instruct --dtype float32 bfloat16 --out bench/results.json
+    python -m bench.run --source ../shared/models/qwen3-vl-2b-instruct --dtype float32 bfloat16 --out bench/results.json
 
 Builds the random-weight checkpoint once (bench/build_checkpoint.py), then for each dtype: measures
 memory bandwidth, starts gunicorn on it and measures load, first turn, follow-up and four

@@ -1,6 +1,6 @@
 """Soak test: the real gunicorn server on the tiny model, hammered for a fixed time by concurrent clients.
 
-    python bench/soak.py --duration 120 --clients 8
+    python -m bench.soak --duration 120 --clients 8
 
 Each client loops over a mix of good and bad requests: whole answers with and without an image,
 complete streams, streams cancelled after the first frame, malformed bodies, bad fields, missing API

@@ -89,6 +89,12 @@ def readme_text() -> str:
     return (ROOT / "README.md").read_text()
 
 
+@pytest.fixture(scope="session")
+def docs_text(readme_text) -> str:
+    """The README and every page of docs/, in that order: where a reader finds the examples that must run."""
+    return "\n".join([readme_text, *(page.read_text() for page in sorted((ROOT / "docs").glob("*.md")))])
+
+
 @pytest.fixture
 def redis_uri(tmp_path) -> Iterator[str]:
     """A real redis-server of the test's own on a free loopback port, nothing saved; its URI."""

@@ -131,10 +131,10 @@ def test_sigkill_during_requests_leaves_a_consistent_history(live_server, tmp_pa
         assert status == 200 and fetched in images
 
 
-def test_readme_history_examples_work_as_written(live_server, tmp_path, readme_text):
+def test_documented_history_examples_work_as_written(live_server, tmp_path, docs_text):
     server = live_server(DATA_DIR=str(tmp_path / "data"), MAX_NEW_TOKENS="4")
     (tmp_path / "photo.jpg").write_bytes(jpeg(tmp_path))
-    blocks = [b for b in re.findall(r"```bash\n(.*?)```", readme_text, re.S) if "localhost:8000/inferences" in b]
+    blocks = [b for b in re.findall(r"```bash\n(.*?)```", docs_text, re.S) if "localhost:8000/inferences" in b]
     assert len(blocks) == 3
     outputs = []
     for block in blocks:

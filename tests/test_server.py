@@ -1,4 +1,4 @@
-"""The real gunicorn server on the tiny model: the openai client, the README's examples, disconnects."""
+"""The real gunicorn server on the tiny model: the openai client, the documentation's examples, disconnects."""
 import base64
 import http.client
 import json
@@ -64,12 +64,12 @@ def test_openai_client_sees_errors_as_exceptions(server):
     assert caught.value.body["param"] == "temperature"
 
 
-def readme_blocks(language, readme_text):
-    return re.findall(rf"```{language}\n(.*?)```", readme_text, re.S)
+def doc_blocks(language, text):
+    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
 
 
-def test_readme_curl_examples_work_as_written(server, photo, readme_text):
-    examples = [b for b in readme_blocks("bash", readme_text) if "localhost:8000/v1/chat/completions" in b]
+def test_readme_curl_examples_work_as_written(server, photo, docs_text):
+    examples = [b for b in doc_blocks("bash", docs_text) if "localhost:8000/v1/chat/completions" in b]
     assert len(examples) == 3
     for example in examples:
         command = example.replace("localhost:8000", server.url.removeprefix("http://"))
@@ -82,8 +82,8 @@ def test_readme_curl_examples_work_as_written(server, photo, readme_text):
             assert json.loads(result.stdout)["object"] == "chat.completion"
 
 
-def test_readme_openai_example_works_as_written(server, photo, readme_text):
-    [example] = readme_blocks("python", readme_text)
+def test_readme_openai_example_works_as_written(server, photo, docs_text):
+    [example] = doc_blocks("python", docs_text)
     script = example.replace("http://localhost:8000/v1", server.url + "/v1")
     result = subprocess.run([sys.executable, "-c", script], cwd=photo.parent, capture_output=True, text=True,
                             timeout=60)
