@@ -42,7 +42,7 @@ class Settings:
         "machine without a compiler, `packed` instead, with SDPA and transformers' decode step), `packed` "
         "(oneDNN, on weights rearranged at load into its blocked layout; float32, and bfloat16 where the CPU "
         "supports it), `onednn` (oneDNN on the plain float32 weights) or `blas` (torch's default matrix "
-        "multiply). See `python bench/kernel_rates.py` for what each reads per second on your machine.",
+        "multiply). See `python -m bench.kernel_rates` for what each reads per second on your machine.",
     )
     kernel_cache_dir: str = _setting(
         "~/.cache/loupe/kernels",

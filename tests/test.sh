@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the tests need into .venv (and Debian's chromium for the browser tests, redis-server for the
-# shared rate-limit test, which starts its own on a free port, g++ for the native linear kernel), then
-# run pytest.
+# shared rate-limit test, which starts its own on a free port, g++ for the native linear kernel), check the
+# code with ruff and mypy, then run pytest (tests/test_layering.py runs import-linter's contracts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
@@ -19,4 +19,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     sudo apt-get update -qq && sudo apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 fi
+.venv/bin/ruff check --quiet .
+.venv/bin/ruff format --check --quiet .
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -2,7 +2,7 @@
 
 A decode step multiplies a few rows (one per sequence) by every weight matrix, so its speed is how
 fast the kernel streams the weights. On the AMD EPYC this project is benchmarked on
-(`python bench/kernel_rates.py`, tables in bench/README.md):
+(`python -m bench.kernel_rates`, tables in bench/README.md):
 - torch's default float32 kernel (MKL) read them at about half the machine's bandwidth for one row and
   slower per row as rows were added, so batching bought little;
 - oneDNN's inner product on the plain weights read them 1.4-1.7x faster for one row, but it too slowed

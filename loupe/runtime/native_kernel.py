@@ -3,7 +3,7 @@
 oneDNN's packed layout read a decode step's float32 weights at 0.76-0.83 of the machine's bandwidth
 on the benchmark machine; this kernel reads the same bytes, laid out in 64-column blocks, at
 0.89-1.0 for one to four rows and computes a long prompt as fast as oneDNN
-(`python bench/kernel_rates.py`). Its bfloat16 twin (AVX512-BF16 dot products) reads bfloat16
+(`python -m bench.kernel_rates`). Its bfloat16 twin (AVX512-BF16 dot products) reads bfloat16
 weights at 0.91-0.95. attention.py says what decode_attention.cpp is for, decode_step.py
 what decode_step.cpp is for. The system's C++ compiler builds them once (about 25 s) into
 KERNEL_CACHE_DIR, named by a hash of their sources, flags and torch version. Where they cannot be

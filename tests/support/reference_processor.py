@@ -1,4 +1,4 @@
-"""Transformers' own Qwen3VLProcessor, as a reference for the inputs `model_loader` builds by hand."""
+"""Transformers' own Qwen3VLProcessor, as a reference for the inputs `loupe/runtime/prompts.py` builds by hand."""
 from __future__ import annotations
 
 from transformers import Qwen3VLProcessor
