@@ -4,7 +4,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from app import create_app
 from loupe.settings import Settings
 from tests.support.live_server import KERNEL_CACHE_DIR, ROOT, LiveServer
 from tests.support.tiny_model import build_tiny_model
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="session")
@@ -57,9 +57,7 @@ def app(settings, backend):
     """An app whose engine has loaded the tiny model (the loader's singleton makes this quick)."""
     application = create_app(settings)
     engine = application.extensions["loupe"].engine
-    deadline = time.monotonic() + 60
-    while engine.status == "loading" and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: engine.status != "loading", timeout=60, message="the session's engine to load the tiny model")
     assert engine.status == "ok", engine.error
     return application
 
@@ -113,13 +111,13 @@ def redis_uri(tmp_path) -> Iterator[str]:
 def _wait_for_redis(uri: str, server: subprocess.Popen) -> None:
     """Return once the server answers PING; fail if it exits or stays silent for 10 s."""
     client = redis.Redis.from_url(uri, socket_timeout=1)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         if server.poll() is not None:
             pytest.fail(f"redis-server exited with {server.returncode}")
         try:
-            if client.ping():
-                return
+            return client.ping()
         except redis.ConnectionError:
-            time.sleep(0.05)
-    pytest.fail("redis-server did not answer within 10 s")
+            return False
+
+    wait_until(answers, timeout=10, interval=0.05, message="redis-server to answer PING")

@@ -11,6 +11,7 @@ from loupe.errors import SERVER_BUSY_RETRY_AFTER
 from loupe.web.services import services
 from tests.support.chat import ask, data_url, png, sse_chunks
 from tests.support.fakes import ScriptedBackend
+from tests.support.waiting import wait_until
 
 
 def test_text_completion(client, backend):
@@ -146,10 +147,7 @@ def test_a_failed_load_is_reported_by_health(settings):
 
     engine = Engine(fail, queue_size=1).start()
     client = create_app(settings, engine=engine).test_client()
-    for _ in range(100):
-        if engine.status == "error":
-            break
-        threading.Event().wait(0.01)
+    wait_until(lambda: engine.status == "error", message="the load to fail")
     health = client.get("/health")
     assert health.status_code == 503
     assert health.get_json() == {"status": "error", "error": "set MODEL_ID to a local directory"}
@@ -159,10 +157,7 @@ def test_a_failed_load_is_reported_by_health(settings):
 def test_a_server_fault_is_a_500_that_says_nothing_of_its_cause(settings, caplog):
     engine = Engine(lambda: ScriptedBackend(["a", "b"], fail_after=1), queue_size=1).start()
     client = create_app(settings, engine=engine).test_client()
-    for _ in range(100):
-        if engine.status == "ok":
-            break
-        threading.Event().wait(0.01)
+    wait_until(lambda: engine.status == "ok", message="the engine to be ready")
     response = client.post("/v1/chat/completions", json=ask())
     assert response.status_code == 500
     assert response.get_json()["error"] == {"message": "The server had an error while processing your request.",
@@ -174,10 +169,7 @@ def test_a_full_queue_is_429_and_a_closed_stream_stops_the_generation(settings, 
     app = create_app(settings.replace(queue_size=0, max_batch=1))
     client = app.test_client()
     engine = services(app).engine
-    for _ in range(500):
-        if engine.status == "ok":
-            break
-        threading.Event().wait(0.01)
+    wait_until(lambda: engine.status == "ok", message="the engine to be ready")
     stream = client.post("/v1/chat/completions",
                          json=ask(max_tokens=2000, ignore_eos=True, stream=True), buffered=False)
     frames = iter(stream.response)
@@ -189,10 +181,7 @@ def test_a_full_queue_is_429_and_a_closed_stream_stops_the_generation(settings, 
     assert busy.headers["Retry-After"] == str(SERVER_BUSY_RETRY_AFTER)
     caplog.set_level("INFO", logger="loupe.engine.engine")
     stream.close()  # the client goes away: the generation stops and the slot frees
-    for _ in range(500):
-        if not engine.running:
-            break
-        threading.Event().wait(0.01)
+    wait_until(lambda: not engine.running, message="the generation to stop")
     cancelled = [r for r in caplog.records if r.getMessage().startswith("generation cancelled after")]
     assert len(cancelled) == 1 and cancelled[0].args[0] < 2000
     assert client.post("/v1/chat/completions", json=ask(max_tokens=1)).status_code == 200

@@ -11,6 +11,7 @@ from loupe.engine.engine import Engine
 from loupe.errors import GenerationFailed, ModelUnavailable, ServerBusy, ShuttingDown
 from loupe.inference import Finished, Started, TextDelta
 from tests.support.fakes import ScriptedBackend, chat, ready_engine
+from tests.support.waiting import wait_until
 
 
 def test_events_of_a_whole_generation():
@@ -48,10 +49,7 @@ def test_while_loading_and_after_a_failed_load_requests_get_503():
     with pytest.raises(ModelUnavailable, match="loading"):
         engine.submit(chat())
     release.set()
-    for _ in range(500):
-        if engine.status == "error":
-            break
-        threading.Event().wait(0.01)
+    wait_until(lambda: engine.status == "error", message="the load to fail")
     assert engine.error == "no such model"
     with pytest.raises(ModelUnavailable, match="no such model"):
         engine.submit(chat())

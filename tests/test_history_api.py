@@ -12,6 +12,7 @@ from loupe.engine.engine import Engine
 from loupe.history.image_store import sha256_of
 from tests.support.chat import ask, data_url, png, sse_chunks
 from tests.support.fakes import ScriptedBackend
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -110,10 +111,7 @@ def test_a_stream_the_client_closes_is_recorded_as_cancelled(history_client):
 
 def scripted_client(settings, data_dir, backend, queue_size=1):
     engine = Engine(lambda: backend, queue_size=queue_size).start()
-    for _ in range(500):
-        if engine.status == "ok":
-            break
-        threading.Event().wait(0.01)
+    wait_until(lambda: engine.status == "ok", message="the engine to be ready")
     return create_app(settings.replace(data_dir=str(data_dir)), engine=engine).test_client()
 
 

@@ -9,6 +9,7 @@ from app import create_app
 from loupe.engine.engine import Engine
 from loupe.web.lifecycle import begin_shutdown
 from tests.support.chat import ask
+from tests.support.waiting import wait_until
 
 
 def test_live_answers_while_the_model_loads(settings):
@@ -30,9 +31,7 @@ def test_live_answers_while_the_model_loads(settings):
 def test_after_shutdown_begins_health_and_new_generations_are_503_but_live_is_200(settings, backend):
     app = create_app(settings)
     engine = app.extensions["loupe"].engine
-    deadline = time.monotonic() + 30
-    while engine.status != "ok" and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: engine.status == "ok", timeout=30, message="the engine to be ready")
     client = app.test_client()
     assert client.post("/v1/chat/completions", json=ask(max_tokens=1)).status_code == 200
     begin_shutdown(app)
@@ -65,7 +64,7 @@ def test_sigterm_lets_the_running_stream_finish_refuses_new_work_and_exits(live_
     assert kept_alive.getresponse().read()
     connection, stream = post_stream(server, max_tokens=60)
     server.process.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    wait_until(lambda: '"shutting down: ' in server.log(), message="the worker to log that it is shutting down")
     # A request on a connection opened before SIGTERM is still answered, with 503.
     kept_alive.request("POST", "/v1/chat/completions", json.dumps(ask(max_tokens=1)),
                        {"Content-Type": "application/json"})
@@ -104,9 +103,7 @@ def test_the_grace_timer_ends_queued_and_running_generations(settings):
     engine = Engine(lambda: ScriptedBackend(["a"] * 100, gate=gate), queue_size=2).start()
     app = create_app(settings.replace(shutdown_grace=0), engine=engine)
     client = app.test_client()
-    deadline = time.monotonic() + 10
-    while engine.status != "ok" and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: engine.status == "ok", message="the engine to be ready")
     running = client.post("/v1/chat/completions", json=ask(max_tokens=2000, stream=True), buffered=False)
     frames = iter(running.response)
     assert next(frames).startswith(b":")  # accepted
@@ -114,8 +111,7 @@ def test_the_grace_timer_ends_queued_and_running_generations(settings):
     results = []
     waiter = threading.Thread(target=lambda: results.append(client.post("/v1/chat/completions", json=ask())))
     waiter.start()
-    while engine.queue_depth == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: engine.queue_depth, message="the other request to be queued")
     begin_shutdown(app).join(5)
     waiter.join(5)
     assert results[0].status_code == 503 and results[0].get_json()["error"]["code"] == "shutting_down"

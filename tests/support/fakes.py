@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from loupe.engine.engine import Engine
 from loupe.inference import ChatRequest, Message, SamplingParams, TextPart, Token
+from tests.support.waiting import wait_until
 
 
 @dataclass
@@ -57,14 +58,13 @@ class ScriptedBackend:
 
 
 def chat(max_tokens=10, stop=()):
+    """A one-message chat request (greedy) for the engine."""
     sampling = SamplingParams(max_tokens, 0.0, 1.0, 0, 0.0, stop=stop)
     return ChatRequest((Message("user", (TextPart("hi"),)),), sampling)
 
 
 def ready_engine(backend, queue_size=2, max_batch=1):
+    """A started engine on `backend`, once it is ready."""
     engine = Engine(lambda: backend, queue_size, max_batch).start()
-    for _ in range(500):
-        if engine.status == "ok":
-            return engine
-        threading.Event().wait(0.01)
-    raise AssertionError("engine did not become ready")
+    wait_until(lambda: engine.status == "ok", message="the engine to be ready")
+    return engine
