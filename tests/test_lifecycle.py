@@ -6,20 +6,21 @@ import threading
 import time
 
 from app import create_app
-from loupe.engine.engine import Engine
 from loupe.web.lifecycle import begin_shutdown
 from tests.support.chat import ask
+from tests.support.engines import wait_ready
+from tests.support.fakes import ScriptedBackend
 from tests.support.waiting import wait_until
 
 
-def test_live_answers_while_the_model_loads(settings):
+def test_live_answers_while_the_model_loads(settings, engines):
     release = threading.Event()
 
     def slow_load():
         release.wait(10)
         raise RuntimeError("test over")
 
-    client = create_app(settings, engine=Engine(slow_load, queue_size=1).start()).test_client()
+    client = create_app(settings, engine=engines.start(slow_load, queue_size=1)).test_client()
     try:
         assert client.get("/health").status_code == 503
         live = client.get("/live")
@@ -28,10 +29,9 @@ def test_live_answers_while_the_model_loads(settings):
         release.set()
 
 
-def test_after_shutdown_begins_health_and_new_generations_are_503_but_live_is_200(settings, backend):
-    app = create_app(settings)
-    engine = app.extensions["loupe"].engine
-    wait_until(lambda: engine.status == "ok", timeout=30, message="the engine to be ready")
+def test_after_shutdown_begins_health_and_new_generations_are_503_but_live_is_200(settings, backend, engines):
+    app = engines.app(settings)
+    wait_ready(app.extensions["loupe"].engine)
     client = app.test_client()
     assert client.post("/v1/chat/completions", json=ask(max_tokens=1)).status_code == 200
     begin_shutdown(app)
@@ -96,14 +96,11 @@ def test_a_generation_longer_than_the_grace_period_ends_with_a_clear_error(live_
     assert "stopped with no unfinished work" in server.log()
 
 
-def test_the_grace_timer_ends_queued_and_running_generations(settings):
-    from tests.support.fakes import ScriptedBackend
-
+def test_the_grace_timer_ends_queued_and_running_generations(settings, engines):
     gate = threading.Event()  # never opened until the end: the running generation makes no progress
-    engine = Engine(lambda: ScriptedBackend(["a"] * 100, gate=gate), queue_size=2).start()
+    engine = engines.ready(ScriptedBackend(["a"] * 100, gate=gate), queue_size=2)
     app = create_app(settings.replace(shutdown_grace=0), engine=engine)
     client = app.test_client()
-    wait_until(lambda: engine.status == "ok", message="the engine to be ready")
     running = client.post("/v1/chat/completions", json=ask(max_tokens=2000, stream=True), buffered=False)
     frames = iter(running.response)
     assert next(frames).startswith(b":")  # accepted

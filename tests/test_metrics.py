@@ -4,8 +4,9 @@ import threading
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
-from loupe.engine.engine import Engine
 from tests.support.chat import ask, data_url, png
+from tests.support.engines import wait_ready
+from tests.support.fakes import ScriptedBackend
 from tests.support.waiting import wait_until
 
 
@@ -67,21 +68,20 @@ def test_generations_speed_and_tokens(app):
     assert value(after, "loupe_prompt_tokens_total") == timings["prompt_tokens"]
 
 
-def test_queue_in_progress_and_model_gauges(settings):
+def test_queue_in_progress_and_model_gauges(settings, engines):
     release, gate = threading.Event(), threading.Event()
-    from tests.support.fakes import ScriptedBackend
 
     def load():
         release.wait(10)
         return ScriptedBackend(["a"] * 50, gate=gate)
 
-    engine = Engine(load, queue_size=2).start()
+    engine = engines.start(load, queue_size=2)
     client = create_app(settings, engine=engine).test_client()
     loading = scrape(client)
     assert value(loading, "loupe_model_state", state="loading") == 1
     assert value(loading, "loupe_model_state", state="ok") == 0
     release.set()
-    wait_until(lambda: engine.status == "ok", message="the engine to be ready")
+    wait_ready(engine)
     # The test client returns a stream once its first frame (the model started on it) is out.
     stream = client.post("/v1/chat/completions", json=ask(stream=True, max_tokens=50), buffered=False)
     waiter = threading.Thread(target=client.post, args=("/v1/chat/completions",), kwargs={"json": ask()})

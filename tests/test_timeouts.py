@@ -3,23 +3,21 @@ import threading
 import time
 
 from app import create_app
-from loupe.engine.engine import Engine
 from tests.support.chat import ask
 from tests.support.fakes import ScriptedBackend
 from tests.support.waiting import wait_until
 
 
-def started_app(settings, backend, timeout):
-    engine = Engine(lambda: backend, queue_size=1, request_timeout=timeout).start()
-    app = create_app(settings.replace(request_timeout=timeout), engine=engine)
-    wait_until(lambda: engine.status == "ok", message="the engine to be ready")
-    return engine, app.test_client()
+def started_app(settings, engines, backend, timeout):
+    """A ready engine on `backend` with REQUEST_TIMEOUT `timeout`, and a client of an app on it."""
+    engine = engines.ready(backend, queue_size=1, request_timeout=timeout)
+    return engine, create_app(settings.replace(request_timeout=timeout), engine=engine).test_client()
 
 
-def test_a_running_generation_past_the_timeout_is_504_and_stops(settings):
+def test_a_running_generation_past_the_timeout_is_504_and_stops(settings, engines):
     gate = threading.Event()  # closed: the backend makes no progress
     backend = ScriptedBackend(["a"] * 100, gate=gate)
-    engine, client = started_app(settings, backend, timeout=0.5)
+    engine, client = started_app(settings, engines, backend, timeout=0.5)
     began = time.monotonic()
     response = client.post("/v1/chat/completions", json=ask(max_tokens=100))
     assert 0.5 <= time.monotonic() - began < 3
@@ -32,10 +30,10 @@ def test_a_running_generation_past_the_timeout_is_504_and_stops(settings):
     assert backend.tokens_made < 100  # the generation stopped
 
 
-def test_a_queued_request_past_the_timeout_frees_its_slot_at_once(settings):
+def test_a_queued_request_past_the_timeout_frees_its_slot_at_once(settings, engines):
     gate = threading.Event()
     backend = ScriptedBackend(["a"] * 100, gate=gate)
-    engine, client = started_app(settings, backend, timeout=1.0)
+    engine, client = started_app(settings, engines, backend, timeout=1.0)
     stream = client.post("/v1/chat/completions", json=ask(max_tokens=100, stream=True), buffered=False)
     wait_until(lambda: engine.running, timeout=5, message="the engine to run the stream")  # else both could wait
     results = []
@@ -51,9 +49,9 @@ def test_a_queued_request_past_the_timeout_frees_its_slot_at_once(settings):
     gate.set()
 
 
-def test_timeouts_are_counted_in_metrics(settings):
+def test_timeouts_are_counted_in_metrics(settings, engines):
     gate = threading.Event()
-    engine, client = started_app(settings, ScriptedBackend(["a"] * 10, gate=gate), timeout=0.3)
+    engine, client = started_app(settings, engines, ScriptedBackend(["a"] * 10, gate=gate), timeout=0.3)
     assert client.post("/v1/chat/completions", json=ask(max_tokens=10)).status_code == 504
     gate.set()
     counted = 'loupe_generations_total{outcome="timeout"} 1.0'
@@ -61,6 +59,6 @@ def test_timeouts_are_counted_in_metrics(settings):
                message="the timeout to be counted in /metrics")
 
 
-def test_zero_means_no_timeout(settings):
-    engine, client = started_app(settings, ScriptedBackend(["a", "b"]), timeout=0)
+def test_zero_means_no_timeout(settings, engines):
+    engine, client = started_app(settings, engines, ScriptedBackend(["a", "b"]), timeout=0)
     assert client.post("/v1/chat/completions", json=ask()).status_code == 200

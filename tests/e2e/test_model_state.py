@@ -80,14 +80,14 @@ def serve(engine: Engine, **settings: str) -> Iterator[str]:
             thread.join(5)
 
 
-def test_loading_state_disables_sending_until_the_model_is_ready(open_page, screenshot):
+def test_loading_state_disables_sending_until_the_model_is_ready(open_page, screenshot, engines):
     loaded = threading.Event()
 
     def slow_load():
         loaded.wait(60)
         return FakeBackend()
 
-    with serve(Engine(slow_load, queue_size=1).start()) as url:
+    with serve(engines.start(slow_load, queue_size=1)) as url:
         opened = open_page(url)
         opened.console.allow(r"/health.*503|status of 503")  # the browser logs each 503 from /health
         page = opened.page
@@ -110,11 +110,11 @@ def test_loading_state_disables_sending_until_the_model_is_ready(open_page, scre
         expect(page.get_by_label("Message")).to_have_value("Is it ready?")
 
 
-def test_error_state_shows_the_reason(open_page, screenshot):
+def test_error_state_shows_the_reason(open_page, screenshot, engines):
     def failing_load():
         raise RuntimeError("No model found at /models/qwen3-vl-2b: the directory does not exist.")
 
-    with serve(Engine(failing_load, queue_size=1).start()) as url:
+    with serve(engines.start(failing_load, queue_size=1)) as url:
         opened = open_page(url, device="phone")
         opened.console.allow(r"/health.*503|status of 503")
         page = opened.page
@@ -129,13 +129,13 @@ def test_error_state_shows_the_reason(open_page, screenshot):
         screenshot(page, "phone-model-error")
 
 
-def test_waiting_is_explained_queued_then_reading_then_writing(open_page, screenshot, tmp_path, fits_a_phone):
+def test_waiting_is_explained_queued_then_reading_then_writing(open_page, screenshot, tmp_path, fits_a_phone, engines):
     """On a CPU the first word can take long: the page says what is happening and the time keeps moving."""
     from PIL import Image
 
     Image.new("RGB", (300, 200), (70, 130, 180)).save(tmp_path / "sky.png")
     backend = GatedBackend()
-    with serve(Engine(lambda: backend, queue_size=2).start()) as url:
+    with serve(engines.start(lambda: backend, queue_size=2)) as url:
         first = open_page(url).page
         expect(first.locator("#model-status-text")).to_have_text("Ready · Qwen3-VL-2B-Instruct")
         first.set_input_files("#file-input", str(tmp_path / "sky.png"))

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from flask import Flask
 
 
-
 class Engines:
     """The engines of a test (or a fixture); `close()` stops them all. The `engines` fixture calls it."""
 

@@ -2,9 +2,7 @@
 import threading
 from dataclasses import dataclass
 
-from loupe.engine.engine import Engine
 from loupe.inference import ChatRequest, Message, SamplingParams, TextPart, Token
-from tests.support.waiting import wait_until
 
 
 @dataclass
@@ -62,9 +60,3 @@ def chat(max_tokens=10, stop=()):
     sampling = SamplingParams(max_tokens, 0.0, 1.0, 0, 0.0, stop=stop)
     return ChatRequest((Message("user", (TextPart("hi"),)),), sampling)
 
-
-def ready_engine(backend, queue_size=2, max_batch=1):
-    """A started engine on `backend`, once it is ready."""
-    engine = Engine(lambda: backend, queue_size, max_batch).start()
-    wait_until(lambda: engine.status == "ok", message="the engine to be ready")
-    return engine
