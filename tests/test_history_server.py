@@ -11,11 +11,14 @@ import threading
 import time
 import urllib.request
 
+import pytest
 from PIL import Image
 
 from loupe.history.store import HistoryStore
 from loupe.settings import Settings
 from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.slow  # each test starts real servers
 
 
 def call(server, method, path, body=None, headers=None, timeout=30):

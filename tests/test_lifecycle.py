@@ -5,6 +5,8 @@ import signal
 import threading
 import time
 
+import pytest
+
 from app import create_app
 from loupe.web.lifecycle import begin_shutdown
 from tests.support.chat import ask
@@ -57,6 +59,7 @@ def post_stream(server, max_tokens):
     return connection, response
 
 
+@pytest.mark.slow  # a real server
 def test_sigterm_lets_the_running_stream_finish_refuses_new_work_and_exits(live_server):
     server = live_server(SHUTDOWN_GRACE="30", LOG_FORMAT="json")
     kept_alive = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
@@ -82,6 +85,7 @@ def test_sigterm_lets_the_running_stream_finish_refuses_new_work_and_exits(live_
     assert finished[-1]["completion_tokens"] == 60  # the stream's own log line, with its tokens
 
 
+@pytest.mark.slow  # a real server
 def test_a_generation_longer_than_the_grace_period_ends_with_a_clear_error(live_server):
     # Far more tokens than the tiny model makes in the grace period (it makes about 2,000 a second).
     server = live_server(SHUTDOWN_GRACE="1", MAX_NEW_TOKENS_LIMIT="100000", MAX_CONTEXT_TOKENS="100100")

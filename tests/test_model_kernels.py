@@ -207,12 +207,14 @@ def fall_back(tmp_path, cpu: str | None = None, **env: str) -> subprocess.Comple
                           timeout=120)
 
 
+@pytest.mark.slow  # a fresh interpreter with torch
 def test_without_a_compiler_native_falls_back_to_packed_and_says_why(tmp_path):
     done = fall_back(tmp_path, cpu="AVX512", PATH=str(tmp_path))  # no c++, g++ or clang++ on this PATH
     assert done.stdout.strip() == "{'packed': 2}"
     assert "LINEAR_KERNEL=native, but no C++ compiler was found" in done.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter with torch
 def test_a_failing_compiler_falls_back_to_packed_with_its_first_error_line(tmp_path):
     compiler = tmp_path / "c++"
     compiler.write_text("#!/bin/sh\necho 'In file included from x.h:1,' >&2\necho 'x.h:2: fatal error: no such thing' >&2\n"
@@ -224,6 +226,7 @@ def test_a_failing_compiler_falls_back_to_packed_with_its_first_error_line(tmp_p
             "x.h:2: fatal error: no such thing") in done.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter with torch
 def test_a_cpu_without_avx512_gets_packed(tmp_path):
     done = fall_back(tmp_path, ATEN_CPU_CAPABILITY="avx2")
     assert done.stdout.strip() == "{'packed': 2}"

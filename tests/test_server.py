@@ -14,6 +14,8 @@ from PIL import Image
 from tests.support.live_server import LiveServer
 from tests.support.waiting import wait_until
 
+pytestmark = pytest.mark.slow  # real gunicorn servers
+
 LONG = 100_000
 
 

@@ -19,7 +19,7 @@ from tests.e2e.page_actions import (
 )
 from tests.support.live_server import LiveServer
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a browser, and a real gunicorn server
 
 IMAGE_MAX_EDGE = 256  # small, so the tiny model reads images fast
 BMP_REFUSED = "Image format BMP is not supported; send PNG, JPEG, WebP or GIF."

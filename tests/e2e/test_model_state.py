@@ -19,7 +19,7 @@ from loupe.engine.engine import Engine
 from loupe.settings import Settings
 from tests.support.fakes import ScriptedBackend, ScriptedPrompt
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a browser, seconds a test
 
 
 MODEL = "Qwen3-VL-2B-Instruct"  # a real model's name: long enough to test the phone header
