@@ -1,20 +1,52 @@
-"""Shared fixtures: a tiny random-weight Qwen3-VL, settings, apps, a live gunicorn server and a Redis."""
+"""Shared fixtures: a tiny random-weight Qwen3-VL, settings, apps and engines (closed after), a live gunicorn
+server and a Redis; and a check that no test leaves an engine running."""
 from __future__ import annotations
 
 import shutil
 import socket
 import subprocess
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from app import create_app
 from loupe.settings import Settings
+from tests.support.engines import Engines, running_engines, wait_ready
 from tests.support.live_server import KERNEL_CACHE_DIR, ROOT, LiveServer
 from tests.support.tiny_model import build_tiny_model
+from tests.support.waiting import wait_until
+
+_LEFT_BY_TESTS: set[threading.Thread] = set()  # engine threads a test has already been failed for
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_engine_left_at_the_end() -> Iterator[None]:
+    """Fail the session if a fixture's engine still runs once every fixture is torn down."""
+    before = running_engines()
+    yield
+    left = running_engines() - before - _LEFT_BY_TESTS
+    assert not left, f"{len(left)} engine(s) still running at the end of the session: close them (see `engines`)"
+
+
+@pytest.fixture(autouse=True)
+def no_engine_left_by_the_test() -> Iterator[None]:
+    """Fail a test that leaves an engine it started running (the `engines` fixture closes its own)."""
+    before = running_engines()
+    yield
+    left = running_engines() - before - _LEFT_BY_TESTS
+    _LEFT_BY_TESTS.update(left)
+    assert not left, f"{len(left)} engine(s) this test started still run: start them with the `engines` fixture"
+
+
+@pytest.fixture
+def engines() -> Iterator[Engines]:
+    """Start engines, and apps that start their own, through this: `engines.ready(backend)`,
+    `engines.start(load)`, `engines.app(settings)`. All are closed when the test ends."""
+    started = Engines()
+    yield started
+    started.close()
 
 
 @pytest.fixture(scope="session")
@@ -54,14 +86,14 @@ def native() -> None:
 
 @pytest.fixture(scope="session")
 def app(settings, backend):
-    """An app whose engine has loaded the tiny model (the loader's singleton makes this quick)."""
-    application = create_app(settings)
-    engine = application.extensions["loupe"].engine
-    deadline = time.monotonic() + 60
-    while engine.status == "loading" and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert engine.status == "ok", engine.error
-    return application
+    """An app whose engine has loaded the tiny model (the loader's singleton makes this quick); closed at the end."""
+    started = Engines()
+    application = started.app(settings)
+    try:
+        wait_ready(application.extensions["loupe"].engine)
+        yield application
+    finally:
+        started.close()
 
 
 @pytest.fixture
@@ -119,13 +151,13 @@ def redis_uri(tmp_path) -> Iterator[str]:
 def _wait_for_redis(uri: str, server: subprocess.Popen) -> None:
     """Return once the server answers PING; fail if it exits or stays silent for 10 s."""
     client = redis.Redis.from_url(uri, socket_timeout=1)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         if server.poll() is not None:
             pytest.fail(f"redis-server exited with {server.returncode}")
         try:
-            if client.ping():
-                return
+            return client.ping()
         except redis.ConnectionError:
-            time.sleep(0.05)
-    pytest.fail("redis-server did not answer within 10 s")
+            return False
+
+    wait_until(answers, timeout=10, interval=0.05, message="redis-server to answer PING")

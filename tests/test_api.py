@@ -6,11 +6,12 @@ import pytest
 from PIL import Image
 
 from app import create_app
-from loupe.engine.engine import Engine
 from loupe.errors import SERVER_BUSY_RETRY_AFTER
 from loupe.web.services import services
 from tests.support.chat import ask, data_url, png, sse_chunks
+from tests.support.engines import wait_ready
 from tests.support.fakes import ScriptedBackend
+from tests.support.waiting import wait_until
 
 
 def test_text_completion(client, backend):
@@ -121,15 +122,14 @@ def test_unknown_routes_and_methods(client, method, path, status):
     assert set(response.get_json()["error"]) == {"message", "type", "param", "code"}
 
 
-def test_while_loading_health_is_503_and_chat_is_503(settings):
+def test_while_loading_health_is_503_and_chat_is_503(settings, engines):
     release = threading.Event()
 
     def slow_load():
         release.wait(10)
         raise RuntimeError("test over")
 
-    app = create_app(settings, engine=Engine(slow_load, queue_size=1).start())
-    client = app.test_client()
+    client = create_app(settings, engine=engines.start(slow_load, queue_size=1)).test_client()
     try:
         assert client.get("/health").status_code == 503
         assert client.get("/health").get_json()["status"] == "loading"
@@ -140,29 +140,22 @@ def test_while_loading_health_is_503_and_chat_is_503(settings):
         release.set()
 
 
-def test_a_failed_load_is_reported_by_health(settings):
+def test_a_failed_load_is_reported_by_health(settings, engines):
     def fail():
         raise RuntimeError("set MODEL_ID to a local directory")
 
-    engine = Engine(fail, queue_size=1).start()
+    engine = engines.start(fail, queue_size=1)
     client = create_app(settings, engine=engine).test_client()
-    for _ in range(100):
-        if engine.status == "error":
-            break
-        threading.Event().wait(0.01)
+    wait_until(lambda: engine.status == "error", message="the load to fail")
     health = client.get("/health")
     assert health.status_code == 503
     assert health.get_json() == {"status": "error", "error": "set MODEL_ID to a local directory"}
     assert client.post("/v1/chat/completions", json=ask()).status_code == 503
 
 
-def test_a_server_fault_is_a_500_that_says_nothing_of_its_cause(settings, caplog):
-    engine = Engine(lambda: ScriptedBackend(["a", "b"], fail_after=1), queue_size=1).start()
+def test_a_server_fault_is_a_500_that_says_nothing_of_its_cause(settings, engines, caplog):
+    engine = engines.ready(ScriptedBackend(["a", "b"], fail_after=1), queue_size=1)
     client = create_app(settings, engine=engine).test_client()
-    for _ in range(100):
-        if engine.status == "ok":
-            break
-        threading.Event().wait(0.01)
     response = client.post("/v1/chat/completions", json=ask())
     assert response.status_code == 500
     assert response.get_json()["error"] == {"message": "The server had an error while processing your request.",
@@ -170,14 +163,10 @@ def test_a_server_fault_is_a_500_that_says_nothing_of_its_cause(settings, caplog
     assert "backend broke" in caplog.text  # the traceback is in the log
 
 
-def test_a_full_queue_is_429_and_a_closed_stream_stops_the_generation(settings, backend, caplog):
-    app = create_app(settings.replace(queue_size=0, max_batch=1))
+def test_a_full_queue_is_429_and_a_closed_stream_stops_the_generation(settings, backend, engines, caplog):
+    app = engines.app(settings.replace(queue_size=0, max_batch=1))
     client = app.test_client()
-    engine = services(app).engine
-    for _ in range(500):
-        if engine.status == "ok":
-            break
-        threading.Event().wait(0.01)
+    engine = wait_ready(services(app).engine)
     stream = client.post("/v1/chat/completions",
                          json=ask(max_tokens=2000, ignore_eos=True, stream=True), buffered=False)
     frames = iter(stream.response)
@@ -189,10 +178,7 @@ def test_a_full_queue_is_429_and_a_closed_stream_stops_the_generation(settings, 
     assert busy.headers["Retry-After"] == str(SERVER_BUSY_RETRY_AFTER)
     caplog.set_level("INFO", logger="loupe.engine.engine")
     stream.close()  # the client goes away: the generation stops and the slot frees
-    for _ in range(500):
-        if not engine.running:
-            break
-        threading.Event().wait(0.01)
+    wait_until(lambda: not engine.running, message="the generation to stop")
     cancelled = [r for r in caplog.records if r.getMessage().startswith("generation cancelled after")]
     assert len(cancelled) == 1 and cancelled[0].args[0] < 2000
     assert client.post("/v1/chat/completions", json=ask(max_tokens=1)).status_code == 200

@@ -1,5 +1,7 @@
 """The benchmark's arithmetic (batched window, pass rates, paired efficiency, batching) and its reading of /metrics."""
 
+import pytest
+
 from bench.report import batched_window, union_seconds
 
 
@@ -66,6 +68,7 @@ def test_a_metric_is_read_from_the_exposition_by_its_sample_name():
     assert metric_value(text, "loupe_queue_depth") is None
 
 
+@pytest.mark.slow  # a real server
 def test_the_prefix_cache_is_read_once_the_conversation_is_put_away(live_server):
     from bench.client import settled_gauge, stream_chat
     server = live_server()
@@ -74,6 +77,7 @@ def test_the_prefix_cache_is_read_once_the_conversation_is_put_away(live_server)
     assert settled_gauge(server.url, "loupe_prefix_cache_tokens") > 0
 
 
+@pytest.mark.slow  # a real server
 def test_paired_batches_run_one_client_then_all_at_once_against_a_real_server(live_server):
     from bench import inputs
     from bench.run import Pairing, paired_batches

@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.support.live_server import ROOT
 
 # Which of the project's files a process running from its folder has imported once transformers' Qwen3-VL is.
@@ -14,6 +16,7 @@ print(sorted(name for name, file in files.items() if file.startswith(sys.argv[1]
 """
 
 
+@pytest.mark.slow  # a fresh interpreter imports transformers' Qwen3-VL
 def test_no_project_module_shadows_a_package_transformers_looks_for():
     # transformers imports an optional package (`kernels`) to read its version when it has no metadata:
     # a bench/kernels.py was once imported as that package by naive.py, run from bench/.

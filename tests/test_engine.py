@@ -7,14 +7,15 @@ import threading
 
 import pytest
 
-from loupe.engine.engine import Engine
 from loupe.errors import GenerationFailed, ModelUnavailable, ServerBusy, ShuttingDown
 from loupe.inference import Finished, Started, TextDelta
-from tests.support.fakes import ScriptedBackend, chat, ready_engine
+from tests.support.engines import running_engines
+from tests.support.fakes import ScriptedBackend, chat
+from tests.support.waiting import wait_until
 
 
-def test_events_of_a_whole_generation():
-    engine = ready_engine(ScriptedBackend(["Hel", "lo"]))
+def test_events_of_a_whole_generation(engines):
+    engine = engines.ready(ScriptedBackend(["Hel", "lo"]))
     events = list(engine.submit(chat()))
     assert isinstance(events[0], Started)
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["Hel", "lo"]
@@ -23,44 +24,41 @@ def test_events_of_a_whole_generation():
     assert (finished.finish_reason, finished.completion_tokens, finished.prompt_tokens) == ("stop", 3, 5)
 
 
-def test_max_tokens_ends_with_length():
-    engine = ready_engine(ScriptedBackend(["a", "b", "c"]))
+def test_max_tokens_ends_with_length(engines):
+    engine = engines.ready(ScriptedBackend(["a", "b", "c"]))
     finished = list(engine.submit(chat(max_tokens=2)))[-1]
     assert (finished.finish_reason, finished.completion_tokens) == ("length", 2)
 
 
-def test_stop_string_ends_with_stop_and_is_not_sent():
-    engine = ready_engine(ScriptedBackend(["one ", "EN", "D two"], eos_at_end=False))
+def test_stop_string_ends_with_stop_and_is_not_sent(engines):
+    engine = engines.ready(ScriptedBackend(["one ", "EN", "D two"], eos_at_end=False))
     events = list(engine.submit(chat(stop=("END",))))
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "one "
     assert events[-1].finish_reason == "stop"
 
 
-def test_while_loading_and_after_a_failed_load_requests_get_503():
+def test_while_loading_and_after_a_failed_load_requests_get_503(engines):
     release = threading.Event()
 
     def slow_load():
         release.wait(5)
         raise OSError("no such model")
 
-    engine = Engine(slow_load, 2).start()
+    engine = engines.start(slow_load, 2)
     assert engine.status == "loading"
     with pytest.raises(ModelUnavailable, match="loading"):
         engine.submit(chat())
     release.set()
-    for _ in range(500):
-        if engine.status == "error":
-            break
-        threading.Event().wait(0.01)
+    wait_until(lambda: engine.status == "error", message="the load to fail")
     assert engine.error == "no such model"
     with pytest.raises(ModelUnavailable, match="no such model"):
         engine.submit(chat())
 
 
-def test_a_full_queue_answers_busy_and_frees_up_after():
+def test_a_full_queue_answers_busy_and_frees_up_after(engines):
     gate = threading.Event()
     backend = ScriptedBackend(["x"] * 3, gate=gate)
-    engine = ready_engine(backend, queue_size=1)
+    engine = engines.ready(backend, queue_size=1)
     running = engine.submit(chat())
     assert backend.started.wait(5)  # the first generation is running
     waiting = engine.submit(chat())  # one may wait
@@ -72,10 +70,10 @@ def test_a_full_queue_answers_busy_and_frees_up_after():
     assert list(engine.submit(chat()))[-1].finish_reason == "stop"
 
 
-def test_cancel_stops_a_running_generation():
+def test_cancel_stops_a_running_generation(engines):
     gate = threading.Event()
     backend = ScriptedBackend(["x"] * 1000, gate=gate)
-    engine = ready_engine(backend)
+    engine = engines.ready(backend)
     generation = engine.submit(chat(max_tokens=1000))
     assert backend.started.wait(5)
     generation.cancel()
@@ -85,10 +83,10 @@ def test_cancel_stops_a_running_generation():
     assert backend.tokens_made < 1000 and backend.tokens_made <= 3
 
 
-def test_a_request_cancelled_while_queued_never_runs():
+def test_a_request_cancelled_while_queued_never_runs(engines):
     gate = threading.Event()
     backend = ScriptedBackend(["x"] * 2, gate=gate)
-    engine = ready_engine(backend)
+    engine = engines.ready(backend)
     first = engine.submit(chat())
     assert backend.started.wait(5)
     queued = engine.submit(chat())
@@ -99,17 +97,17 @@ def test_a_request_cancelled_while_queued_never_runs():
     assert backend.tokens_made == 6  # first and last sampled "x", "x" and the end each; the cancelled none
 
 
-def test_a_backend_failure_reaches_the_consumer_as_a_server_error():
-    engine = ready_engine(ScriptedBackend(["a", "b"], fail_after=1))
+def test_a_backend_failure_reaches_the_consumer_as_a_server_error(engines):
+    engine = engines.ready(ScriptedBackend(["a", "b"], fail_after=1))
     with pytest.raises(GenerationFailed):
         list(engine.submit(chat()))
     assert list(engine.submit(chat(max_tokens=1)))[-1].completion_tokens == 1  # the engine lives on
 
 
-def test_concurrent_generations_are_decoded_together_and_each_gets_its_own_answer():
+def test_concurrent_generations_are_decoded_together_and_each_gets_its_own_answer(engines):
     gate = threading.Event()
     backend = ScriptedBackend(["a", "b", "c"], gate=gate)
-    engine = ready_engine(backend, queue_size=0, max_batch=3)
+    engine = engines.ready(backend, queue_size=0, max_batch=3)
     generations = [engine.submit(chat(max_tokens=n)) for n in (3, 2, 1)]  # joining one per step, all overlap
     with pytest.raises(ServerBusy):
         engine.submit(chat())  # three in the batch, none may wait
@@ -121,10 +119,10 @@ def test_concurrent_generations_are_decoded_together_and_each_gets_its_own_answe
     assert backend.batch == []
 
 
-def test_each_new_request_gets_its_first_token_before_the_next_is_read():
+def test_each_new_request_gets_its_first_token_before_the_next_is_read(engines):
     gate = threading.Event()
     backend = ScriptedBackend(["a", "b"], gate=gate)
-    engine = ready_engine(backend, queue_size=2, max_batch=3)
+    engine = engines.ready(backend, queue_size=2, max_batch=3)
     first = engine.submit(chat())
     assert backend.started.wait(5)
     waiting = [engine.submit(chat()), engine.submit(chat())]  # a burst, queued while the first runs
@@ -136,15 +134,11 @@ def test_each_new_request_gets_its_first_token_before_the_next_is_read():
     assert "sample" in backend.calls[starts[1]:starts[2]]  # the second was sampled before the third was read
 
 
-def engine_threads() -> int:
-    return sum(thread.name == "loupe-engine" for thread in threading.enumerate())
-
-
-def test_close_ends_running_and_queued_generations_and_the_worker():
-    before = engine_threads()
+def test_close_ends_running_and_queued_generations_and_the_worker(engines):
+    before = running_engines()
     gate = threading.Event()
     backend = ScriptedBackend(["x"] * 1000, gate=gate)
-    engine = ready_engine(backend, queue_size=1)
+    engine = engines.ready(backend, queue_size=1)
     running = engine.submit(chat(max_tokens=1000))
     assert backend.started.wait(5)
     queued = engine.submit(chat(max_tokens=1000))
@@ -153,7 +147,7 @@ def test_close_ends_running_and_queued_generations_and_the_worker():
     for generation in (running, queued):
         with pytest.raises(ShuttingDown):
             list(generation)
-    assert engine_threads() == before
+    assert running_engines() == before
     assert backend.batch == []  # the running sequence was released
     with pytest.raises(ShuttingDown):
         engine.submit(chat())

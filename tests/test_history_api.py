@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from loupe.engine.engine import Engine
 from loupe.history.image_store import sha256_of
 from tests.support.chat import ask, data_url, png, sse_chunks
 from tests.support.fakes import ScriptedBackend
@@ -108,17 +107,9 @@ def test_a_stream_the_client_closes_is_recorded_as_cancelled(history_client):
     assert record["status"] == "cancelled" and record["finish_reason"] is None and record["usage"] is None
 
 
-def scripted_client(settings, data_dir, backend, queue_size=1):
-    engine = Engine(lambda: backend, queue_size=queue_size).start()
-    for _ in range(500):
-        if engine.status == "ok":
-            break
-        threading.Event().wait(0.01)
-    return create_app(settings.replace(data_dir=str(data_dir)), engine=engine).test_client()
-
-
-def test_a_failed_generation_is_recorded_with_the_error_the_client_saw(settings, data_dir):
-    client = scripted_client(settings, data_dir, ScriptedBackend(["a", "b"], fail_after=1))
+def test_a_failed_generation_is_recorded_with_the_error_the_client_saw(settings, data_dir, engines):
+    engine = engines.ready(ScriptedBackend(["a", "b"], fail_after=1), queue_size=1)
+    client = create_app(settings.replace(data_dir=str(data_dir)), engine=engine).test_client()
     response = client.post("/v1/chat/completions", json=ask())
     assert response.status_code == 500
     record = only_record(client)
@@ -126,15 +117,15 @@ def test_a_failed_generation_is_recorded_with_the_error_the_client_saw(settings,
     assert record["error"] == {**response.get_json()["error"], "status": 500}
 
 
-def test_a_refused_request_is_recorded_as_failed(settings, data_dir):
+def test_a_refused_request_is_recorded_as_failed(settings, data_dir, engines):
     release = threading.Event()
 
     def slow_load():
         release.wait(10)
         raise RuntimeError("test over")
 
-    client = create_app(settings.replace(data_dir=str(data_dir)),
-                        engine=Engine(slow_load, queue_size=1).start()).test_client()
+    client = create_app(settings.replace(data_dir=str(data_dir)), engine=engines.start(slow_load, queue_size=1)
+                        ).test_client()
     try:
         assert client.post("/v1/chat/completions", json=ask("Too early")).status_code == 503
         record = only_record(client)

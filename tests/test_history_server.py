@@ -11,10 +11,14 @@ import threading
 import time
 import urllib.request
 
+import pytest
 from PIL import Image
 
 from loupe.history.store import HistoryStore
 from loupe.settings import Settings
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.slow  # each test starts real servers
 
 
 def call(server, method, path, body=None, headers=None, timeout=30):
@@ -57,9 +61,8 @@ def test_a_record_and_its_image_survive_a_restart(live_server, tmp_path):
         pass
     connection.sock.close()
     connection.close()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(json.loads(call(server, "GET", "/inferences")[2])["data"]) < 2:
-        time.sleep(0.1)
+    wait_until(lambda: len(json.loads(call(server, "GET", "/inferences")[2])["data"]) >= 2, timeout=30, interval=0.1,
+               message="both records to be written")
     server.stop()
 
     again = live_server(**env)
@@ -104,7 +107,7 @@ def test_sigkill_during_requests_leaves_a_consistent_history(live_server, tmp_pa
         stop = threading.Event()
         threads = [threading.Thread(target=hammer, args=(server, images, stop, outcomes)) for _ in range(6)]
         [t.start() for t in threads]
-        time.sleep(random.uniform(1.0, 2.0))
+        time.sleep(random.uniform(1.0, 2.0))  # not a poll: the traffic runs a while before the kill
         server.kill()  # mid-request: workers and master at once
         stop.set()
         [t.join(15) for t in threads]

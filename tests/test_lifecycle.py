@@ -5,20 +5,24 @@ import signal
 import threading
 import time
 
+import pytest
+
 from app import create_app
-from loupe.engine.engine import Engine
 from loupe.web.lifecycle import begin_shutdown
 from tests.support.chat import ask
+from tests.support.engines import wait_ready
+from tests.support.fakes import ScriptedBackend
+from tests.support.waiting import wait_until
 
 
-def test_live_answers_while_the_model_loads(settings):
+def test_live_answers_while_the_model_loads(settings, engines):
     release = threading.Event()
 
     def slow_load():
         release.wait(10)
         raise RuntimeError("test over")
 
-    client = create_app(settings, engine=Engine(slow_load, queue_size=1).start()).test_client()
+    client = create_app(settings, engine=engines.start(slow_load, queue_size=1)).test_client()
     try:
         assert client.get("/health").status_code == 503
         live = client.get("/live")
@@ -27,12 +31,9 @@ def test_live_answers_while_the_model_loads(settings):
         release.set()
 
 
-def test_after_shutdown_begins_health_and_new_generations_are_503_but_live_is_200(settings, backend):
-    app = create_app(settings)
-    engine = app.extensions["loupe"].engine
-    deadline = time.monotonic() + 30
-    while engine.status != "ok" and time.monotonic() < deadline:
-        time.sleep(0.01)
+def test_after_shutdown_begins_health_and_new_generations_are_503_but_live_is_200(settings, backend, engines):
+    app = engines.app(settings)
+    wait_ready(app.extensions["loupe"].engine)
     client = app.test_client()
     assert client.post("/v1/chat/completions", json=ask(max_tokens=1)).status_code == 200
     begin_shutdown(app)
@@ -58,6 +59,7 @@ def post_stream(server, max_tokens):
     return connection, response
 
 
+@pytest.mark.slow  # a real server
 def test_sigterm_lets_the_running_stream_finish_refuses_new_work_and_exits(live_server):
     server = live_server(SHUTDOWN_GRACE="30", LOG_FORMAT="json")
     kept_alive = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
@@ -65,7 +67,7 @@ def test_sigterm_lets_the_running_stream_finish_refuses_new_work_and_exits(live_
     assert kept_alive.getresponse().read()
     connection, stream = post_stream(server, max_tokens=60)
     server.process.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    wait_until(lambda: '"shutting down: ' in server.log(), message="the worker to log that it is shutting down")
     # A request on a connection opened before SIGTERM is still answered, with 503.
     kept_alive.request("POST", "/v1/chat/completions", json.dumps(ask(max_tokens=1)),
                        {"Content-Type": "application/json"})
@@ -83,6 +85,7 @@ def test_sigterm_lets_the_running_stream_finish_refuses_new_work_and_exits(live_
     assert finished[-1]["completion_tokens"] == 60  # the stream's own log line, with its tokens
 
 
+@pytest.mark.slow  # a real server
 def test_a_generation_longer_than_the_grace_period_ends_with_a_clear_error(live_server):
     # Far more tokens than the tiny model makes in the grace period (it makes about 2,000 a second).
     server = live_server(SHUTDOWN_GRACE="1", MAX_NEW_TOKENS_LIMIT="100000", MAX_CONTEXT_TOKENS="100100")
@@ -97,16 +100,11 @@ def test_a_generation_longer_than_the_grace_period_ends_with_a_clear_error(live_
     assert "stopped with no unfinished work" in server.log()
 
 
-def test_the_grace_timer_ends_queued_and_running_generations(settings):
-    from tests.support.fakes import ScriptedBackend
-
+def test_the_grace_timer_ends_queued_and_running_generations(settings, engines):
     gate = threading.Event()  # never opened until the end: the running generation makes no progress
-    engine = Engine(lambda: ScriptedBackend(["a"] * 100, gate=gate), queue_size=2).start()
+    engine = engines.ready(ScriptedBackend(["a"] * 100, gate=gate), queue_size=2)
     app = create_app(settings.replace(shutdown_grace=0), engine=engine)
     client = app.test_client()
-    deadline = time.monotonic() + 10
-    while engine.status != "ok" and time.monotonic() < deadline:
-        time.sleep(0.01)
     running = client.post("/v1/chat/completions", json=ask(max_tokens=2000, stream=True), buffered=False)
     frames = iter(running.response)
     assert next(frames).startswith(b":")  # accepted
@@ -114,8 +112,7 @@ def test_the_grace_timer_ends_queued_and_running_generations(settings):
     results = []
     waiter = threading.Thread(target=lambda: results.append(client.post("/v1/chat/completions", json=ask())))
     waiter.start()
-    while engine.queue_depth == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: engine.queue_depth, message="the other request to be queued")
     begin_shutdown(app).join(5)
     waiter.join(5)
     assert results[0].status_code == 503 and results[0].get_json()["error"]["code"] == "shutting_down"

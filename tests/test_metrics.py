@@ -1,12 +1,13 @@
 """GET /metrics in Prometheus format: requests, queue, generations, speed, image tokens, the model."""
 import threading
-import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
-from loupe.engine.engine import Engine
 from tests.support.chat import ask, data_url, png
+from tests.support.engines import wait_ready
+from tests.support.fakes import ScriptedBackend
+from tests.support.waiting import wait_until
 
 
 def scrape(client):
@@ -55,10 +56,8 @@ def test_generations_speed_and_tokens(app):
                          buffered=False)
     next(iter(stream.response))
     stream.close()  # a cancelled stream
-    deadline = time.monotonic() + 10
-    while value(scrape(client), "loupe_generations_total", outcome="cancelled") < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until(lambda: value(scrape(client), "loupe_generations_total", outcome="cancelled") >= 1,
+               message="the cancelled stream to be counted")
     after = scrape(client)
     assert value(after, "loupe_generations_total", outcome="length") - value(before, "loupe_generations_total",
                                                                              outcome="length") == 1
@@ -69,30 +68,26 @@ def test_generations_speed_and_tokens(app):
     assert value(after, "loupe_prompt_tokens_total") == timings["prompt_tokens"]
 
 
-def test_queue_in_progress_and_model_gauges(settings):
+def test_queue_in_progress_and_model_gauges(settings, engines):
     release, gate = threading.Event(), threading.Event()
-    from tests.support.fakes import ScriptedBackend
 
     def load():
         release.wait(10)
         return ScriptedBackend(["a"] * 50, gate=gate)
 
-    engine = Engine(load, queue_size=2).start()
+    engine = engines.start(load, queue_size=2)
     client = create_app(settings, engine=engine).test_client()
     loading = scrape(client)
     assert value(loading, "loupe_model_state", state="loading") == 1
     assert value(loading, "loupe_model_state", state="ok") == 0
     release.set()
-    while engine.status != "ok":
-        time.sleep(0.01)
+    wait_ready(engine)
     # The test client returns a stream once its first frame (the model started on it) is out.
     stream = client.post("/v1/chat/completions", json=ask(stream=True, max_tokens=50), buffered=False)
     waiter = threading.Thread(target=client.post, args=("/v1/chat/completions",), kwargs={"json": ask()})
     waiter.start()
-    deadline = time.monotonic() + 10
     # Both requests can be waiting at first: wait until the engine has taken the stream and the other waits.
-    while (engine.running, engine.queue_depth) != (1, 1) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: (engine.running, engine.queue_depth) == (1, 1), message="one running and one queued")
     busy = scrape(client)
     assert value(busy, "loupe_model_state", state="ok") == 1
     assert value(busy, "loupe_model_load_seconds") > 0

@@ -9,7 +9,7 @@ from loupe.errors import SERVER_BUSY_RETRY_AFTER
 from loupe.settings import Settings
 from loupe.web.services import services
 from tests.support.chat import ask
-from tests.support.fakes import ScriptedBackend, chat, ready_engine
+from tests.support.fakes import ScriptedBackend, chat
 
 
 def limited_client(app, limit="3/minute", engine=None):
@@ -43,10 +43,10 @@ def test_past_the_limit_generations_get_429_with_retry_after(app):
     assert all(client.get(path).status_code == 200 for path in ("/health", "/live", "/v1/models"))
 
 
-def test_a_full_queue_keeps_its_own_retry_after_under_a_rate_limit(app):
+def test_a_full_queue_keeps_its_own_retry_after_under_a_rate_limit(app, engines):
     gate = threading.Event()
     backend = ScriptedBackend(["x"] * 3, gate=gate)
-    engine = ready_engine(backend, queue_size=0, max_batch=1)
+    engine = engines.ready(backend, queue_size=0, max_batch=1)
     client = limited_client(app, "30/minute", engine)
     running = engine.submit(chat())
     try:

@@ -21,7 +21,7 @@ SETTINGS = Settings.from_mapping({"ALLOW_REMOTE_IMAGES": "true", "MAX_IMAGE_BYTE
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/slow.png":
-            time.sleep(2)
+            time.sleep(2)  # not a poll: a server slower than REMOTE_IMAGE_TIMEOUT
         body = b"x" * 5000 if self.path == "/big.png" else PNG
         self.send_response(404 if self.path == "/missing.png" else 200)
         self.send_header("Content-Length", str(len(body)))

@@ -5,19 +5,22 @@ import json
 import re
 import subprocess
 import sys
-import time
+import urllib.request
 
 import pytest
 from openai import OpenAI
 from PIL import Image
+
+from tests.support.live_server import LiveServer
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.slow  # real gunicorn servers
 
 LONG = 100_000
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
-    from tests.support.live_server import LiveServer
-
     # LONG tokens take the tiny model far longer than the hang-up tests wait (it makes about 2,000 a second).
     live = LiveServer({"MODEL_ID": str(tiny_model_dir), "MAX_NEW_TOKENS": "8", "THREADS": "4",
                        "MAX_NEW_TOKENS_LIMIT": str(LONG), "MAX_CONTEXT_TOKENS": str(LONG + 100)},
@@ -97,11 +100,15 @@ def cancelled_generations(server) -> list[int]:
 
 def next_cancelled_generation(server, before: list[int], timeout: float = 30) -> int:
     """Wait for one more cancelled generation than `before`; returns how many tokens it had made."""
-    deadline = time.monotonic() + timeout
-    while len(cancelled := cancelled_generations(server)) == len(before):
-        assert time.monotonic() < deadline, "no generation was cancelled"
-        time.sleep(0.1)
-    return cancelled[len(before)]
+    cancelled = wait_until(lambda: cancelled_generations(server)[len(before):], timeout, interval=0.1,
+                           message="a generation to be cancelled")
+    return cancelled[0]
+
+
+def generating(server) -> bool:
+    """Whether the server is running a generation, by its /metrics."""
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as response:
+        return re.search(rb"^loupe_generations_in_progress [1-9]", response.read(), re.M) is not None
 
 
 def test_a_client_disconnect_stops_the_generation(server):
@@ -126,7 +133,7 @@ def test_a_client_that_hangs_up_on_a_whole_answer_stops_the_generation(server):
     body = json.dumps({"messages": [{"role": "user", "content": "Go on"}], "max_tokens": LONG, "ignore_eos": True})
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
-    time.sleep(1)  # the model is generating (and far from LONG tokens)
+    wait_until(lambda: generating(server), message="the model to be generating")  # (and far from LONG tokens)
     connection.sock.close()
     connection.close()
     assert next_cancelled_generation(server, before) < LONG

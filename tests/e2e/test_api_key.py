@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 from tests.e2e.page_actions import wait_until_ready
 from tests.support.live_server import LiveServer
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a browser, and a real gunicorn server
 
 KEY = "page-test-key"
 # Chromium logs every refused request itself; the tests provoke these on purpose.

@@ -19,7 +19,7 @@ from tests.e2e.page_actions import (
 )
 from tests.support.live_server import LiveServer
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a browser, and a real gunicorn server
 
 IMAGE_MAX_EDGE = 256  # small, so the tiny model reads images fast
 BMP_REFUSED = "Image format BMP is not supported; send PNG, JPEG, WebP or GIF."
@@ -161,7 +161,7 @@ def test_stop_aborts_the_generation_and_the_server_stops(server, open_page, imag
     expect(page.get_by_role("button", name="Send")).to_be_visible()
     expect(page.get_by_label("Message")).to_be_focused()
     kept = answer.locator(".answer").inner_text()
-    page.wait_for_timeout(300)
+    page.wait_for_timeout(300)  # not a poll: a moment in which no more text may come
     assert answer.locator(".answer").inner_text() == kept, "text kept arriving after Stop"
 
     # The server dropped the aborted generation: the next request does not wait behind it.

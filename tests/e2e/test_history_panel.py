@@ -10,7 +10,7 @@ from playwright.sync_api import expect
 from tests.e2e.page_actions import chat_requests, goto_under_the_servers_csp, open_settings, wait_until_ready
 from tests.support.live_server import LiveServer
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a browser, and a real gunicorn server
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import pytest
 from playwright.sync_api import expect
@@ -17,51 +16,13 @@ from werkzeug.serving import make_server
 
 from app import create_app
 from loupe.engine.engine import Engine
-from loupe.inference import Token
 from loupe.settings import Settings
+from tests.support.fakes import ScriptedBackend, ScriptedPrompt
 
-pytestmark = pytest.mark.e2e
-
-
-class FakeBackend:
-    """Just enough of a backend for /health to report it."""
-
-    name = "Qwen3-VL-2B-Instruct"  # a real model's name: long enough to test the phone header
-    device = "cpu"
-    dtype = "float32"
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a browser, seconds a test
 
 
-@dataclass
-class FakePrompt:
-    prompt_tokens: int = 120
-    image_tokens: int = 100
-
-
-class GatedBackend(FakeBackend):
-    """Reads the prompt until `gate` opens, then writes a short Markdown answer (engine's Backend protocol)."""
-
-    ANSWER = ["It shows ", "a **yellow** sun", " over a field."]
-
-    def __init__(self):
-        self.gate = threading.Event()
-
-    def prepare(self, messages, max_tokens):
-        return FakePrompt()
-
-    def start(self, prompt, sampling):
-        self.gate.wait(30)  # "reading the image"
-        return {"next": 0}
-
-    def sample(self, sequence):
-        i = sequence["next"]
-        sequence["next"] += 1
-        return Token(i, self.ANSWER[i]) if i < len(self.ANSWER) else Token(99, "", eos=True)
-
-    def advance(self):
-        pass
-
-    def finish(self, sequence):
-        pass
+MODEL = "Qwen3-VL-2B-Instruct"  # a real model's name: long enough to test the phone header
 
 
 @contextmanager
@@ -80,14 +41,14 @@ def serve(engine: Engine, **settings: str) -> Iterator[str]:
             thread.join(5)
 
 
-def test_loading_state_disables_sending_until_the_model_is_ready(open_page, screenshot):
+def test_loading_state_disables_sending_until_the_model_is_ready(open_page, screenshot, engines):
     loaded = threading.Event()
 
     def slow_load():
         loaded.wait(60)
-        return FakeBackend()
+        return ScriptedBackend(name=MODEL)
 
-    with serve(Engine(slow_load, queue_size=1).start()) as url:
+    with serve(engines.start(slow_load, queue_size=1)) as url:
         opened = open_page(url)
         opened.console.allow(r"/health.*503|status of 503")  # the browser logs each 503 from /health
         page = opened.page
@@ -110,11 +71,11 @@ def test_loading_state_disables_sending_until_the_model_is_ready(open_page, scre
         expect(page.get_by_label("Message")).to_have_value("Is it ready?")
 
 
-def test_error_state_shows_the_reason(open_page, screenshot):
+def test_error_state_shows_the_reason(open_page, screenshot, engines):
     def failing_load():
         raise RuntimeError("No model found at /models/qwen3-vl-2b: the directory does not exist.")
 
-    with serve(Engine(failing_load, queue_size=1).start()) as url:
+    with serve(engines.start(failing_load, queue_size=1)) as url:
         opened = open_page(url, device="phone")
         opened.console.allow(r"/health.*503|status of 503")
         page = opened.page
@@ -129,13 +90,16 @@ def test_error_state_shows_the_reason(open_page, screenshot):
         screenshot(page, "phone-model-error")
 
 
-def test_waiting_is_explained_queued_then_reading_then_writing(open_page, screenshot, tmp_path, fits_a_phone):
+def test_waiting_is_explained_queued_then_reading_then_writing(open_page, screenshot, tmp_path, fits_a_phone, engines):
     """On a CPU the first word can take long: the page says what is happening and the time keeps moving."""
     from PIL import Image
 
     Image.new("RGB", (300, 200), (70, 130, 180)).save(tmp_path / "sky.png")
-    backend = GatedBackend()
-    with serve(Engine(lambda: backend, queue_size=2).start()) as url:
+    # A short Markdown answer, held back by the gate: until it opens, the page shows the image being read.
+    gate = threading.Event()
+    backend = ScriptedBackend(["It shows ", "a **yellow** sun", " over a field."], gate=gate, name=MODEL,
+                              prompt=ScriptedPrompt(prompt_tokens=120, image_tokens=100))
+    with serve(engines.ready(backend, queue_size=2)) as url:
         first = open_page(url).page
         expect(first.locator("#model-status-text")).to_have_text("Ready · Qwen3-VL-2B-Instruct")
         first.set_input_files("#file-input", str(tmp_path / "sky.png"))
@@ -160,7 +124,7 @@ def test_waiting_is_explained_queued_then_reading_then_writing(open_page, screen
         fits_a_phone(second)
         screenshot(second, "phone-queued")
 
-        backend.gate.set()
+        gate.set()
         expect(reading).to_have_attribute("data-state", "done")
         expect(reading.locator(".answer strong")).to_have_text("yellow")
         expect(reading.locator(".answer")).to_have_text("It shows a yellow sun over a field.")

@@ -1,8 +1,7 @@
-"""A scripted backend for the engine and the web layer: queue states held still, no model needed."""
+"""A scripted backend for the engine, the web layer and the page: queue states held still, no model needed."""
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from loupe.engine.engine import Engine
 from loupe.inference import ChatRequest, Message, SamplingParams, TextPart, Token
 
 
@@ -13,12 +12,18 @@ class ScriptedPrompt:
 
 
 class ScriptedBackend:
-    """Gives each sequence the given texts as tokens; every sample waits for `gate` when one is set."""
+    """Gives each sequence the given texts as tokens; every sample waits for `gate` when one is set.
 
-    name, device, dtype, cached_tokens = "scripted", "cpu", "float32", 0
+    The gate is held shut by the test to keep a generation running (or its answer unwritten) for as
+    long as it needs; a test opens it before it ends, and the 30 s wait is only a backstop.
+    """
 
-    def __init__(self, texts, eos_at_end=True, gate=None, fail_after=None):
+    device, dtype, cached_tokens = "cpu", "float32", 0
+
+    def __init__(self, texts=(), eos_at_end=True, gate=None, fail_after=None, name="scripted", prompt=None):
         self.texts, self.eos_at_end, self.gate, self.fail_after = texts, eos_at_end, gate, fail_after
+        self.name = name
+        self.prompt = prompt if prompt is not None else ScriptedPrompt()
         self.tokens_made = 0
         self.started = threading.Event()
         self.batch = []
@@ -26,7 +31,7 @@ class ScriptedBackend:
         self.calls = []
 
     def prepare(self, messages, max_tokens):
-        return ScriptedPrompt()
+        return replace(self.prompt)
 
     def start(self, prompt, sampling):
         self.calls.append("start")
@@ -39,7 +44,7 @@ class ScriptedBackend:
     def sample(self, sequence):
         self.calls.append("sample")
         if self.gate is not None:
-            self.gate.wait(5)
+            self.gate.wait(30)
         step = sequence["step"]
         if self.fail_after is not None and step >= self.fail_after:
             raise RuntimeError("backend broke")
@@ -57,14 +62,6 @@ class ScriptedBackend:
 
 
 def chat(max_tokens=10, stop=()):
+    """A one-message chat request (greedy) for the engine."""
     sampling = SamplingParams(max_tokens, 0.0, 1.0, 0, 0.0, stop=stop)
     return ChatRequest((Message("user", (TextPart("hi"),)),), sampling)
-
-
-def ready_engine(backend, queue_size=2, max_batch=1):
-    engine = Engine(lambda: backend, queue_size, max_batch).start()
-    for _ in range(500):
-        if engine.status == "ok":
-            return engine
-        threading.Event().wait(0.01)
-    raise AssertionError("engine did not become ready")

@@ -8,10 +8,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 # The native kernel, compiled once per machine for the whole suite (its file name hashes its source).
@@ -44,16 +45,20 @@ class LiveServer:
         """Start gunicorn and wait until /health reports `ready_status`."""
         log = self.log_path.open("wb")
         command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
-        self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+        process = self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log,
+                                                  stderr=subprocess.STDOUT)
+
+        def ready() -> bool:
+            if process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited early:\n{self.log()}")
-            if self.health().get("status") == ready_status:
-                return self
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server not {ready_status} in {timeout} s:\n{self.log()}")
+            return self.health().get("status") == ready_status
+
+        try:
+            wait_until(ready, timeout, interval=0.2, message=lambda: f"the server to be {ready_status}:\n{self.log()}")
+        except BaseException:  # pytest.fail raises a BaseException: stop the server whatever went wrong
+            self.stop()
+            raise
+        return self
 
     def health(self) -> dict:
         """The /health body, or {} while the server does not answer."""
