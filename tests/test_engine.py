@@ -151,3 +151,18 @@ def test_close_ends_running_and_queued_generations_and_the_worker(engines):
     assert backend.batch == []  # the running sequence was released
     with pytest.raises(ShuttingDown):
         engine.submit(chat())
+
+
+def test_aborting_reaches_a_generation_whose_prompt_is_being_read(engines):
+    reading = threading.Event()
+    backend = ScriptedBackend(["x"] * 5, prefill_gate=reading)
+    engine = engines.ready(backend)
+    generation = engine.submit(chat())
+    assert backend.started.wait(5)  # off the queue, not yet in the batch
+    assert engine.abort_all(ShuttingDown("The server stopped before this generation finished.")) == 1
+    reading.set()
+    with pytest.raises(ShuttingDown):
+        list(generation)
+    wait_until(lambda: not engine.running, message="the aborted generation to leave the batch")
+    assert backend.tokens_made == 0 and backend.batch == []
+

@@ -46,6 +46,8 @@ class Engine:
         self._closed = False
         self._active = 0
         self._runs: list[Run] = []  # the batch; only the engine's thread changes it
+        self._starting: Generation | None = None  # off the queue, its prompt being read: not yet a run
+        self._aborted: LoupeError | None = None  # set by abort_all: what a generation taken after it gets
         self._draining = False
         self._observers: list[Observer] = []
         self._step_observers: list[StepObserver] = []
@@ -60,7 +62,8 @@ class Engine:
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop for good: end the running and queued generations (503), then let the worker thread end."""
-        self._draining = self._closed = True
+        with self._lock:
+            self._draining = self._closed = True
         self.abort_all(ShuttingDown("The server stopped before this generation finished."))
         self._queue.put(None)
         if self._thread is not None:
@@ -105,7 +108,8 @@ class Engine:
 
     def drain(self) -> None:
         """Refuse new requests from now on; running and queued ones still complete."""
-        self._draining = True
+        with self._lock:  # submit queues under it: once this returns, nothing more is queued
+            self._draining = True
 
     def add_observer(self, observer: Observer) -> None:
         """Call `observer(outcome, timings)` after each generation (metrics use this)."""
@@ -118,8 +122,10 @@ class Engine:
     def abort_all(self, error: LoupeError) -> int:
         """End the running and every queued generation with `error`; returns how many there were."""
         with self._lock:
+            self._aborted = error
             queued = [generation for generation in list(self._queue.queue) if generation is not None]
-            pending = queued + [run.generation for run in list(self._runs)]
+            starting = [self._starting] if self._starting is not None else []
+            pending = queued + starting + [run.generation for run in self._runs]
         for generation in pending:
             generation.fail(error)
         return len(pending)
@@ -135,13 +141,15 @@ class Engine:
             raise ModelUnavailable("The model is still loading; try again shortly.")
         prompt = backend.prepare(request.messages, request.sampling.max_tokens)
         generation = Generation(request, prompt, self._request_timeout, on_cancel=self._release_slot)
-        with self._lock:
+        with self._lock:  # drain() and abort_all() take it too: a request is refused, or queued and reached
+            if self._draining:
+                raise ShuttingDown("The server is shutting down; send the request to another instance or retry.")
             # QUEUE_SIZE requests may wait once the batch is full; free batch places take more.
             if self._waiting >= self._queue_size + self._max_batch - self._active:
                 raise ServerBusy("The server is busy with other requests; try again shortly.")
             self._waiting += 1
             generation.holds_slot = True
-        self._queue.put(generation)
+            self._queue.put(generation)
         return generation
 
     def _release_slot(self, generation: Generation) -> None:
@@ -181,20 +189,33 @@ class Engine:
             if generation is None:  # close() woke the worker
                 return
             self._release_slot(generation)
-            if generation.cancelled:
-                self._notify("timeout" if generation.timed_out else "cancelled", None)
-                continue
-            self._active = len(self._runs) + 1
-            run = Run(generation)
-            try:
-                run.sequence = backend.start(generation.prompt, generation.request.sampling)
-            except Exception:
-                log.exception("reading the prompt failed")
-                generation.put(GenerationFailed("prefill failed"))
-                self._notify("error", None)
-                continue
-            self._runs.append(run)
-            return
+            run = self._start(backend, generation)
+            with self._lock:  # abort_all finds each generation queued, starting or running: never none of them
+                self._starting = None
+                if run is not None:
+                    self._runs.append(run)
+            if run is not None:
+                return
+
+    def _start(self, backend: AnyBackend, generation: Generation) -> Run | None:
+        """Read a generation's prompt into a run for the batch; None if it was cancelled or its prefill failed."""
+        with self._lock:
+            self._starting, aborted = generation, self._aborted
+        if aborted is not None:  # taken off the queue just as abort_all looked at the queue
+            generation.fail(aborted)
+        if generation.cancelled:
+            self._notify("timeout" if generation.timed_out else "cancelled", None)
+            return None
+        self._active = len(self._runs) + 1
+        run = Run(generation)
+        try:
+            run.sequence = backend.start(generation.prompt, generation.request.sampling)
+        except Exception:
+            log.exception("reading the prompt failed")
+            generation.put(GenerationFailed("prefill failed"))
+            self._notify("error", None)
+            return None
+        return run
 
     def _step(self, backend: AnyBackend) -> None:
         """One token for every run; finished and cancelled ones leave before the next pass."""

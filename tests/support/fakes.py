@@ -12,7 +12,8 @@ class ScriptedPrompt:
 
 
 class ScriptedBackend:
-    """Gives each sequence the given texts as tokens; every sample waits for `gate` when one is set.
+    """Gives each sequence the given texts as tokens; every sample waits for `gate` when one is set,
+    and every prefill for `prefill_gate`.
 
     The gate is held shut by the test to keep a generation running (or its answer unwritten) for as
     long as it needs; a test opens it before it ends, and the 30 s wait is only a backstop.
@@ -20,8 +21,10 @@ class ScriptedBackend:
 
     device, dtype, cached_tokens = "cpu", "float32", 0
 
-    def __init__(self, texts=(), eos_at_end=True, gate=None, fail_after=None, name="scripted", prompt=None):
+    def __init__(self, texts=(), eos_at_end=True, gate=None, fail_after=None, name="scripted", prompt=None,
+                 prefill_gate=None):
         self.texts, self.eos_at_end, self.gate, self.fail_after = texts, eos_at_end, gate, fail_after
+        self.prefill_gate = prefill_gate
         self.name = name
         self.prompt = prompt if prompt is not None else ScriptedPrompt()
         self.tokens_made = 0
@@ -36,6 +39,8 @@ class ScriptedBackend:
     def start(self, prompt, sampling):
         self.calls.append("start")
         self.started.set()
+        if self.prefill_gate is not None:
+            self.prefill_gate.wait(30)
         sequence = {"step": 0}
         self.batch.append(sequence)
         self.widest_batch = max(self.widest_batch, len(self.batch))
