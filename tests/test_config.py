@@ -42,7 +42,7 @@ def test_env_file_is_read_and_the_environment_wins(tmp_path):
 
 
 def test_every_setting_is_documented_in_the_readme(readme_text):
-    for name, default, help_text in documented_settings():
+    for name, _default, help_text in documented_settings():
         assert help_text
         assert f"`{name}`" in readme_text, f"{name} is missing from the README's configuration table"
 

@@ -89,7 +89,7 @@ def test_other_modes_become_rgb(mode, value, expected):
     fmt = "JPEG" if mode == "CMYK" else "PNG"
     image = decode_image(encode(Image.new(mode, (40, 40), value), fmt), SETTINGS)
     assert image.mode == "RGB"
-    assert all(abs(a - b) <= 2 for a, b in zip(image.getpixel((3, 3)), expected))
+    assert all(abs(a - b) <= 2 for a, b in zip(image.getpixel((3, 3)), expected, strict=True))
 
 
 def test_palette_with_transparency():

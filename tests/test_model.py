@@ -24,7 +24,7 @@ def photo(width=96, height=64, seed=0):
 
 
 def image_turn(*images, text="What is this?"):
-    return Message("user", tuple(ImagePart(image=i) for i in images) + (TextPart(text),))
+    return Message("user", (*(ImagePart(image=i) for i in images), TextPart(text)))
 
 
 def tokens(backend, prompt, sampling=GREEDY):
@@ -166,7 +166,7 @@ def test_a_follow_up_reuses_the_conversation_and_answers_as_without_the_cache(ba
     cached, first_ids = first_token_and_ids(backend, backend.prepare(first_turn, 12))
     assert cached == 0
     answer = backend.tokenizer.decode(first_ids, skip_special_tokens=True)
-    follow_up = first_turn + [Message("assistant", (TextPart(answer),)), Message("user", (TextPart("Why?"),))]
+    follow_up = [*first_turn, Message("assistant", (TextPart(answer),)), Message("user", (TextPart("Why?"),))]
     prompt = backend.prepare(follow_up, 12)
     cached, ids = first_token_and_ids(backend, prompt)
     assert cached > prompt.image_spans[0][1]  # the image was not read again
@@ -232,7 +232,7 @@ def test_kept_conversations_give_way_to_running_sequences_within_the_bound(setti
     long_prompt = [Message("user", (TextPart("word " * 60),))]
     one = backend.start(backend.prepare(long_prompt, 8), GREEDY)
     assert backend.prefix_cache.tokens == kept  # the bound still has room for both
-    two = backend.start(backend.prepare(long_prompt + [Message("user", (TextPart("more"),))], 8), GREEDY)
+    two = backend.start(backend.prepare([*long_prompt, Message("user", (TextPart("more"),))], 8), GREEDY)
     for _ in range(4):
         for sequence in (one, two):
             backend.sample(sequence)
@@ -254,7 +254,7 @@ def test_sequences_decoded_together_give_the_tokens_each_gives_alone(settings):
     ]
     lengths = [10, 4, 7]
     alone = [tokens(backend, backend.prepare(c, n), replace(GREEDY, max_tokens=n))
-             for c, n in zip(conversations, lengths)]
+             for c, n in zip(conversations, lengths, strict=True)]
     made = {0: [], 1: [], 2: []}
     sequences = {0: backend.start(backend.prepare(conversations[0], 10), GREEDY)}
     for step in range(12):

@@ -1,4 +1,6 @@
 """One-token attention by loupe::decode_attention computes what torch's SDPA computes; prompts stay on SDPA."""
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -36,11 +38,11 @@ def test_the_kernel_computes_sdpa_with_grouped_heads_and_left_padding(dtype, bat
         torch.testing.assert_close(unmasked, out, rtol=0, atol=0)
 
 
-def kernel_calls(run) -> int:
-    """How many times `run()` called loupe::decode_attention (counted by torch's profiler)."""
+def kernel_calls(run):
+    """How many times `run()` called loupe::decode_attention (counted by torch's profiler), and what it returned."""
     with profile() as recorded:
-        run()
-    return sum(event.count for event in recorded.key_averages() if event.key == "loupe::decode_attention")
+        result = run()
+    return sum(event.count for event in recorded.key_averages() if event.key == "loupe::decode_attention"), result
 
 
 def test_a_model_decodes_with_the_kernel_and_reads_prompts_with_sdpa(tiny_model_dir):
@@ -55,11 +57,12 @@ def test_a_model_decodes_with_the_kernel_and_reads_prompts_with_sdpa(tiny_model_
     with torch.inference_mode():
         for name, model in (("sdpa", plain), ("ours", ours)):
             cache = new_cache(model.config)
-            prompt = lambda: model(input_ids=ids, attention_mask=mask, cache=cache).logits  # noqa: E731
-            step = lambda: model(input_ids=torch.tensor([[5], [7]]), cache=cache,  # noqa: E731
-                                 attention_mask=torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)).logits
-            calls[name] = (kernel_calls(lambda: logits.setdefault((name, "prompt"), prompt())),
-                           kernel_calls(lambda: logits.setdefault((name, "step"), step())))
+            step_mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+            prompt_calls, prompt = kernel_calls(partial(model, input_ids=ids, attention_mask=mask, cache=cache))
+            step_calls, step = kernel_calls(partial(model, input_ids=torch.tensor([[5], [7]]), cache=cache,
+                                                    attention_mask=step_mask))
+            calls[name] = (prompt_calls, step_calls)
+            logits[name, "prompt"], logits[name, "step"] = prompt.logits, step.logits
     layers = plain.config.text_config.num_hidden_layers
     assert calls == {"sdpa": (0, 0), "ours": (0, layers)}
     assert torch.equal(logits["ours", "prompt"], logits["sdpa", "prompt"])

@@ -17,7 +17,7 @@ def test_updates_return_what_a_dynamic_layer_returns():
     ours, theirs = GrowingLayer(), DynamicLayer()
     for step, length in enumerate([5, 1, 1, ROOM, 1]):  # the fourth update overflows the room
         keys, values = states(length, step)
-        for got, expected in zip(ours.update(keys, values), theirs.update(keys, values)):
+        for got, expected in zip(ours.update(keys, values), theirs.update(keys, values), strict=True):
             assert torch.equal(got, expected)
     assert ours.get_seq_length() == theirs.get_seq_length() == 8 + ROOM
 

@@ -85,7 +85,7 @@ def test_a_batch_decodes_the_same_logits_and_caches_as_transformers(tiny_model_d
     for position in range(3):
         assert logits["native", position].shape == (2, model.config.text_config.vocab_size)
         torch.testing.assert_close(logits["native", position], logits["transformers", position], **tolerance)
-    for ours, theirs in zip(caches["native"].layers, caches["transformers"].layers):
+    for ours, theirs in zip(caches["native"].layers, caches["transformers"].layers, strict=True):
         assert ours.keys.shape == theirs.keys.shape == (2, 2, 12, 16)
         torch.testing.assert_close(ours.keys, theirs.keys, **tolerance)
         torch.testing.assert_close(ours.values, theirs.values, **tolerance)

@@ -217,8 +217,8 @@ def test_without_a_compiler_native_falls_back_to_packed_and_says_why(tmp_path):
 @pytest.mark.slow  # a fresh interpreter with torch
 def test_a_failing_compiler_falls_back_to_packed_with_its_first_error_line(tmp_path):
     compiler = tmp_path / "c++"
-    compiler.write_text("#!/bin/sh\necho 'In file included from x.h:1,' >&2\necho 'x.h:2: fatal error: no such thing' >&2\n"
-                        "exit 1\n")
+    compiler.write_text("#!/bin/sh\necho 'In file included from x.h:1,' >&2\n"
+                        "echo 'x.h:2: fatal error: no such thing' >&2\nexit 1\n")
     compiler.chmod(0o755)
     done = fall_back(tmp_path, cpu="AVX512", PATH=str(tmp_path))
     assert done.stdout.strip() == "{'packed': 2}"

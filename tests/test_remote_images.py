@@ -81,5 +81,5 @@ def test_requests_use_the_fetcher_when_remote_images_are_allowed(image_server):
     request = ChatRequest((Message("user", (ImagePart(url=image_server + "/ok.png"),)),),
                           SamplingParams(4, 0.7, 0.8, 20, 1.5))
     fetch = functools.partial(fetch_image, allow=allow_any)
-    with pytest.raises(InvalidRequest, match="could not be decoded|not an image"):
+    with pytest.raises(InvalidRequest, match=r"could not be decoded|not an image"):
         load_request_images(request, SETTINGS, fetch)  # fetched, then refused by the decoder: 1 px stub

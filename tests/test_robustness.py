@@ -16,7 +16,7 @@ parts = st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "ot
 messages = st.lists(st.fixed_dictionaries(
     {"role": st.sampled_from(["user", "assistant", "system", "tool", 3])},
     optional={"content": st.text(max_size=30) | st.lists(parts, max_size=3) | values}), max_size=3)
-bodies = st.fixed_dictionaries({}, optional={name: values for name in FIELDS} | {"messages": messages}) | values
+bodies = st.fixed_dictionaries({}, optional=dict.fromkeys(FIELDS, values) | {"messages": messages}) | values
 EXAMPLES = hypothesis_settings(max_examples=150, deadline=None,
                                suppress_health_check=[HealthCheck.function_scoped_fixture])
 

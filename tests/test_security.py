@@ -148,8 +148,8 @@ class PageAudit(HTMLParser):
             executable = attrs.get("type") in (None, "", "module", "text/javascript")
             if executable and not (attrs.get("src") or "").startswith("/static/"):
                 self.blocked.append((tag, attrs))
-        if tag == "link" and attrs.get("rel") in ("stylesheet", "modulepreload"):
-            if not attrs["href"].startswith("/static/"):
+        linked = tag == "link" and attrs.get("rel") in ("stylesheet", "modulepreload")
+        if linked and not attrs["href"].startswith("/static/"):
                 self.blocked.append((tag, attrs))
 
 

@@ -51,7 +51,7 @@ def test_a_queued_request_past_the_timeout_frees_its_slot_at_once(settings, engi
 
 def test_timeouts_are_counted_in_metrics(settings, engines):
     gate = threading.Event()
-    engine, client = started_app(settings, engines, ScriptedBackend(["a"] * 10, gate=gate), timeout=0.3)
+    _, client = started_app(settings, engines, ScriptedBackend(["a"] * 10, gate=gate), timeout=0.3)
     assert client.post("/v1/chat/completions", json=ask(max_tokens=10)).status_code == 504
     gate.set()
     counted = 'loupe_generations_total{outcome="timeout"} 1.0'
@@ -60,5 +60,5 @@ def test_timeouts_are_counted_in_metrics(settings, engines):
 
 
 def test_zero_means_no_timeout(settings, engines):
-    engine, client = started_app(settings, engines, ScriptedBackend(["a", "b"]), timeout=0)
+    _, client = started_app(settings, engines, ScriptedBackend(["a", "b"]), timeout=0)
     assert client.post("/v1/chat/completions", json=ask()).status_code == 200

@@ -21,7 +21,8 @@ def watch_answer_states(page):
                     window.__states.push(r.target.dataset.state);
                 }
                 for (const node of r.addedNodes || []) {
-                    if (node.classList && node.classList.contains("assistant")) window.__states.push(node.dataset.state);
+                    if (node.classList && node.classList.contains("assistant"))
+                        window.__states.push(node.dataset.state);
                 }
             }
         }).observe(document.getElementById("conversation"),

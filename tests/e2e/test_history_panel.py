@@ -147,7 +147,8 @@ def test_history_on_a_phone(server, open_page, images, screenshot, fits_a_phone)
     page = open_page(server.url, device="phone").page
     wait_until_ready(page)
     page.set_input_files("#file-input", str(images / "photo.jpg"))
-    page.get_by_label("Message").fill("What colours are in this photo? A long question to see how it wraps in the list.")
+    question = "What colours are in this photo? A long question to see how it wraps in the list."
+    page.get_by_label("Message").fill(question)
     page.get_by_role("button", name="Send").click()
     expect(page.locator(".turn.assistant")).to_have_attribute("data-state", "done")
     fits_a_phone(page, buttons=("History",))

@@ -12,11 +12,8 @@ from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen
 SEED = 1234
 BPE_VOCAB_SIZE = 384  # 256 byte tokens + merges learned from CORPUS
 # The real model's added tokens, in its order (ids 151643... there): the special ones, then the plain ones.
-SPECIAL_TOKENS = ("<|endoftext|> <|im_start|> <|im_end|> <|object_ref_start|> <|object_ref_end|> <|box_start|> "
-                  "<|box_end|> <|quad_start|> <|quad_end|> <|vision_start|> <|vision_end|> <|vision_pad|> "
-                  "<|image_pad|> <|video_pad|>").split()
-PLAIN_TOKENS = ("<tool_call> </tool_call> <|fim_prefix|> <|fim_middle|> <|fim_suffix|> <|fim_pad|> <|repo_name|> "
-                "<|file_sep|> <tool_response> </tool_response> <think> </think>").split()
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+PLAIN_TOKENS = ["<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
 CORPUS = (
     "The quick brown fox jumps over the lazy dog. What is in this picture? Describe the image in one sentence.",
     "A black cat is sitting on a red chair next to the window. There are three people walking on the beach.",
