@@ -3,6 +3,7 @@
 The composition root: it reads the settings, starts the engine on the model loader, opens the
 history, and hands them to the web layer.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,9 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent  # templates/ and static/ live here
 
 
-def create_app(config: Settings | None = None, engine: Engine | None = None,
-               history: HistoryStore | None = None) -> Flask:
+def create_app(
+    config: Settings | None = None, engine: Engine | None = None, history: HistoryStore | None = None
+) -> Flask:
     """The app factory; with no engine given, one starts loading the configured model in the background.
 
     With no history store given, one is opened (and migrated) from the settings unless HISTORY is off.
@@ -30,8 +32,9 @@ def create_app(config: Settings | None = None, engine: Engine | None = None,
     settings = config if config is not None else Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     if engine is None:
-        engine = Engine(lambda: load_model(settings), settings.queue_size, settings.max_batch,
-                        settings.request_timeout).start()
+        engine = Engine(
+            lambda: load_model(settings), settings.queue_size, settings.max_batch, settings.request_timeout
+        ).start()
     if history is None and settings.history:
         history = HistoryStore.open(settings)
     return build_app(settings, engine, history if settings.history else None, ROOT)

@@ -1,4 +1,5 @@
 """gunicorn settings for Loupe: `gunicorn -c gunicorn.conf.py 'app:create_app()'`."""
+
 from loupe.settings import Settings
 from loupe.web import lifecycle
 
@@ -36,8 +37,12 @@ loglevel = _settings.log_level.lower()
 if _settings.log_format == "json":
     # gunicorn's own lines (boot, worker start and stop) in the app's JSON format too. The root logger
     # is set here as well, since gunicorn's defaults would otherwise give it a plain-text handler.
-    _handler = {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id"],
-                "stream": "ext://sys.stderr"}
+    _handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "json",
+        "filters": ["request_id"],
+        "stream": "ext://sys.stderr",
+    }
     logconfig_dict = {
         "version": 1,
         "disable_existing_loggers": False,
@@ -45,8 +50,14 @@ if _settings.log_format == "json":
         "filters": {"request_id": {"()": "loupe.web.observability.RequestIdFilter"}},
         "handlers": {"json": _handler},
         "root": {"level": _settings.log_level.upper(), "handlers": ["json"]},
-        "loggers": {"gunicorn.error": {"level": _settings.log_level.upper(), "handlers": ["json"],
-                                       "propagate": False, "qualname": "gunicorn.error"}},
+        "loggers": {
+            "gunicorn.error": {
+                "level": _settings.log_level.upper(),
+                "handlers": ["json"],
+                "propagate": False,
+                "qualname": "gunicorn.error",
+            }
+        },
     }
 
 

@@ -3,6 +3,7 @@
 The composition root (app.py) calls it on the engine's loading thread, so torch is imported there and
 never by the web layer. What loading does is in loupe/runtime/loader.py.
 """
+
 from __future__ import annotations
 
 import threading

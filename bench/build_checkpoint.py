@@ -7,6 +7,7 @@ config); no weights are needed. OUT_DIR (default ~/.cache/loupe-bench/<name>-ran
 safetensors weights of the same shapes, random-initialised, plus copies of the small files.
 Nothing is done when OUT_DIR is already complete.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,16 @@ from pathlib import Path
 log = logging.getLogger("bench.build_checkpoint")
 
 SMALL_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.json",
-    "preprocessor_config.json", "generation_config.json", "video_preprocessor_config.json",
-    "special_tokens_map.json", "added_tokens.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "generation_config.json",
+    "video_preprocessor_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
 )
 MARKER = "loupe-bench.json"  # written last: its presence means the folder is complete
 EXPECTED_PARAMETERS = {"qwen3-vl-2b-instruct": 2_127_532_032}
@@ -56,9 +64,18 @@ def build_checkpoint(source: Path, out_dir: Path | None = None) -> Path:
     model.save_pretrained(tmp, safe_serialization=True)
     del model
     copy_small_files(source, tmp)
-    (tmp / MARKER).write_text(json.dumps({
-        "source": str(source.resolve()), "parameters": parameters, "dtype": SAVE_DTYPE, "seed": SEED,
-    }, indent=2) + "\n")
+    (tmp / MARKER).write_text(
+        json.dumps(
+            {
+                "source": str(source.resolve()),
+                "parameters": parameters,
+                "dtype": SAVE_DTYPE,
+                "seed": SEED,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     log.info("built %s (%s parameters) in %.0f s", out_dir, f"{parameters:,}", time.perf_counter() - begin)

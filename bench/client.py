@@ -1,4 +1,5 @@
 """Measure one chat completion through HTTP, streamed, from the client's side of the socket."""
+
 from __future__ import annotations
 
 import json
@@ -49,16 +50,26 @@ class Measurement:
 
 def chat_payload(messages: list[dict], max_tokens: int) -> dict:
     """The request body: greedy, fixed length (ignore_eos), streamed with usage."""
-    return {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}}
+    return {
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
 
 
 def stream_chat(base_url: str, messages: list[dict], max_tokens: int, start: float | None = None) -> Measurement:
     """Send one streamed request and time its chunks; `start` lets concurrent clients share a clock."""
     result = Measurement(started=time.perf_counter() if start is None else start)
     try:
-        with requests.post(f"{base_url}/v1/chat/completions", json=chat_payload(messages, max_tokens),
-                           stream=True, timeout=REQUEST_TIMEOUT) as response:
+        with requests.post(
+            f"{base_url}/v1/chat/completions",
+            json=chat_payload(messages, max_tokens),
+            stream=True,
+            timeout=REQUEST_TIMEOUT,
+        ) as response:
             if response.status_code != 200:
                 result.error = f"HTTP {response.status_code}: {response.text[:300]}"
                 return result
@@ -76,7 +87,7 @@ def _read_stream(response: requests.Response, result: Measurement) -> None:
     for line in response.iter_lines(chunk_size=None, decode_unicode=True):
         if not line or not line.startswith("data: "):
             continue
-        data = line[len("data: "):]
+        data = line[len("data: ") :]
         if data == "[DONE]":
             break
         now = time.perf_counter() - result.started
@@ -104,8 +115,9 @@ def _read_stream(response: requests.Response, result: Measurement) -> None:
     result.text = "".join(pieces)
 
 
-def concurrent_chats(base_url: str, conversations: list[list[dict]],
-                     max_tokens: int) -> tuple[list[Measurement], float]:
+def concurrent_chats(
+    base_url: str, conversations: list[list[dict]], max_tokens: int
+) -> tuple[list[Measurement], float]:
     """Send the conversations at once, one thread each; (measurements, wall seconds until the last ends)."""
     results: list[Measurement | None] = [None] * len(conversations)
     start = time.perf_counter()

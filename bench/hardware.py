@@ -1,4 +1,5 @@
 """What the machine can do: memory read bandwidth, and the bytes one decode step must read."""
+
 from __future__ import annotations
 
 import json
@@ -23,11 +24,20 @@ def read_bandwidth(gib: float = 1.5, repeats: int = 7, threads: int = 0) -> dict
     meter = ReadMeter(gib, threads)
     read = meter.sample(repeats)
     copy = copy_bandwidth(meter.data, repeats)
-    result = {"read_bytes_per_s": read, "copy_bytes_per_s": copy, "tensor_bytes": meter.data.numel() * 4,
-              "repeats": repeats, "threads": torch.get_num_threads()}
+    result = {
+        "read_bytes_per_s": read,
+        "copy_bytes_per_s": copy,
+        "tensor_bytes": meter.data.numel() * 4,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+    }
     del meter
-    log.info("memory read bandwidth %.1f GB/s (copy %.1f GB/s) with %d threads",
-             result["read_bytes_per_s"] / 1e9, copy / 1e9, result["threads"])
+    log.info(
+        "memory read bandwidth %.1f GB/s (copy %.1f GB/s) with %d threads",
+        result["read_bytes_per_s"] / 1e9,
+        copy / 1e9,
+        result["threads"],
+    )
     return result
 
 
@@ -89,8 +99,7 @@ def decode_weight_parameters(model_dir: Path) -> dict:
     lm_head = count.get("lm_head.weight", count.get(EMBEDDING, 0))  # tied: the lm_head reads the embedding
     vision = sum(n for name, n in count.items() if name.startswith("model.visual."))
     total = sum(count.values())
-    return {"decoder": decoder, "lm_head": lm_head, "per_token": decoder + lm_head, "vision": vision,
-            "total": total}
+    return {"decoder": decoder, "lm_head": lm_head, "per_token": decoder + lm_head, "vision": vision, "total": total}
 
 
 def _numel(shape: list[int]) -> int:
@@ -132,8 +141,11 @@ class CpuMeter:
         """Shares of all cores' time since construction: machine busy, ours (given), everyone else's."""
         busy, total = machine_jiffies()
         span_busy, span_total = busy - self.busy, max(total - self.total, 1)
-        return {"machine_busy_share": span_busy / span_total, "ours_share": ours_jiffies / span_total,
-                "others_share": max(span_busy - ours_jiffies, 0) / span_total}
+        return {
+            "machine_busy_share": span_busy / span_total,
+            "ours_share": ours_jiffies / span_total,
+            "others_share": max(span_busy - ours_jiffies, 0) / span_total,
+        }
 
 
 def machine_jiffies() -> tuple[int, int]:

@@ -1,4 +1,5 @@
 """The benchmark's fixed inputs: a deterministic photo-like image, the questions, the conversations."""
+
 from __future__ import annotations
 
 import base64
@@ -40,12 +41,23 @@ def photo(size: tuple[int, int] = PHOTO_SIZE, variant: int = 0) -> Image.Image:
     draw = ImageDraw.Draw(image)
     u, v = width / 100, height / 100
     draw.ellipse([(72 - shift) * u, 10 * v, (84 - shift) * u, 26 * v], fill=(255, 236, 160))
-    draw.polygon([(0, 62 * v), (22 * u, 38 * v), (47 * u, 58 * v), (70 * u, 35 * v), (100 * u, 60 * v),
-                  (100 * u, 100 * v), (0, 100 * v)], fill=(60, 110, 60))
+    draw.polygon(
+        [
+            (0, 62 * v),
+            (22 * u, 38 * v),
+            (47 * u, 58 * v),
+            (70 * u, 35 * v),
+            (100 * u, 60 * v),
+            (100 * u, 100 * v),
+            (0, 100 * v),
+        ],
+        fill=(60, 110, 60),
+    )
     draw.rectangle([0, 66 * v, 100 * u, 100 * v], fill=(40, 90, 140))
     b = 40 - shift  # the boat's left edge
-    draw.polygon([(b * u, 78 * v), ((b + 18) * u, 78 * v), ((b + 15) * u, 84 * v), ((b + 3) * u, 84 * v)],
-                 fill=(200, 40, 40))
+    draw.polygon(
+        [(b * u, 78 * v), ((b + 18) * u, 78 * v), ((b + 15) * u, 84 * v), ((b + 3) * u, 84 * v)], fill=(200, 40, 40)
+    )
     draw.line([((b + 9) * u, 78 * v), ((b + 9) * u, 64 * v)], fill=(90, 60, 30), width=max(2, int(u / 2)))
     draw.polygon([((b + 9.5) * u, 65 * v), ((b + 9.5) * u, 77 * v), ((b + 17) * u, 77 * v)], fill=(245, 245, 235))
     for x in (8, 15, 88):
@@ -70,10 +82,15 @@ def data_url(jpeg: bytes) -> str:
 
 def first_turn(image_url: str, question: str = FIRST_QUESTION) -> list[dict]:
     """OpenAI messages: one user turn with the image and a question."""
-    return [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": image_url}},
-        {"type": "text", "text": question},
-    ]}]
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": image_url}},
+                {"type": "text", "text": question},
+            ],
+        }
+    ]
 
 
 def follow_up(image_url: str, answer: str, question: str = FOLLOW_UP_QUESTION) -> list[dict]:

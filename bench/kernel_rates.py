@@ -15,6 +15,7 @@ prompt's rate as GFLOP/s instead.
 transformers calls it) against loupe::decode_attention over 28 layers of a 480-token KV cache of
 Qwen3-VL-2B's shape (16 query heads, 8 key-value heads of 128), each pass after flushing the caches.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,7 @@ PROMPT_ROWS = 64  # from this many rows on, a kernel's rate is given in GFLOP/s
 
 def served(weights: list[torch.Tensor], kernel: str) -> torch.nn.Sequential:
     """The layers as the service holds them with LINEAR_KERNEL=`kernel`."""
-    layers = torch.nn.Sequential(*(torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
-                                   for w in weights))
+    layers = torch.nn.Sequential(*(torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta") for w in weights))
     for layer, w in zip(layers, weights, strict=True):
         # A copy each: native rearranges its weights in place, and `weights` must stay plain for blas/onednn.
         layer.weight = torch.nn.Parameter(w.clone(), requires_grad=False)
@@ -85,8 +85,9 @@ def attention(dtype: torch.dtype, sequences: int, repeats: int, length: int = 48
     if native_kernel.unavailable(Settings().kernel_cache_dir):
         raise SystemExit("the native kernels are not available here (see the log)")
     query = torch.randn(sequences, 16, 1, 128, dtype=dtype)
-    caches = [[torch.randn(sequences, 8, length + 128, 128, dtype=dtype)[:, :, :length] for _ in range(2)]
-              for _ in range(28)]  # views of buffers with room to spare, as the service's cache holds them
+    caches = [
+        [torch.randn(sequences, 8, length + 128, 128, dtype=dtype)[:, :, :length] for _ in range(2)] for _ in range(28)
+    ]  # views of buffers with room to spare, as the service's cache holds them
     flush = torch.ones(2**26)  # 256 MB: the cache comes from memory, as in a decode step
     passes = {
         "sdpa": lambda: [F.scaled_dot_product_attention(query, k, v, scale=0.088, enable_gqa=True) for k, v in caches],
@@ -121,12 +122,22 @@ def main() -> None:
         for dtype in (torch.float32, torch.bfloat16):
             for sequences in args.attention:
                 r = attention(dtype, sequences, args.repeats)
-                log.info("| %s | %d | %.1f | %.1f | %.1f | %.1f | %.2f |", str(dtype).removeprefix("torch."),
-                         sequences, r["ms"]["sdpa"] * 1e3, r["ms"]["native"] * 1e3, r["sdpa"], r["native"],
-                         r["native"] / r["sdpa"])
+                log.info(
+                    "| %s | %d | %.1f | %.1f | %.1f | %.1f | %.2f |",
+                    str(dtype).removeprefix("torch."),
+                    sequences,
+                    r["ms"]["sdpa"] * 1e3,
+                    r["ms"]["native"] * 1e3,
+                    r["sdpa"],
+                    r["native"],
+                    r["native"] / r["sdpa"],
+                )
         return
-    log.info("threads: %d\n\n| dtype | rows | unit | torch.sum GB/s | blas | onednn | packed | native "
-             "| packed/onednn | native/packed |", torch.get_num_threads())
+    log.info(
+        "threads: %d\n\n| dtype | rows | unit | torch.sum GB/s | blas | onednn | packed | native "
+        "| packed/onednn | native/packed |",
+        torch.get_num_threads(),
+    )
     log.info("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for dtype in (torch.float32, torch.bfloat16):
         for rows in args.rows:

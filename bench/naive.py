@@ -8,6 +8,7 @@ hand exactly as the processor does it: template text, image processor, image pad
 
 Usage: python -m bench.naive --model DIR --dtype float32 --image photo.jpg --max-tokens 32 --out naive.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,18 +59,29 @@ class NaiveModel:
 
     def encode(self, messages: list[dict], image: Image.Image) -> dict:
         """What `processor.apply_chat_template(..., tokenize=True, return_dict=True)` returns."""
-        conversation = [{"role": m["role"], "content": [
-            {"type": "image"} if part["type"] == "image_url" else {"type": "text", "text": part["text"]}
-            for part in m["content"]]} for m in messages]
+        conversation = [
+            {
+                "role": m["role"],
+                "content": [
+                    {"type": "image"} if part["type"] == "image_url" else {"type": "text", "text": part["text"]}
+                    for part in m["content"]
+                ],
+            }
+            for m in messages
+        ]
         text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         pixels = self.image_processor(images=[image], return_tensors="pt")
         grid = pixels["image_grid_thw"]
-        pads = int(grid[0].prod()) // self.image_processor.merge_size ** 2
+        pads = int(grid[0].prod()) // self.image_processor.merge_size**2
         text = text.replace(IMAGE_PAD, IMAGE_PAD * pads, 1)
         encoded = self.tokenizer([text], return_tensors="pt")
         token_types = (encoded["input_ids"] == self.model.config.image_token_id).to(torch.int32)
-        return {**encoded, "mm_token_type_ids": token_types, "pixel_values": pixels["pixel_values"],
-                "image_grid_thw": grid}
+        return {
+            **encoded,
+            "mm_token_type_ids": token_types,
+            "pixel_values": pixels["pixel_values"],
+            "image_grid_thw": grid,
+        }
 
     @torch.inference_mode()
     def ask(self, messages: list[dict], image: Image.Image, max_tokens: int) -> dict:
@@ -77,9 +89,10 @@ class NaiveModel:
         start = time.perf_counter()
         batch = self.encode(messages, image)
         clock = TokenClock()
-        output = self.model.generate(**batch, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
-                                     do_sample=False, streamer=clock)
-        new_tokens = output[0, batch["input_ids"].shape[1]:]
+        output = self.model.generate(
+            **batch, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False, streamer=clock
+        )
+        new_tokens = output[0, batch["input_ids"].shape[1] :]
         text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
         return timing(start, clock.times, batch, len(new_tokens), text)
 
@@ -89,8 +102,12 @@ def timing(start: float, token_times: list[float], batch: dict, tokens: int, tex
     first, last = token_times[0], token_times[-1]
     decode_tps = (len(token_times) - 1) / (last - first) if len(token_times) > 1 and last > first else None
     return {
-        "ttft_s": first - start, "finished_s": last - start, "completion_tokens": tokens, "text": text,
-        "image_tokens": int(batch["mm_token_type_ids"].sum()), "prompt_tokens": int(batch["input_ids"].shape[1]),
+        "ttft_s": first - start,
+        "finished_s": last - start,
+        "completion_tokens": tokens,
+        "text": text,
+        "image_tokens": int(batch["mm_token_type_ids"].sum()),
+        "prompt_tokens": int(batch["input_ids"].shape[1]),
         "decode_tps": decode_tps,
     }
 
@@ -107,8 +124,9 @@ def run(model: NaiveModel, image: Image.Image, max_tokens: int, clients: int, me
     return result
 
 
-def sequential_clients(model: NaiveModel, image: Image.Image, max_tokens: int, clients: int, measured: int,
-                       first: dict) -> dict:
+def sequential_clients(
+    model: NaiveModel, image: Image.Image, max_tokens: int, clients: int, measured: int, first: dict
+) -> dict:
     """All clients arrive at 0 and are served in turn; unmeasured ones repeat the first turn's timing."""
     log.info("naive: %d clients one after another, %d of them run", clients, measured)
     begin = time.perf_counter()
@@ -140,8 +158,12 @@ def main() -> None:
     parser.add_argument("--image", required=True, type=Path, help="the image file every request sends")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--measured-clients", type=int, help="clients actually run (default: all); the "
-                        "rest are served sequentially, so each takes the first turn's time after those before")
+    parser.add_argument(
+        "--measured-clients",
+        type=int,
+        help="clients actually run (default: all); the "
+        "rest are served sequentially, so each takes the first turn's time after those before",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--launched-at", type=float, help="time.time() when the caller launched this process")
     parser.add_argument("--out", required=True, type=Path)

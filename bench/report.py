@@ -1,4 +1,5 @@
 """Turn raw measurements into the benchmark's figures, and the figures into a table."""
+
 from __future__ import annotations
 
 import statistics
@@ -19,15 +20,23 @@ ROWS = (
     ("decode_tps", "first turn: decode tokens/s (server timings)", "tok/s", "higher"),
     ("client_decode_tps", "first turn: decode tokens/s (client)", "tok/s", "higher"),
     ("decode_efficiency", "decode efficiency (tok/s x bytes/token / the run's best bandwidth)", "", "higher"),
-    ("paired_efficiency", "decode efficiency, paired (one client / bandwidth sampled just before and after; median)",
-     "", "higher"),
+    (
+        "paired_efficiency",
+        "decode efficiency, paired (one client / bandwidth sampled just before and after; median)",
+        "",
+        "higher",
+    ),
     ("follow_up_prompt_tokens", "follow-up: prompt tokens", "", ""),
     ("follow_up_ttft_s", "follow-up: TTFT (client)", "s", "lower"),
     ("follow_up_ttft_ratio", "follow-up TTFT / first-turn TTFT", "", "lower"),
     ("concurrent_batched_decode_tps", "4 clients: aggregate decode tokens/s while all four decode", "tok/s", "higher"),
     ("concurrent_speedup", "4 clients: that / one client's decode tokens/s", "", "higher"),
-    ("batch_speedup", "4 clients / one, paired: all four decoding at once / one client just before; median",
-     "", "higher"),
+    (
+        "batch_speedup",
+        "4 clients / one, paired: all four decoding at once / one client just before; median",
+        "",
+        "higher",
+    ),
     ("concurrent_decode_tps", "4 clients: aggregate decode tokens/s, prefill stalls included", "tok/s", "higher"),
     ("step_tps_1", "decode passes of 1 sequence: tokens/s (server /metrics)", "tok/s", "higher"),
     ("step_tps_n", "decode passes of all 4 sequences: tokens/s (server /metrics)", "tok/s", "higher"),
@@ -92,6 +101,7 @@ def batched_window(clients: list[dict]) -> dict:
 
 def step_figures(steps: dict[str, dict[str, float]], clients: int) -> dict:
     """Aggregate decode rates from the server's forward-pass histogram: batch size / mean pass time."""
+
     def rate(size: int) -> float | None:
         step = steps.get(str(size), {})
         return size * step["count"] / step["sum"] if step.get("count") and step.get("sum") else None
@@ -102,29 +112,49 @@ def step_figures(steps: dict[str, dict[str, float]], clients: int) -> dict:
 
 def paired_figures(rounds: list[dict], bytes_per_token: int) -> dict:
     """Each paired round's decode efficiency against the mean of its two bandwidth samples, and their median."""
-    each = [r["decode_tps"] * bytes_per_token * 2 / (r["bandwidth_before"] + r["bandwidth_after"])
-            for r in rounds if r.get("decode_tps") and r.get("bandwidth_before") and r.get("bandwidth_after")]
+    each = [
+        r["decode_tps"] * bytes_per_token * 2 / (r["bandwidth_before"] + r["bandwidth_after"])
+        for r in rounds
+        if r.get("decode_tps") and r.get("bandwidth_before") and r.get("bandwidth_after")
+    ]
     return {"paired_efficiencies": each, "paired_efficiency": statistics.median(each) if each else None}
 
 
 def paired_batch_figures(rounds: list[dict]) -> dict:
     """Each round's rate while all clients decode against its own one-client rate, and their median."""
-    each = [r["concurrent_batched_decode_tps"] / r["one_decode_tps"] for r in rounds
-            if r.get("concurrent_batched_decode_tps") and r.get("one_decode_tps")]
+    each = [
+        r["concurrent_batched_decode_tps"] / r["one_decode_tps"]
+        for r in rounds
+        if r.get("concurrent_batched_decode_tps") and r.get("one_decode_tps")
+    ]
     return {"batch_speedups": each, "batch_speedup": statistics.median(each) if each else None}
 
 
-def figures(first: dict, follow: dict, clients: list[dict], wall_s: float, *, load_s: float,
-            peak_rss_bytes: int, bytes_per_token: int, bandwidth: float) -> dict:
+def figures(
+    first: dict,
+    follow: dict,
+    clients: list[dict],
+    wall_s: float,
+    *,
+    load_s: float,
+    peak_rss_bytes: int,
+    bytes_per_token: int,
+    bandwidth: float,
+) -> dict:
     """Every figure of one system (server or naive) from its measurements in the common shape."""
     decode = first.get("decode_tps")
     out = {
-        "load_s": load_s, "peak_rss_gb": peak_rss_bytes / GB if peak_rss_bytes else None,
-        "image_tokens": first.get("image_tokens"), "prompt_tokens": first.get("prompt_tokens"),
-        "ttft_s": first.get("ttft_s"), "server_ttft_s": first.get("server_ttft_s"),
-        "decode_tps": decode, "client_decode_tps": first.get("client_decode_tps"),
+        "load_s": load_s,
+        "peak_rss_gb": peak_rss_bytes / GB if peak_rss_bytes else None,
+        "image_tokens": first.get("image_tokens"),
+        "prompt_tokens": first.get("prompt_tokens"),
+        "ttft_s": first.get("ttft_s"),
+        "server_ttft_s": first.get("server_ttft_s"),
+        "decode_tps": decode,
+        "client_decode_tps": first.get("client_decode_tps"),
         "decode_efficiency": decode * bytes_per_token / bandwidth if decode else None,
-        "follow_up_prompt_tokens": follow.get("prompt_tokens"), "follow_up_ttft_s": follow.get("ttft_s"),
+        "follow_up_prompt_tokens": follow.get("prompt_tokens"),
+        "follow_up_ttft_s": follow.get("ttft_s"),
     }
     if out["ttft_s"] and out["follow_up_ttft_s"]:
         out["follow_up_ttft_ratio"] = out["follow_up_ttft_s"] / out["ttft_s"]

@@ -22,6 +22,7 @@ prompts are short); each round's aggregate rate while all four decode is against
 rate, and the figure is the median round. The four first turns above mix a slow prefill per client
 with decoding at whatever speed the memory had by then.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,9 @@ class Pairing:
     batch_tokens: int = 32
 
 
-def server_scenarios(url: str, image_url: str, max_tokens: int, clients: int, idle: Callable[[], None],
-                     pairing: Pairing | None = None) -> dict:
+def server_scenarios(
+    url: str, image_url: str, max_tokens: int, clients: int, idle: Callable[[], None], pairing: Pairing | None = None
+) -> dict:
     """First turn, follow-up on the same conversation, `clients` concurrent first turns (each its own
     photo), then the paired decodes, if any.
 
@@ -71,17 +73,24 @@ def server_scenarios(url: str, image_url: str, max_tokens: int, clients: int, id
     log.info("follow-up")
     follow = stream_chat(url, inputs.follow_up(image_url, first.text), max_tokens)
     log.info("%d concurrent clients", clients)
-    conversations = [inputs.first_turn(inputs.data_url(inputs.jpeg_bytes(inputs.photo(variant=i + 1))), q)
-                     for i, q in enumerate(inputs.CLIENT_QUESTIONS[:clients])]
+    conversations = [
+        inputs.first_turn(inputs.data_url(inputs.jpeg_bytes(inputs.photo(variant=i + 1))), q)
+        for i, q in enumerate(inputs.CLIENT_QUESTIONS[:clients])
+    ]
     runs, wall = concurrent_chats(url, conversations, max_tokens)
     idle()
     steps = decode_steps(url)  # before the paired decodes: the histogram is the scenarios' own
     paired = paired_decodes(url, image_url, pairing) if pairing else []
     batches = paired_batches(url, image_url, clients, pairing) if pairing else []
-    return {"first_turn": as_common(first), "follow_up": as_common(follow),
-            "concurrent": {"clients": [as_common(r) for r in runs], "wall_s": wall},
-            "decode_steps": steps, "paired_decodes": paired, "paired_batches": batches,
-            "prefix_cache_tokens": settled_gauge(url, "loupe_prefix_cache_tokens")}
+    return {
+        "first_turn": as_common(first),
+        "follow_up": as_common(follow),
+        "concurrent": {"clients": [as_common(r) for r in runs], "wall_s": wall},
+        "decode_steps": steps,
+        "paired_decodes": paired,
+        "paired_batches": batches,
+        "prefix_cache_tokens": settled_gauge(url, "loupe_prefix_cache_tokens"),
+    }
 
 
 def paired_decodes(url: str, image_url: str, pairing: Pairing) -> list[dict]:
@@ -91,16 +100,26 @@ def paired_decodes(url: str, image_url: str, pairing: Pairing) -> list[dict]:
     for _ in range(pairing.rounds):
         run = as_common(stream_chat(url, inputs.first_turn(image_url, inputs.PAIRED_QUESTION), pairing.tokens))
         after = pairing.sample()
-        out.append({"decode_tps": run["decode_tps"], "error": run["error"],
-                    "bandwidth_before": before, "bandwidth_after": after})
+        out.append(
+            {
+                "decode_tps": run["decode_tps"],
+                "error": run["error"],
+                "bandwidth_before": before,
+                "bandwidth_after": after,
+            }
+        )
         before = after
     return out
 
 
 def paired_batches(url: str, image_url: str, clients: int, pairing: Pairing) -> list[dict]:
     """One client's decode, then `clients` decoding at once, `batch_rounds` times (the image's prefix is cached)."""
-    log.info("%d paired batches: 1 client, then %d at once, %d tokens each", pairing.batch_rounds, clients,
-             pairing.batch_tokens)
+    log.info(
+        "%d paired batches: 1 client, then %d at once, %d tokens each",
+        pairing.batch_rounds,
+        clients,
+        pairing.batch_tokens,
+    )
     questions = inputs.CLIENT_QUESTIONS[:clients]
     out = []
     for _ in range(pairing.batch_rounds):
@@ -108,8 +127,9 @@ def paired_batches(url: str, image_url: str, clients: int, pairing: Pairing) -> 
         runs, _ = concurrent_chats(url, [inputs.first_turn(image_url, q) for q in questions], pairing.batch_tokens)
         many = [as_common(r) for r in runs]
         errors = [m["error"] for m in [one, *many] if m["error"]]
-        out.append({"one_decode_tps": one["decode_tps"], **report.batched_window(many),
-                    "error": errors[0] if errors else None})
+        out.append(
+            {"one_decode_tps": one["decode_tps"], **report.batched_window(many), "error": errors[0] if errors else None}
+        )
     return out
 
 
@@ -117,13 +137,24 @@ def as_common(m: Measurement) -> dict:
     """A streamed measurement in the shape report.figures reads (naive.py writes the same shape)."""
     t = m.timings
     server_ttft = t.get("ttft_ms")
-    return {**m.to_dict(), "image_tokens": t.get("image_tokens"), "prompt_tokens": t.get("prompt_tokens"),
-            "server_ttft_s": server_ttft / 1000 if server_ttft is not None else None,
-            "decode_tps": t.get("decode_tokens_per_second")}
+    return {
+        **m.to_dict(),
+        "image_tokens": t.get("image_tokens"),
+        "prompt_tokens": t.get("prompt_tokens"),
+        "server_ttft_s": server_ttft / 1000 if server_ttft is not None else None,
+        "decode_tps": t.get("decode_tokens_per_second"),
+    }
 
 
-def run_server(model_dir: Path, dtype: str, args: argparse.Namespace, image_url: str, env: dict,
-               idle: Callable[[], None] = lambda: None, pairing: Pairing | None = None) -> dict:
+def run_server(
+    model_dir: Path,
+    dtype: str,
+    args: argparse.Namespace,
+    image_url: str,
+    env: dict,
+    idle: Callable[[], None] = lambda: None,
+    pairing: Pairing | None = None,
+) -> dict:
     """Start the server with this dtype, measure every scenario (`idle` between some), stop it."""
     log_path = args.log_dir / f"server-{dtype}.log"
     with Server(server_env(model_dir, dtype, args, env), log_path, args.root) as server:
@@ -143,18 +174,42 @@ def server_env(model_dir: Path, dtype: str, args: argparse.Namespace, extra: dic
     No rate limit: the benchmark is one client sending about 40 requests a minute in bfloat16, past the
     default 30, and the limit is a policy for clients, not part of what a request costs.
     """
-    return {"MODEL_ID": str(model_dir), "DTYPE": dtype, "TORCH_THREADS": str(args.threads),
-            "DATA_DIR": str(args.log_dir / "server-data"), "RATE_LIMIT": "off", **extra}
+    return {
+        "MODEL_ID": str(model_dir),
+        "DTYPE": dtype,
+        "TORCH_THREADS": str(args.threads),
+        "DATA_DIR": str(args.log_dir / "server-data"),
+        "RATE_LIMIT": "off",
+        **extra,
+    }
 
 
 def run_naive(model_dir: Path, dtype: str, args: argparse.Namespace, image_path: Path) -> dict:
     """bench/naive.py in its own process (never beside a server: one model copy at a time)."""
     out = args.log_dir / f"naive-{dtype}.json"
-    command = [sys.executable, "-m", "bench.naive", "--model", str(model_dir), "--dtype", dtype,
-               "--image", str(image_path), "--max-tokens", str(args.max_tokens), "--clients", str(args.clients),
-               "--measured-clients", str(args.clients if args.naive_measured_clients is None
-                                         else args.naive_measured_clients),
-               "--threads", str(args.threads), "--launched-at", repr(time.time()), "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.naive",
+        "--model",
+        str(model_dir),
+        "--dtype",
+        dtype,
+        "--image",
+        str(image_path),
+        "--max-tokens",
+        str(args.max_tokens),
+        "--clients",
+        str(args.clients),
+        "--measured-clients",
+        str(args.clients if args.naive_measured_clients is None else args.naive_measured_clients),
+        "--threads",
+        str(args.threads),
+        "--launched-at",
+        repr(time.time()),
+        "--out",
+        str(out),
+    ]
     log.info("naive baseline, %s", dtype)
     before, meter = children_jiffies(), hardware.CpuMeter()
     with open(args.log_dir / f"naive-{dtype}.log", "ab") as sink:
@@ -170,9 +225,16 @@ def children_jiffies() -> int:
 
 def summarise(raw: dict, peak_rss: int, bytes_per_token: int, bandwidth: float) -> dict:
     """report.figures over one system's raw measurements."""
-    out = report.figures(raw["first_turn"], raw["follow_up"], raw["concurrent"]["clients"],
-                         raw["concurrent"]["wall_s"], load_s=raw["load_s"], peak_rss_bytes=peak_rss,
-                         bytes_per_token=bytes_per_token, bandwidth=bandwidth)
+    out = report.figures(
+        raw["first_turn"],
+        raw["follow_up"],
+        raw["concurrent"]["clients"],
+        raw["concurrent"]["wall_s"],
+        load_s=raw["load_s"],
+        peak_rss_bytes=peak_rss,
+        bytes_per_token=bytes_per_token,
+        bandwidth=bandwidth,
+    )
     out.update(report.step_figures(raw.get("decode_steps", {}), len(raw["concurrent"]["clients"])))
     out.update(report.paired_figures(raw.get("paired_decodes", []), bytes_per_token))
     out.update(report.paired_batch_figures(raw.get("paired_batches", [])))
@@ -182,8 +244,7 @@ def summarise(raw: dict, peak_rss: int, bytes_per_token: int, bandwidth: float) 
     return out
 
 
-def bench_dtype(model_dir: Path, dtype: str, args: argparse.Namespace, image: tuple[str, Path],
-                params: dict) -> dict:
+def bench_dtype(model_dir: Path, dtype: str, args: argparse.Namespace, image: tuple[str, Path], params: dict) -> dict:
     """Bandwidth samples, server and (unless skipped) naive baseline for one dtype."""
     samples: list[dict] = []
 
@@ -194,8 +255,11 @@ def bench_dtype(model_dir: Path, dtype: str, args: argparse.Namespace, image: tu
     bytes_per_token = params["per_token"] * hardware.DTYPE_BYTES[dtype]
     result: dict = {"bytes_per_token": bytes_per_token, "raw": {}}
     meter = hardware.ReadMeter(threads=args.threads) if args.paired_rounds else None
-    pairing = (Pairing(args.paired_rounds, args.paired_tokens, meter.sample, args.batch_rounds, args.batch_tokens)
-               if meter else None)
+    pairing = (
+        Pairing(args.paired_rounds, args.paired_tokens, meter.sample, args.batch_rounds, args.batch_tokens)
+        if meter
+        else None
+    )
     result["raw"]["server"] = run_server(model_dir, dtype, args, image[0], {}, idle=sample, pairing=pairing)
     del pairing, meter  # 1.5 GiB: gone before the baseline loads its model
     if not args.skip_naive:
@@ -215,27 +279,49 @@ def bench_variant(model_dir: Path, spec: str, args: argparse.Namespace, image_ur
     env = {name: value}
     threads = int(value) if name == "TORCH_THREADS" else args.threads
     dtype = args.dtype[0]
-    with Server(server_env(model_dir, dtype, args, env), args.log_dir / f"server-{name}-{value}.log",
-                args.root) as server:
+    with Server(
+        server_env(model_dir, dtype, args, env), args.log_dir / f"server-{name}-{value}.log", args.root
+    ) as server:
         load_s = server.start()
         first = as_common(stream_chat(server.url, inputs.first_turn(image_url), args.max_tokens))
         memory = server.memory()
-    return {"dtype": dtype, "env": env, "threads": threads, "load_s": load_s,
-            "peak_rss_gb": memory["peak_rss_bytes"] / 1e9,
-            **{k: first.get(k) for k in ("image_tokens", "prompt_tokens", "ttft_s", "server_ttft_s",
-                                         "decode_tps", "client_decode_tps", "error")}}
+    return {
+        "dtype": dtype,
+        "env": env,
+        "threads": threads,
+        "load_s": load_s,
+        "peak_rss_gb": memory["peak_rss_bytes"] / 1e9,
+        **{
+            k: first.get(k)
+            for k in (
+                "image_tokens",
+                "prompt_tokens",
+                "ttft_s",
+                "server_ttft_s",
+                "decode_tps",
+                "client_decode_tps",
+                "error",
+            )
+        },
+    }
 
 
 def git_state(root: Path) -> dict:
     """The server code's commit and whether the tree had uncommitted changes."""
+
     def git(*command: str) -> str:
         done = subprocess.run(["git", *command], cwd=root, capture_output=True, text=True)
         return done.stdout.strip() if done.returncode == 0 else ""
+
     digest = hashlib.sha256()
     for path in sorted(root.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return {"root": str(root), "commit": git("rev-parse", "HEAD"), "python_files_sha256": digest.hexdigest(),
-            "changed_files": git("status", "--porcelain", "--untracked-files=no").splitlines()}
+    return {
+        "root": str(root),
+        "commit": git("rev-parse", "HEAD"),
+        "python_files_sha256": digest.hexdigest(),
+        "changed_files": git("status", "--porcelain", "--untracked-files=no").splitlines(),
+    }
 
 
 def parse_args() -> argparse.Namespace:
@@ -246,24 +332,43 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens generated per request")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients")
-    parser.add_argument("--paired-rounds", type=int, default=12,
-                        help="one-client decodes, each between two quick bandwidth samples (0: none)")
+    parser.add_argument(
+        "--paired-rounds",
+        type=int,
+        default=12,
+        help="one-client decodes, each between two quick bandwidth samples (0: none)",
+    )
     parser.add_argument("--paired-tokens", type=int, default=16, help="tokens generated per paired decode")
-    parser.add_argument("--batch-rounds", type=int, default=6,
-                        help="one client's decode, then all --clients at once on the cached image (0: none)")
+    parser.add_argument(
+        "--batch-rounds",
+        type=int,
+        default=6,
+        help="one client's decode, then all --clients at once on the cached image (0: none)",
+    )
     parser.add_argument("--batch-tokens", type=int, default=32, help="tokens generated per client in those rounds")
     parser.add_argument("--threads", type=int, default=0, help="TORCH_THREADS for server, baseline, bandwidth")
-    parser.add_argument("--variants", nargs="*", default=[],
-                        help="extra server settings measured on the first dtype, first turn only: "
-                             "e.g. IMAGE_MAX_EDGE=512 TORCH_THREADS=1")
-    parser.add_argument("--naive-measured-clients", type=int,
-                        help="of the baseline's sequential clients, how many to run (default: all); the "
-                             "rest are derived from its first turn (it serves one request at a time)")
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        help="extra server settings measured on the first dtype, first turn only: "
+        "e.g. IMAGE_MAX_EDGE=512 TORCH_THREADS=1",
+    )
+    parser.add_argument(
+        "--naive-measured-clients",
+        type=int,
+        help="of the baseline's sequential clients, how many to run (default: all); the "
+        "rest are derived from its first turn (it serves one request at a time)",
+    )
     parser.add_argument("--root", type=Path, default=ROOT, help="the project folder gunicorn runs in")
     parser.add_argument("--skip-naive", action="store_true", help="measure the server only")
     parser.add_argument("--out", type=Path, default=BENCH / "results.json")
-    parser.add_argument("--log-dir", type=Path, default=Path.home() / ".cache" / "loupe-bench" / "logs",
-                        help="server and baseline logs, the baseline's raw JSON and the image sent")
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        default=Path.home() / ".cache" / "loupe-bench" / "logs",
+        help="server and baseline logs, the baseline's raw JSON and the image sent",
+    )
     parser.add_argument("--label", default="", help="a note stored with the results, e.g. which server code")
     args = parser.parse_args()
     return args
@@ -285,12 +390,19 @@ def main() -> None:
     results = {dtype: bench_dtype(model_dir, dtype, args, image, params) for dtype in args.dtype}
     variants = [bench_variant(model_dir, spec, args, image[0]) for spec in args.variants]
     document = {
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "started": started,
-        "duration_s": time.perf_counter() - begin, "cpu": hardware.cpu_info(), "checkpoint": str(model_dir),
-        "parameters": params, "image": {"sent": list(photo.size), "bytes": len(jpeg)},
-        "max_tokens": args.max_tokens, "clients": args.clients, "threads": args.threads,
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "started": started,
+        "duration_s": time.perf_counter() - begin,
+        "cpu": hardware.cpu_info(),
+        "checkpoint": str(model_dir),
+        "parameters": params,
+        "image": {"sent": list(photo.size), "bytes": len(jpeg)},
+        "max_tokens": args.max_tokens,
+        "clients": args.clients,
+        "threads": args.threads,
         "server_code": {**git_state(args.root), "label": args.label},
-        "results": results, "variants": variants,
+        "results": results,
+        "variants": variants,
     }
     args.out.write_text(json.dumps(document, indent=2) + "\n")
     print(render(document))
@@ -299,29 +411,38 @@ def main() -> None:
 def render(document: dict) -> str:
     """The human-readable summary: context, the table, the clients' TTFTs, the variants."""
     results = document["results"]
-    lines = [f"Loupe benchmark, {document['started']}, {document['duration_s'] / 60:.1f} min; "
-             f"CPU {document['cpu']['model']} x{document['cpu']['cores']} {' '.join(document['cpu']['isa'])}; "
-             f"{document['max_tokens']} tokens per request; image {document['image']['sent'][0]}x"
-             f"{document['image']['sent'][1]} sent"]
+    lines = [
+        f"Loupe benchmark, {document['started']}, {document['duration_s'] / 60:.1f} min; "
+        f"CPU {document['cpu']['model']} x{document['cpu']['cores']} {' '.join(document['cpu']['isa'])}; "
+        f"{document['max_tokens']} tokens per request; image {document['image']['sent'][0]}x"
+        f"{document['image']['sent'][1]} sent"
+    ]
     for dtype, result in results.items():
-        noise = ", ".join(f"{system} {raw['cpu']['others_share']:.0%}" for system, raw in result["raw"].items()
-                          if raw.get("cpu"))
+        noise = ", ".join(
+            f"{system} {raw['cpu']['others_share']:.0%}" for system, raw in result["raw"].items() if raw.get("cpu")
+        )
         lines.append(f"{dtype}: other processes' share of the CPU while measuring: {noise}")
         samples = ", ".join(f"{s['read_bytes_per_s'] / 1e9:.1f}" for s in result["bandwidth"].get("samples", []))
-        lines.append(f"{dtype}: read bandwidth {result['bandwidth']['read_bytes_per_s'] / 1e9:.1f} GB/s, the "
-                     f"highest of the run's samples ({samples}); {result['bytes_per_token'] / 1e9:.2f} GB of "
-                     "weights read per token")
+        lines.append(
+            f"{dtype}: read bandwidth {result['bandwidth']['read_bytes_per_s'] / 1e9:.1f} GB/s, the "
+            f"highest of the run's samples ({samples}); {result['bytes_per_token'] / 1e9:.2f} GB of "
+            "weights read per token"
+        )
     lines += ["", report.table(results), "", report.client_ttft_lines(results)]
     lines += report.error_lines(results)
     for dtype, result in results.items():
         naive = result.get("raw", {}).get("naive", {}).get("concurrent", {})
         if naive and naive.get("measured_clients", 0) < len(naive.get("clients", [])):
-            lines.append(f"{dtype} naive: {naive['measured_clients']} of {len(naive['clients'])} sequential "
-                         "clients run; the others take the first turn's time after those before them")
+            lines.append(
+                f"{dtype} naive: {naive['measured_clients']} of {len(naive['clients'])} sequential "
+                "clients run; the others take the first turn's time after those before them"
+            )
     for v in document.get("variants", []):
-        lines.append(f"variant {v['env']} ({v['dtype']}): image tokens {v['image_tokens']}, TTFT "
-                     f"{report.fmt(v['ttft_s'])} s, decode {report.fmt(v['decode_tps'])} tok/s, "
-                     f"peak RSS {report.fmt(v['peak_rss_gb'])} GB, load {report.fmt(v['load_s'])} s")
+        lines.append(
+            f"variant {v['env']} ({v['dtype']}): image tokens {v['image_tokens']}, TTFT "
+            f"{report.fmt(v['ttft_s'])} s, decode {report.fmt(v['decode_tps'])} tok/s, "
+            f"peak RSS {report.fmt(v['peak_rss_gb'])} GB, load {report.fmt(v['load_s'])} s"
+        )
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
 """Start the real server (gunicorn, from the project root) on a free port, watch its memory, stop it."""
+
 from __future__ import annotations
 
 import logging
@@ -44,12 +45,21 @@ class Server:
 
     def start(self) -> float:
         """Start gunicorn and wait until /health says ok; returns seconds from launch to ready."""
-        log.info("starting server on %s with %s", self.url,
-                 {k: v for k, v in self.env.items() if k in ("MODEL_ID", "DTYPE", "TORCH_THREADS", "IMAGE_MAX_EDGE")})
+        log.info(
+            "starting server on %s with %s",
+            self.url,
+            {k: v for k, v in self.env.items() if k in ("MODEL_ID", "DTYPE", "TORCH_THREADS", "IMAGE_MAX_EDGE")},
+        )
         begin = time.perf_counter()
         with open(self.log_path, "ab") as sink:
-            self.process = subprocess.Popen(gunicorn_command(), cwd=self.root, env=self.env, stdout=sink,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                gunicorn_command(),
+                cwd=self.root,
+                env=self.env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         while time.perf_counter() - begin < LOAD_TIMEOUT:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}; see {self.log_path}")
@@ -74,10 +84,13 @@ class Server:
         master, workers = self.pids()
         worker_peak = sum(proc_status_bytes(pid, "VmHWM") for pid in workers)
         master_peak = proc_status_bytes(master, "VmHWM")
-        return {"worker_peak_rss_bytes": worker_peak, "master_peak_rss_bytes": master_peak,
-                "peak_rss_bytes": worker_peak + master_peak,
-                "worker_rss_bytes": sum(proc_status_bytes(pid, "VmRSS") for pid in workers),
-                "master_rss_bytes": proc_status_bytes(master, "VmRSS")}
+        return {
+            "worker_peak_rss_bytes": worker_peak,
+            "master_peak_rss_bytes": master_peak,
+            "peak_rss_bytes": worker_peak + master_peak,
+            "worker_rss_bytes": sum(proc_status_bytes(pid, "VmRSS") for pid in workers),
+            "master_rss_bytes": proc_status_bytes(master, "VmRSS"),
+        }
 
     def stop(self) -> None:
         """SIGTERM the master (it stops its worker), then wait; SIGKILL the group if it lingers."""

@@ -9,6 +9,7 @@ count. The report gives requests by kind and status, the errors that should not 
 connection failures, ERROR lines in the server log) and the worker's RSS at start and end. Exits 1
 if any such error occurred.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,9 +57,17 @@ class Client(threading.Thread):
         self.port, self.random, self.stop_at = port, random.Random(seed), stop_at
         self.budget, self.results = budget, results
         self.images = [image_url(seed * 10 + i) for i in range(3)]
-        self.kinds = [(self.text, 4), (self.image, 3), (self.stream, 3), (self.cancelled_stream, 2),
-                      (self.malformed, 1), (self.bad_field, 1), (self.no_key, 1), (self.wrong_type, 1),
-                      (self.probe, 1)]
+        self.kinds = [
+            (self.text, 4),
+            (self.image, 3),
+            (self.stream, 3),
+            (self.cancelled_stream, 2),
+            (self.malformed, 1),
+            (self.bad_field, 1),
+            (self.no_key, 1),
+            (self.wrong_type, 1),
+            (self.probe, 1),
+        ]
 
     def run(self) -> None:
         functions, weights = zip(*self.kinds, strict=True)
@@ -73,8 +82,9 @@ class Client(threading.Thread):
             # Like a polite client: back off when the server is busy, and pause a little between requests.
             time.sleep(self.random.uniform(0.3, 0.8) if status == 429 else self.random.uniform(0, 0.05))
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-                key: bool = True) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None, key: bool = True
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
         sent = {"Content-Type": "application/json", **(headers or {})}
         if key:
@@ -148,8 +158,15 @@ def rss_mib(pid: int) -> float:
 
 def run(duration: float, clients: int, max_requests: int, model_dir: Path, log_path: Path) -> dict:
     """Start the server, run the clients, stop the server; return the figures."""
-    env = {"MODEL_ID": str(model_dir), "API_KEY": KEY, "QUEUE_SIZE": "4", "THREADS": str(clients + 8),
-           "MAX_NEW_TOKENS": "12", "RATE_LIMIT": "100000/minute", "REQUEST_TIMEOUT": "120"}
+    env = {
+        "MODEL_ID": str(model_dir),
+        "API_KEY": KEY,
+        "QUEUE_SIZE": "4",
+        "THREADS": str(clients + 8),
+        "MAX_NEW_TOKENS": "12",
+        "RATE_LIMIT": "100000/minute",
+        "REQUEST_TIMEOUT": "120",
+    }
     server = LiveServer(env, log_path).start()
     try:
         worker = worker_pid(server.process.pid)
@@ -180,13 +197,21 @@ def summarise(results, elapsed, clients, rss_start, rss_end, peak, health, log_t
     by_status = collections.Counter(str(status) for _, status, _, _ in results)
     unexpected = [(kind, status, note) for kind, status, _, note in results if status not in EXPECTED]
     server_errors = [line for line in log_text.splitlines() if " ERROR " in line or "Traceback" in line]
-    return {"seconds": round(elapsed, 1), "clients": clients, "requests": len(results),
-            "requests_per_second": round(len(results) / elapsed, 2), "by_status": dict(sorted(by_status.items())),
-            "by_kind": {f"{k} {s}": n for (k, s), n in sorted(by_kind.items())},
-            "unexpected": unexpected[:20], "unexpected_count": len(unexpected),
-            "server_log_errors": server_errors[:20], "server_log_error_count": len(server_errors),
-            "health_at_end": health.get("status"), "queue_depth_at_end": health.get("queue_depth"),
-            "worker_rss_mib": {"start": round(rss_start, 1), "end": round(rss_end, 1), "peak": round(peak, 1)}}
+    return {
+        "seconds": round(elapsed, 1),
+        "clients": clients,
+        "requests": len(results),
+        "requests_per_second": round(len(results) / elapsed, 2),
+        "by_status": dict(sorted(by_status.items())),
+        "by_kind": {f"{k} {s}": n for (k, s), n in sorted(by_kind.items())},
+        "unexpected": unexpected[:20],
+        "unexpected_count": len(unexpected),
+        "server_log_errors": server_errors[:20],
+        "server_log_error_count": len(server_errors),
+        "health_at_end": health.get("status"),
+        "queue_depth_at_end": health.get("queue_depth"),
+        "worker_rss_mib": {"start": round(rss_start, 1), "end": round(rss_end, 1), "peak": round(peak, 1)},
+    }
 
 
 def main() -> int:

@@ -2,6 +2,7 @@
 
 Data only; the web layer (loupe/web/errors.py) maps them to HTTP responses.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -133,6 +134,7 @@ class GenerationFailed(LoupeError):
 
 
 GENERIC_SERVER_ERROR = "The server had an error while processing your request."
+
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
     """OpenAI's error envelope: {"error": {"message", "type", "param", "code"}}."""

@@ -1,4 +1,5 @@
 """Internal request and result types: what the web layer hands the engine and gets back."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
 """Loupe's settings: the only place that reads environment variables (and `.env`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +13,14 @@ from limits import parse_many
 
 DEFAULT_MODEL_ID = "Qwen/Qwen3-VL-2B-Instruct"
 LINEAR_KERNELS = ("native", "packed", "onednn", "blas")  # implemented in loupe/runtime/kernels.py
-RATE_LIMIT_STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "redis+unix://", "redis+sentinel://",
-                              "redis+cluster://")
+RATE_LIMIT_STORAGE_SCHEMES = (
+    "memory://",
+    "redis://",
+    "rediss://",
+    "redis+unix://",
+    "redis+sentinel://",
+    "redis+cluster://",
+)
 MiB = 1024 * 1024
 
 
@@ -49,9 +56,7 @@ class Settings:
         "Where the compiled `native` kernels are kept (one small file per source, flags and torch version; "
         "the three newest), so only the first start on a machine compiles them.",
     )
-    torch_threads: int = _setting(
-        0, "Threads torch uses for one generation; 0 leaves torch's default (one per core)."
-    )
+    torch_threads: int = _setting(0, "Threads torch uses for one generation; 0 leaves torch's default (one per core).")
     max_new_tokens: int = _setting(512, "Tokens generated when a request does not say `max_tokens`.")
     max_new_tokens_limit: int = _setting(
         2048, "Ceiling for a request's `max_tokens`; larger values are refused with 400."
@@ -82,12 +87,14 @@ class Settings:
         "concurrent users share the cost. 1 generates one request at a time.",
     )
     queue_size: int = _setting(
-        8, "Requests that may wait while the batch is full; past that a request gets 429 (server busy) with "
-        "`Retry-After`."
+        8,
+        "Requests that may wait while the batch is full; past that a request gets 429 (server busy) with "
+        "`Retry-After`.",
     )
     request_timeout: float = _setting(
-        900.0, "Seconds a request may spend waiting in the queue and generating; past that it ends with "
-        "504 `request_timeout` and frees its place. 0: no limit."
+        900.0,
+        "Seconds a request may spend waiting in the queue and generating; past that it ends with "
+        "504 `request_timeout` and frees its place. 0: no limit.",
     )
     allow_remote_images: bool = _setting(
         False,
@@ -98,29 +105,32 @@ class Settings:
     host: str = _setting("0.0.0.0", "Address the server listens on.")
     port: int = _setting(8000, "Port the server listens on.")
     threads: int = _setting(
-        16, "gunicorn worker threads: requests served at once (health, page, streams, the queue); "
-        "keep it above MAX_BATCH + QUEUE_SIZE so /health answers while the batch and the queue are full."
+        16,
+        "gunicorn worker threads: requests served at once (health, page, streams, the queue); "
+        "keep it above MAX_BATCH + QUEUE_SIZE so /health answers while the batch and the queue are full.",
     )
     generation_timeout: int = _setting(
         900, "gunicorn worker timeout in seconds; longer than the slowest CPU generation."
     )
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
     data_dir: str = _setting(
-        "data", "Directory for the history: the SQLite database (by default) and `images/`; created on "
-        "first start. Relative paths are from the working directory."
+        "data",
+        "Directory for the history: the SQLite database (by default) and `images/`; created on "
+        "first start. Relative paths are from the working directory.",
     )
     database_url: str = _setting(
-        "", "SQLAlchemy URL of the history database, e.g. `postgresql+psycopg://…` for several instances "
-        "sharing one history; empty: SQLite at `DATA_DIR/history.db`."
+        "",
+        "SQLAlchemy URL of the history database, e.g. `postgresql+psycopg://…` for several instances "
+        "sharing one history; empty: SQLite at `DATA_DIR/history.db`.",
     )
     history: bool = _setting(True, "Record every inference and its images; `off` records nothing at all.")
     history_max_days: int = _setting(0, "Delete history records older than this many days; 0 keeps all.")
-    history_max_records: int = _setting(
-        0, "Keep at most this many history records, deleting the oldest; 0 keeps all."
-    )
+    history_max_records: int = _setting(0, "Keep at most this many history records, deleting the oldest; 0 keeps all.")
     api_key: str = _setting(
-        "", "API keys, comma-separated; when set (or API_KEY_FILE is), `/v1/*` needs "
-        "`Authorization: Bearer <key>`. Empty: no key needed.", secret=True,
+        "",
+        "API keys, comma-separated; when set (or API_KEY_FILE is), `/v1/*` needs "
+        "`Authorization: Bearer <key>`. Empty: no key needed.",
+        secret=True,
     )
     api_key_file: str = _setting(
         "", "A file of API keys, one per line (blank lines and `#` comments ignored); read at start."
@@ -129,27 +139,29 @@ class Settings:
         False, "Whether `/metrics` also needs an API key (it is open by default, for scrapers)."
     )
     rate_limit: str = _setting(
-        "30/minute", "Generation requests one client (IP address) may make, e.g. `30/minute` or "
-        "`10/minute;500/day`; `off` for no limit. Past it: 429 with `Retry-After`."
+        "30/minute",
+        "Generation requests one client (IP address) may make, e.g. `30/minute` or "
+        "`10/minute;500/day`; `off` for no limit. Past it: 429 with `Retry-After`.",
     )
     rate_limit_storage: str = _setting(
-        "memory://", "Where rate-limit counters live: `memory://` (this process) or a Redis URI such as "
-        "`redis://redis:6379/0`, shared by several instances."
+        "memory://",
+        "Where rate-limit counters live: `memory://` (this process) or a Redis URI such as "
+        "`redis://redis:6379/0`, shared by several instances.",
     )
     cors_origins: str = _setting(
-        "", "Origins allowed to call the API from a browser, comma-separated, or `*`. "
-        "Empty: same origin only (no CORS headers)."
+        "",
+        "Origins allowed to call the API from a browser, comma-separated, or `*`. "
+        "Empty: same origin only (no CORS headers).",
     )
     cors_allow_credentials: bool = _setting(
         False, "Let cross-origin pages send cookies and HTTP auth (never with `CORS_ORIGINS=*`)."
     )
     shutdown_grace: int = _setting(
-        30, "Seconds running and queued generations get to finish after SIGTERM; then they end with a "
-        "503 error and the process exits."
+        30,
+        "Seconds running and queued generations get to finish after SIGTERM; then they end with a "
+        "503 error and the process exits.",
     )
-    log_format: str = _setting(
-        "text", "`text` (one readable line per event) or `json` (one JSON object per line)."
-    )
+    log_format: str = _setting("text", "`text` (one readable line per event) or `json` (one JSON object per line).")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
@@ -182,13 +194,22 @@ class Settings:
             raise ValueError(f"DTYPE must be float32 or bfloat16, not {self.dtype!r}")
         if self.linear_kernel not in LINEAR_KERNELS:
             raise ValueError(f"LINEAR_KERNEL must be {' or '.join(LINEAR_KERNELS)}, not {self.linear_kernel!r}")
-        positive = ("max_batch", "max_new_tokens", "max_new_tokens_limit", "max_context_tokens", "image_max_edge",
-                    "max_image_bytes", "max_images", "max_request_bytes", "threads", "port")
+        positive = (
+            "max_batch",
+            "max_new_tokens",
+            "max_new_tokens_limit",
+            "max_context_tokens",
+            "image_max_edge",
+            "max_image_bytes",
+            "max_images",
+            "max_request_bytes",
+            "threads",
+            "port",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.upper()} must be positive")
-        for name in ("queue_size", "torch_threads", "prefix_cache_tokens", "history_max_days",
-                     "history_max_records"):
+        for name in ("queue_size", "torch_threads", "prefix_cache_tokens", "history_max_days", "history_max_records"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.upper()} must not be negative")
         if self.request_timeout < 0:

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny random-weight Qwen3-VL, settings, apps and engines (closed after), a live gunicorn
 server and a Redis; and a check that no test leaves an engine running."""
+
 from __future__ import annotations
 
 import shutil
@@ -59,10 +60,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def settings(tiny_model_dir, tmp_path_factory) -> Settings:
     """Test settings: the tiny model, small limits so tests stay quick, history in a temporary directory;
     no rate limit (its own tests set one)."""
-    settings = Settings.from_mapping({"MODEL_ID": str(tiny_model_dir), "MAX_NEW_TOKENS": "8",
-                                      "MAX_IMAGE_BYTES": str(2 * 1024 * 1024), "MAX_IMAGES": "3",
-                                      "MAX_REQUEST_BYTES": str(4 * 1024 * 1024), "QUEUE_SIZE": "2",
-                                      "RATE_LIMIT": "off", "KERNEL_CACHE_DIR": str(KERNEL_CACHE_DIR)})
+    settings = Settings.from_mapping(
+        {
+            "MODEL_ID": str(tiny_model_dir),
+            "MAX_NEW_TOKENS": "8",
+            "MAX_IMAGE_BYTES": str(2 * 1024 * 1024),
+            "MAX_IMAGES": "3",
+            "MAX_REQUEST_BYTES": str(4 * 1024 * 1024),
+            "QUEUE_SIZE": "2",
+            "RATE_LIMIT": "off",
+            "KERNEL_CACHE_DIR": str(KERNEL_CACHE_DIR),
+        }
+    )
     return settings.replace(data_dir=str(tmp_path_factory.mktemp("history")))
 
 
@@ -136,9 +145,23 @@ def redis_uri(tmp_path) -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--dir", str(tmp_path)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            executable,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     uri = f"redis://127.0.0.1:{port}/0"
     try:
         _wait_for_redis(uri, server)

@@ -1,4 +1,5 @@
 """The HTTP API through Flask's test client, on the tiny model: shapes, streaming, every error status."""
+
 import io
 import threading
 
@@ -33,17 +34,27 @@ def test_image_data_url_completion_reports_image_tokens(client):
 
 
 def test_form_data_with_two_images(client):
-    response = client.post("/v1/chat/completions", content_type="multipart/form-data", data={
-        "image": [(io.BytesIO(png()), "a.png"), (io.BytesIO(png(fmt="JPEG")), "b.jpg")],
-        "prompt": "Compare", "max_tokens": "2", "temperature": "0"})
+    response = client.post(
+        "/v1/chat/completions",
+        content_type="multipart/form-data",
+        data={
+            "image": [(io.BytesIO(png()), "a.png"), (io.BytesIO(png(fmt="JPEG")), "b.jpg")],
+            "prompt": "Compare",
+            "max_tokens": "2",
+            "temperature": "0",
+        },
+    )
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["choices"][0]["message"]["role"] == "assistant"
 
 
 def test_streaming_sends_openai_chunks(client):
-    response = client.post("/v1/chat/completions", json=ask(
-        image=data_url(png()), max_tokens=4, ignore_eos=True, stream=True,
-        stream_options={"include_usage": True}))
+    response = client.post(
+        "/v1/chat/completions",
+        json=ask(
+            image=data_url(png()), max_tokens=4, ignore_eos=True, stream=True, stream_options={"include_usage": True}
+        ),
+    )
     assert response.status_code == 200
     assert response.mimetype == "text/event-stream"
     assert response.headers["Cache-Control"] == "no-cache" and response.headers["X-Accel-Buffering"] == "no"
@@ -67,8 +78,13 @@ def test_a_stream_and_a_whole_answer_agree_under_greedy_decoding(client):
 def test_health_and_models(client, backend):
     health = client.get("/health")
     assert health.status_code == 200
-    assert health.get_json() | {"queue_depth": 0} == {"status": "ok", "model": backend.name, "device": "cpu",
-                                                      "dtype": "float32", "queue_depth": 0}
+    assert health.get_json() | {"queue_depth": 0} == {
+        "status": "ok",
+        "model": backend.name,
+        "device": "cpu",
+        "dtype": "float32",
+        "queue_depth": 0,
+    }
     models = client.get("/v1/models").get_json()
     assert models["object"] == "list" and models["data"][0]["id"] == backend.name
 
@@ -89,18 +105,30 @@ BAD_REQUESTS = [
     ("truncated image", dict(json=ask(image=data_url(png(300, 300)[:2000]))), 400, "invalid_request_error"),
     ("bad base64", dict(json=ask(image="data:image/png;base64,!!!")), 400, "invalid_request_error"),
     ("remote image url", dict(json=ask(image="http://127.0.0.1/x.png")), 400, "invalid_request_error"),
-    ("too many images", dict(json={"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": data_url(png())}] * 4}]}), 400, "invalid_request_error"),
+    (
+        "too many images",
+        dict(
+            json={"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": data_url(png())}] * 4}]}
+        ),
+        400,
+        "invalid_request_error",
+    ),
     ("special tokens in text", dict(json=ask("<|im_end|>")), 400, "invalid_request_error"),
     ("prompt beyond the context", dict(json=ask("word " * 9000)), 400, "invalid_request_error"),
-    ("image too large", dict(content_type="multipart/form-data",
-                             data={"image": (io.BytesIO(b"\0" * (3 * 1024 * 1024)), "big.png")}),
-     413, "invalid_request_error"),
-    ("body too large", dict(data=b"x" * (5 * 1024 * 1024), content_type="application/json"),
-     413, "invalid_request_error"),
+    (
+        "image too large",
+        dict(content_type="multipart/form-data", data={"image": (io.BytesIO(b"\0" * (3 * 1024 * 1024)), "big.png")}),
+        413,
+        "invalid_request_error",
+    ),
+    (
+        "body too large",
+        dict(data=b"x" * (5 * 1024 * 1024), content_type="application/json"),
+        413,
+        "invalid_request_error",
+    ),
     ("unsupported body type", dict(data="hello", content_type="text/plain"), 415, "invalid_request_error"),
-    ("unsupported image format", dict(json=ask(image=data_url(bmp(), "image/bmp"))),
-     415, "invalid_request_error"),
+    ("unsupported image format", dict(json=ask(image=data_url(bmp(), "image/bmp"))), 415, "invalid_request_error"),
     ("form without prompt or image", dict(data={"temperature": "0"}), 400, "invalid_request_error"),
 ]
 
@@ -114,8 +142,9 @@ def test_bad_requests_get_a_clean_4xx_envelope(client, name, kwargs, status, typ
     assert error["type"] == type_ and error["message"]
 
 
-@pytest.mark.parametrize("method, path, status", [
-    ("get", "/nowhere", 404), ("get", "/v1/chat/completions", 405), ("delete", "/health", 405)])
+@pytest.mark.parametrize(
+    "method, path, status", [("get", "/nowhere", 404), ("get", "/v1/chat/completions", 405), ("delete", "/health", 405)]
+)
 def test_unknown_routes_and_methods(client, method, path, status):
     response = getattr(client, method)(path)
     assert response.status_code == status
@@ -158,8 +187,12 @@ def test_a_server_fault_is_a_500_that_says_nothing_of_its_cause(settings, engine
     client = create_app(settings, engine=engine).test_client()
     response = client.post("/v1/chat/completions", json=ask())
     assert response.status_code == 500
-    assert response.get_json()["error"] == {"message": "The server had an error while processing your request.",
-                                            "type": "server_error", "param": None, "code": None}
+    assert response.get_json()["error"] == {
+        "message": "The server had an error while processing your request.",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
     assert "backend broke" in caplog.text  # the traceback is in the log
 
 
@@ -167,8 +200,9 @@ def test_a_full_queue_is_429_and_a_closed_stream_stops_the_generation(settings, 
     app = engines.app(settings.replace(queue_size=0, max_batch=1))
     client = app.test_client()
     engine = wait_ready(services(app).engine)
-    stream = client.post("/v1/chat/completions",
-                         json=ask(max_tokens=2000, ignore_eos=True, stream=True), buffered=False)
+    stream = client.post(
+        "/v1/chat/completions", json=ask(max_tokens=2000, ignore_eos=True, stream=True), buffered=False
+    )
     frames = iter(stream.response)
     assert next(frames).startswith(b":")  # accepted
     assert b"assistant" in next(frames)  # the engine has started on it

@@ -37,10 +37,12 @@ def test_step_rates_come_from_the_pass_histogram():
 def test_each_paired_decode_is_against_the_mean_of_its_own_two_samples():
     from bench.report import paired_figures
 
-    rounds = [{"decode_tps": 4.0, "bandwidth_before": 30e9, "bandwidth_after": 50e9},  # 4 x 8e9 / 40e9 = 0.8
-              {"decode_tps": 3.0, "bandwidth_before": 50e9, "bandwidth_after": 30e9},  # 0.6
-              {"decode_tps": 5.0, "bandwidth_before": 30e9, "bandwidth_after": 50e9},  # 1.0
-              {"decode_tps": None, "bandwidth_before": 30e9, "bandwidth_after": 50e9}]  # failed: left out
+    rounds = [
+        {"decode_tps": 4.0, "bandwidth_before": 30e9, "bandwidth_after": 50e9},  # 4 x 8e9 / 40e9 = 0.8
+        {"decode_tps": 3.0, "bandwidth_before": 50e9, "bandwidth_after": 30e9},  # 0.6
+        {"decode_tps": 5.0, "bandwidth_before": 30e9, "bandwidth_after": 50e9},  # 1.0
+        {"decode_tps": None, "bandwidth_before": 30e9, "bandwidth_after": 50e9},
+    ]  # failed: left out
     figures = paired_figures(rounds, bytes_per_token=8e9)
     assert figures["paired_efficiencies"] == [0.8, 0.6, 1.0]
     assert figures["paired_efficiency"] == 0.8
@@ -50,10 +52,12 @@ def test_each_paired_decode_is_against_the_mean_of_its_own_two_samples():
 def test_each_batch_round_is_against_its_own_one_client_rate():
     from bench.report import paired_batch_figures
 
-    rounds = [{"one_decode_tps": 5.0, "concurrent_batched_decode_tps": 20.0},  # 4.0
-              {"one_decode_tps": 8.0, "concurrent_batched_decode_tps": 16.0},  # 2.0: slow memory while four decode
-              {"one_decode_tps": 4.0, "concurrent_batched_decode_tps": 14.0},  # 3.5
-              {"one_decode_tps": 4.0, "concurrent_batched_decode_tps": None}]  # no window: left out
+    rounds = [
+        {"one_decode_tps": 5.0, "concurrent_batched_decode_tps": 20.0},  # 4.0
+        {"one_decode_tps": 8.0, "concurrent_batched_decode_tps": 16.0},  # 2.0: slow memory while four decode
+        {"one_decode_tps": 4.0, "concurrent_batched_decode_tps": 14.0},  # 3.5
+        {"one_decode_tps": 4.0, "concurrent_batched_decode_tps": None},
+    ]  # no window: left out
     figures = paired_batch_figures(rounds)
     assert figures["batch_speedups"] == [4.0, 2.0, 3.5]
     assert figures["batch_speedup"] == 3.5
@@ -62,8 +66,11 @@ def test_each_batch_round_is_against_its_own_one_client_rate():
 
 def test_a_metric_is_read_from_the_exposition_by_its_sample_name():
     from bench.client import metric_value
-    text = ("# HELP loupe_prefix_cache_tokens Tokens kept.\n# TYPE loupe_prefix_cache_tokens gauge\n"
-            "loupe_prefix_cache_tokens 3382.0\n")
+
+    text = (
+        "# HELP loupe_prefix_cache_tokens Tokens kept.\n# TYPE loupe_prefix_cache_tokens gauge\n"
+        "loupe_prefix_cache_tokens 3382.0\n"
+    )
     assert metric_value(text, "loupe_prefix_cache_tokens") == 3382
     assert metric_value(text, "loupe_queue_depth") is None
 
@@ -71,6 +78,7 @@ def test_a_metric_is_read_from_the_exposition_by_its_sample_name():
 @pytest.mark.slow  # a real server
 def test_the_prefix_cache_is_read_once_the_conversation_is_put_away(live_server):
     from bench.client import settled_gauge, stream_chat
+
     server = live_server()
     answer = stream_chat(server.url, [{"role": "user", "content": "Hello there"}], 3)
     assert answer.error is None
@@ -81,21 +89,27 @@ def test_the_prefix_cache_is_read_once_the_conversation_is_put_away(live_server)
 def test_paired_batches_run_one_client_then_all_at_once_against_a_real_server(live_server):
     from bench import inputs
     from bench.run import Pairing, paired_batches
+
     server = live_server(MAX_BATCH="4")
     image = inputs.data_url(inputs.jpeg_bytes(inputs.photo(size=(64, 48))))
     rounds = paired_batches(server.url, image, 4, Pairing(0, 0, lambda: 0.0, batch_rounds=2, batch_tokens=8))
     assert len(rounds) == 2
     for batch in rounds:
         assert batch["error"] is None and batch["one_decode_tps"] > 0
-        assert set(batch) == {"one_decode_tps", "concurrent_batched_decode_tps", "concurrent_batched_window_s",
-                              "error"}
+        assert set(batch) == {"one_decode_tps", "concurrent_batched_decode_tps", "concurrent_batched_window_s", "error"}
 
 
 def test_a_failed_paired_round_is_listed_with_its_reason():
     from bench.report import error_lines
 
     ok = {"error": None}
-    raw = {"first_turn": ok, "follow_up": ok, "concurrent": {"clients": [ok]}, "paired_decodes": [ok],
-           "paired_batches": [ok, {"error": "HTTP 429: too many"}]}
+    raw = {
+        "first_turn": ok,
+        "follow_up": ok,
+        "concurrent": {"clients": [ok]},
+        "paired_decodes": [ok],
+        "paired_batches": [ok, {"error": "HTTP 429: too many"}],
+    }
     assert error_lines({"bfloat16": {"raw": {"server": raw}}}) == [
-        "ERROR bfloat16 server paired batch 2: HTTP 429: too many"]
+        "ERROR bfloat16 server paired batch 2: HTTP 429: too many"
+    ]

@@ -1,4 +1,5 @@
 """bench/ is a package run from the project folder (`python -m bench.run`): nothing there shadows an installed one."""
+
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ print(sorted(name for name, file in files.items() if file.startswith(sys.argv[1]
 def test_no_project_module_shadows_a_package_transformers_looks_for():
     # transformers imports an optional package (`kernels`) to read its version when it has no metadata:
     # a bench/kernels.py was once imported as that package by naive.py, run from bench/.
-    done = subprocess.run([sys.executable, "-c", IMPORTED, str(ROOT)], cwd=ROOT, capture_output=True, text=True,
-                          check=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTED, str(ROOT)], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
+    )
     assert done.stdout.strip() == "[]"

@@ -1,4 +1,5 @@
 """Settings come from the environment (and .env), typed and validated, with documented defaults."""
+
 import pytest
 
 from loupe.settings import DEFAULT_MODEL_ID, Settings, documented_settings
@@ -13,22 +14,26 @@ def test_defaults():
 
 
 def test_values_are_converted_to_their_types():
-    settings = Settings.from_mapping({"PORT": "9000", "ALLOW_REMOTE_IMAGES": "yes",
-                                      "REMOTE_IMAGE_TIMEOUT": "2.5", "DTYPE": "bfloat16"})
+    settings = Settings.from_mapping(
+        {"PORT": "9000", "ALLOW_REMOTE_IMAGES": "yes", "REMOTE_IMAGE_TIMEOUT": "2.5", "DTYPE": "bfloat16"}
+    )
     assert (settings.port, settings.allow_remote_images, settings.remote_image_timeout) == (9000, True, 2.5)
     assert settings.dtype == "bfloat16"
 
 
-@pytest.mark.parametrize("env, words", [
-    ({"PORT": "eighty"}, "PORT"),
-    ({"ALLOW_REMOTE_IMAGES": "perhaps"}, "ALLOW_REMOTE_IMAGES"),
-    ({"DTYPE": "float16"}, "DTYPE"),
-    ({"MAX_NEW_TOKENS": "4096"}, "MAX_NEW_TOKENS"),
-    ({"IMAGE_MAX_EDGE": "16"}, "IMAGE_MAX_EDGE"),
-    ({"QUEUE_SIZE": "-1"}, "QUEUE_SIZE"),
-    ({"HISTORY_MAX_DAYS": "-1"}, "HISTORY_MAX_DAYS"),
-    ({"HISTORY": "sometimes"}, "HISTORY"),
-])
+@pytest.mark.parametrize(
+    "env, words",
+    [
+        ({"PORT": "eighty"}, "PORT"),
+        ({"ALLOW_REMOTE_IMAGES": "perhaps"}, "ALLOW_REMOTE_IMAGES"),
+        ({"DTYPE": "float16"}, "DTYPE"),
+        ({"MAX_NEW_TOKENS": "4096"}, "MAX_NEW_TOKENS"),
+        ({"IMAGE_MAX_EDGE": "16"}, "IMAGE_MAX_EDGE"),
+        ({"QUEUE_SIZE": "-1"}, "QUEUE_SIZE"),
+        ({"HISTORY_MAX_DAYS": "-1"}, "HISTORY_MAX_DAYS"),
+        ({"HISTORY": "sometimes"}, "HISTORY"),
+    ],
+)
 def test_bad_values_name_the_variable(env, words):
     with pytest.raises(ValueError, match=words):
         Settings.from_mapping(env)
@@ -52,4 +57,5 @@ def test_history_settings(tmp_path):
     assert (settings.history, settings.history_max_records, settings.history_max_days) == (False, 5, 0)
     assert settings.history_database_url == f"sqlite:///{tmp_path / 'history.db'}"
     assert Settings.from_mapping({"DATABASE_URL": "postgresql://db/loupe"}).history_database_url == (
-        "postgresql://db/loupe")
+        "postgresql://db/loupe"
+    )

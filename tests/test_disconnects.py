@@ -1,4 +1,5 @@
 """Noticing a client that hung up, on real sockets."""
+
 import socket
 import threading
 

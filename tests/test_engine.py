@@ -3,6 +3,7 @@
 These tests drive the engine with a scripted backend so that queue states can be held still;
 the model itself is exercised in test_model.py and test_api.py.
 """
+
 import threading
 
 import pytest
@@ -131,7 +132,7 @@ def test_each_new_request_gets_its_first_token_before_the_next_is_read(engines):
         list(generation)
     starts = [i for i, call in enumerate(backend.calls) if call == "start"]
     assert len(starts) == 3
-    assert "sample" in backend.calls[starts[1]:starts[2]]  # the second was sampled before the third was read
+    assert "sample" in backend.calls[starts[1] : starts[2]]  # the second was sampled before the third was read
 
 
 def test_close_ends_running_and_queued_generations_and_the_worker(engines):
@@ -165,4 +166,3 @@ def test_aborting_reaches_a_generation_whose_prompt_is_being_read(engines):
         list(generation)
     wait_until(lambda: not engine.running, message="the aborted generation to leave the batch")
     assert backend.tokens_made == 0 and backend.batch == []
-

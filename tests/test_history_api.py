@@ -1,4 +1,5 @@
 """The history over HTTP (Flask test client, tiny model): recording, listing, images, delete, POST /inferences."""
+
 import base64
 import io
 import threading
@@ -34,8 +35,9 @@ def only_record(client):
 
 def test_a_chat_with_an_image_is_recorded_with_its_original_bytes(history_client, data_dir):
     image = png(70, 50)
-    response = history_client.post("/v1/chat/completions", json=ask("What is it?", data_url(image), max_tokens=3,
-                                                                     temperature=0, seed=4))
+    response = history_client.post(
+        "/v1/chat/completions", json=ask("What is it?", data_url(image), max_tokens=3, temperature=0, seed=4)
+    )
     assert response.status_code == 200
     answer = response.get_json()
     summary = history_client.get("/inferences").get_json()["data"][0]
@@ -47,11 +49,26 @@ def test_a_chat_with_an_image_is_recorded_with_its_original_bytes(history_client
     assert record["finish_reason"] == answer["choices"][0]["finish_reason"] and record["error"] is None
     assert record["client"] == "127.0.0.1" and record["stream"] is False
     assert record["sampling"]["temperature"] == 0 and record["sampling"]["seed"] == 4
-    assert record["messages"] == [{"role": "user", "content": [
-        {"type": "image", "image": 0, "url": f"/inferences/{record['id']}/images/0"},
-        {"type": "text", "text": "What is it?"}]}]
-    assert record["images"] == [{"index": 0, "sha256": sha256_of(image), "mime": "image/png", "bytes": len(image),
-                                 "width": 70, "height": 50, "url": f"/inferences/{record['id']}/images/0"}]
+    assert record["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": 0, "url": f"/inferences/{record['id']}/images/0"},
+                {"type": "text", "text": "What is it?"},
+            ],
+        }
+    ]
+    assert record["images"] == [
+        {
+            "index": 0,
+            "sha256": sha256_of(image),
+            "mime": "image/png",
+            "bytes": len(image),
+            "width": 70,
+            "height": 50,
+            "url": f"/inferences/{record['id']}/images/0",
+        }
+    ]
     for url in (record["images"][0]["url"], f"/inferences/{record['id']}/image"):
         fetched = history_client.get(url)
         assert fetched.status_code == 200 and fetched.data == image and fetched.mimetype == "image/png"
@@ -66,8 +83,12 @@ def test_a_chat_with_an_image_is_recorded_with_its_original_bytes(history_client
 def test_urls_in_records_carry_the_mount_prefix(history_client):
     """Behind a proxy that mounts the app under a prefix (SCRIPT_NAME), the URLs it hands out work there."""
     mounted = {"base_url": "http://localhost/loupe/"}
-    response = history_client.post("/inferences", data={"prompt": "Hi", "max_tokens": "2", "image": (
-        io.BytesIO(png(30, 30)), "p.png")}, content_type="multipart/form-data", **mounted)
+    response = history_client.post(
+        "/inferences",
+        data={"prompt": "Hi", "max_tokens": "2", "image": (io.BytesIO(png(30, 30)), "p.png")},
+        content_type="multipart/form-data",
+        **mounted,
+    )
     record = response.get_json()
     assert response.headers["Location"] == f"/loupe/inferences/{record['id']}"
     assert record["images"][0]["url"] == f"/loupe/inferences/{record['id']}/images/0"
@@ -79,8 +100,15 @@ def test_urls_in_records_carry_the_mount_prefix(history_client):
 
 def test_the_same_image_twice_is_stored_once(history_client, data_dir):
     image = png()
-    response = history_client.post("/v1/chat/completions", content_type="multipart/form-data", data={
-        "image": [(io.BytesIO(image), "a.png"), (io.BytesIO(image), "b.png")], "prompt": "Same?", "max_tokens": "2"})
+    response = history_client.post(
+        "/v1/chat/completions",
+        content_type="multipart/form-data",
+        data={
+            "image": [(io.BytesIO(image), "a.png"), (io.BytesIO(image), "b.png")],
+            "prompt": "Same?",
+            "max_tokens": "2",
+        },
+    )
     assert response.status_code == 200
     record = only_record(history_client)
     assert [i["sha256"] for i in record["images"]] == [sha256_of(image)] * 2
@@ -88,8 +116,9 @@ def test_the_same_image_twice_is_stored_once(history_client, data_dir):
 
 
 def test_a_completed_stream_is_recorded_with_the_streamed_text(history_client):
-    chunks = sse_chunks(history_client.post("/v1/chat/completions", json=ask(max_tokens=4, ignore_eos=True,
-                                                                              stream=True)))
+    chunks = sse_chunks(
+        history_client.post("/v1/chat/completions", json=ask(max_tokens=4, ignore_eos=True, stream=True))
+    )
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     record = only_record(history_client)
     assert (record["status"], record["stream"], record["answer"]) == ("completed", True, text)
@@ -97,8 +126,9 @@ def test_a_completed_stream_is_recorded_with_the_streamed_text(history_client):
 
 
 def test_a_stream_the_client_closes_is_recorded_as_cancelled(history_client):
-    stream = history_client.post("/v1/chat/completions", json=ask(max_tokens=2000, ignore_eos=True, stream=True),
-                                 buffered=False)
+    stream = history_client.post(
+        "/v1/chat/completions", json=ask(max_tokens=2000, ignore_eos=True, stream=True), buffered=False
+    )
     frames = iter(stream.response)
     assert next(frames).startswith(b":")  # accepted
     assert b"assistant" in next(frames)
@@ -125,8 +155,9 @@ def test_a_refused_request_is_recorded_as_failed(settings, data_dir, engines):
         release.wait(10)
         raise RuntimeError("test over")
 
-    client = create_app(settings.replace(data_dir=str(data_dir)), engine=engines.start(slow_load, queue_size=1)
-                        ).test_client()
+    client = create_app(
+        settings.replace(data_dir=str(data_dir)), engine=engines.start(slow_load, queue_size=1)
+    ).test_client()
     try:
         assert client.post("/v1/chat/completions", json=ask("Too early")).status_code == 503
         record = only_record(client)
@@ -138,8 +169,11 @@ def test_a_refused_request_is_recorded_as_failed(settings, data_dir, engines):
 
 def test_post_inferences_answers_with_the_stored_record(history_client):
     image = png(40, 40)
-    response = history_client.post("/inferences", content_type="multipart/form-data", data={
-        "image": (io.BytesIO(image), "p.png"), "prompt": "Colour?", "max_tokens": "3", "temperature": "0"})
+    response = history_client.post(
+        "/inferences",
+        content_type="multipart/form-data",
+        data={"image": (io.BytesIO(image), "p.png"), "prompt": "Colour?", "max_tokens": "3", "temperature": "0"},
+    )
     assert response.status_code == 201
     record = response.get_json()
     assert response.headers["Location"] == f"/inferences/{record['id']}"
@@ -182,18 +216,29 @@ def test_paging_with_the_cursor_and_filters(history_client):
     assert history_client.get("/inferences?until=2000-01-01T00:00:00Z").get_json()["data"] == []
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=ten", "cursor=nonsense", "status=done",
-                                   "since=yesterday", "until=2026-13-01"])
+@pytest.mark.parametrize(
+    "query",
+    ["limit=0", "limit=101", "limit=ten", "cursor=nonsense", "status=done", "since=yesterday", "until=2026-13-01"],
+)
 def test_bad_paging_parameters_are_400(history_client, query):
     response = history_client.get(f"/inferences?{query}")
     assert response.status_code == 400
     assert response.get_json()["error"]["type"] == "invalid_request_error"
 
 
-@pytest.mark.parametrize("path", ["/inferences/not-a-uuid", f"/inferences/{uuid.uuid4()}",
-                                  "/inferences/..%2F..%2Fetc%2Fpasswd", "/inferences/../../etc/passwd",
-                                  f"/inferences/{uuid.uuid4()}/image", f"/inferences/{uuid.uuid4()}/images/0",
-                                  "/inferences/%2e%2e/images/0", f"/inferences/{str(uuid.uuid4()).upper()}"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/inferences/not-a-uuid",
+        f"/inferences/{uuid.uuid4()}",
+        "/inferences/..%2F..%2Fetc%2Fpasswd",
+        "/inferences/../../etc/passwd",
+        f"/inferences/{uuid.uuid4()}/image",
+        f"/inferences/{uuid.uuid4()}/images/0",
+        "/inferences/%2e%2e/images/0",
+        f"/inferences/{str(uuid.uuid4()).upper()}",
+    ],
+)
 def test_bad_ids_are_404_in_the_envelope(history_client, path):
     response = history_client.get(path)
     assert response.status_code == 404
@@ -209,8 +254,9 @@ def test_an_image_index_beyond_the_record_is_404(history_client):
 
 
 def test_with_history_off_nothing_is_written_and_the_routes_say_so(app, settings, data_dir):
-    client = create_app(settings.replace(data_dir=str(data_dir), history=False),
-                        engine=app.extensions["loupe"].engine).test_client()
+    client = create_app(
+        settings.replace(data_dir=str(data_dir), history=False), engine=app.extensions["loupe"].engine
+    ).test_client()
     assert client.post("/v1/chat/completions", json=ask(max_tokens=1)).status_code == 200
     assert not data_dir.exists()
     for response in (client.get("/inferences"), client.post("/inferences", data={"prompt": "hi"})):

@@ -1,4 +1,5 @@
 """The history through the real gunicorn server: it survives restarts, disconnects and SIGKILL."""
+
 import base64
 import collections
 import http.client
@@ -34,8 +35,20 @@ def call(server, method, path, body=None, headers=None, timeout=30):
 
 def chat_body(image: bytes, **fields) -> str:
     url = "data:image/jpeg;base64," + base64.b64encode(image).decode()
-    return json.dumps({"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is this?"}]}], **fields})
+    return json.dumps(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": url}},
+                        {"type": "text", "text": "What is this?"},
+                    ],
+                }
+            ],
+            **fields,
+        }
+    )
 
 
 def jpeg(tmp_path, seed=0) -> bytes:
@@ -48,21 +61,30 @@ def test_a_record_and_its_image_survive_a_restart(live_server, tmp_path):
     env = {"DATA_DIR": str(tmp_path / "data"), "MAX_NEW_TOKENS": "4", "THREADS": "4"}
     server = live_server(**env)
     image = jpeg(tmp_path)
-    status, _, body = call(server, "POST", "/v1/chat/completions", chat_body(image, max_tokens=3),
-                           {"Content-Type": "application/json"})
+    status, _, body = call(
+        server, "POST", "/v1/chat/completions", chat_body(image, max_tokens=3), {"Content-Type": "application/json"}
+    )
     assert status == 200, body
     answer = json.loads(body)["choices"][0]["message"]["content"]
     # A stream the client drops is recorded as cancelled by the real server too.
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    connection.request("POST", "/v1/chat/completions", chat_body(image, max_tokens=2000, ignore_eos=True,
-                                                                 stream=True), {"Content-Type": "application/json"})
+    connection.request(
+        "POST",
+        "/v1/chat/completions",
+        chat_body(image, max_tokens=2000, ignore_eos=True, stream=True),
+        {"Content-Type": "application/json"},
+    )
     response = connection.getresponse()
     while b"assistant" not in response.fp.readline():  # until the model is generating
         pass
     connection.sock.close()
     connection.close()
-    wait_until(lambda: len(json.loads(call(server, "GET", "/inferences")[2])["data"]) >= 2, timeout=30, interval=0.1,
-               message="both records to be written")
+    wait_until(
+        lambda: len(json.loads(call(server, "GET", "/inferences")[2])["data"]) >= 2,
+        timeout=30,
+        interval=0.1,
+        message="both records to be written",
+    )
     server.stop()
 
     again = live_server(**env)
@@ -84,9 +106,12 @@ def hammer(server, images, stop: threading.Event, outcomes: list):
         stream = rng.random() < 0.5
         try:
             connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-            connection.request("POST", "/v1/chat/completions",
-                               chat_body(image, max_tokens=rng.randint(1, 6), stream=stream),
-                               {"Content-Type": "application/json"})
+            connection.request(
+                "POST",
+                "/v1/chat/completions",
+                chat_body(image, max_tokens=rng.randint(1, 6), stream=stream),
+                {"Content-Type": "application/json"},
+            )
             response = connection.getresponse()
             response.read(rng.randint(1, 400)) if stream and rng.random() < 0.5 else response.read()
             outcomes.append(response.status)
@@ -142,14 +167,18 @@ def test_documented_history_examples_work_as_written(live_server, tmp_path, docs
     outputs = []
     for block in blocks:
         command = block.replace("localhost:8000", server.url.removeprefix("http://"))
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=tmp_path, capture_output=True,
-                                text=True, timeout=60)
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout)
     created = json.loads(outputs[0])
     assert created["object"] == "inference" and created["status"] == "completed"
     assert [r["id"] for r in json.loads(outputs[1])["data"]] == [created["id"]]
     record, deleted = [json.loads(line) for line in outputs[2].strip().split("\n")]
-    assert record["id"] == created["id"] and deleted == {"id": created["id"], "object": "inference.deleted",
-                                                         "deleted": True}
+    assert record["id"] == created["id"] and deleted == {
+        "id": created["id"],
+        "object": "inference.deleted",
+        "deleted": True,
+    }
     assert call(server, "GET", f"/inferences/{created['id']}")[0] == 404

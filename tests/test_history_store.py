@@ -1,4 +1,5 @@
 """The history store on SQLite: transactions, dedup, retention, paging, migrations, orphan sweeping."""
+
 import io
 import threading
 import uuid
@@ -21,11 +22,23 @@ def photo(seed=0, size=(40, 30)):
 
 
 def record(created=None, status="completed", **fields):
-    return {"id": str(uuid.uuid4()), "created_at": created or utcnow(), "finished_at": utcnow(),
-            "status": status, "client": "127.0.0.1", "model": "tiny",
-            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-            "sampling": {"max_tokens": 4}, "stream": False, "answer": "hello", "finish_reason": "stop",
-            "usage": None, "timings": None, "error": None, **fields}
+    return {
+        "id": str(uuid.uuid4()),
+        "created_at": created or utcnow(),
+        "finished_at": utcnow(),
+        "status": status,
+        "client": "127.0.0.1",
+        "model": "tiny",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        "sampling": {"max_tokens": 4},
+        "stream": False,
+        "answer": "hello",
+        "finish_reason": "stop",
+        "usage": None,
+        "timings": None,
+        "error": None,
+        **fields,
+    }
 
 
 def open_store(tmp_path, **env):
@@ -50,10 +63,19 @@ def test_a_record_round_trips_with_its_images_in_order(store):
     got = store.get(rec["id"])
     assert {k: got[k] for k in rec} == rec
     assert [(i["position"], i["sha256"], i["width"]) for i in got["images"]] == [
-        (0, sha256_of(first.data), 40), (1, sha256_of(second.data), 64), (2, sha256_of(first.data), 40)]
+        (0, sha256_of(first.data), 40),
+        (1, sha256_of(second.data), 64),
+        (2, sha256_of(first.data), 40),
+    ]
     assert got["images"][1] | {"created_at": None} == {
-        "position": 1, "sha256": sha256_of(second.data), "mime": "image/png", "size": len(second.data),
-        "width": 64, "height": 48, "created_at": None}
+        "position": 1,
+        "sha256": sha256_of(second.data),
+        "mime": "image/png",
+        "size": len(second.data),
+        "width": 64,
+        "height": 48,
+        "created_at": None,
+    }
     row, path = store.image(rec["id"], 1)
     assert path.read_bytes() == second.data and row["mime"] == "image/png"
     assert store.image(rec["id"], 3) is None and store.get(str(uuid.uuid4())) is None
@@ -121,8 +143,10 @@ def test_retention_by_age_also_runs_at_startup(tmp_path):
 
 def test_paging_is_newest_first_and_stable_under_inserts(store):
     now = utcnow()
-    made = [record(created=now - timedelta(seconds=100 - i), status="failed" if i % 3 == 0 else "completed")
-            for i in range(25)]
+    made = [
+        record(created=now - timedelta(seconds=100 - i), status="failed" if i % 3 == 0 else "completed")
+        for i in range(25)
+    ]
     for rec in made:
         store.add(rec, [])
     seen, cursor = [], None
@@ -183,10 +207,12 @@ def test_migration_from_the_previous_schema_keeps_the_records(tmp_path):
     image = photo(3)
     sha = ImageStore(tmp_path / "images").put(image.data)
     with engine.begin() as connection:
-        connection.execute(sa.table("inferences", *[sa.column(k) for k in old]).insert(),
-                           [old | {"messages": '[]', "sampling": '{}'}])
+        connection.execute(
+            sa.table("inferences", *[sa.column(k) for k in old]).insert(), [old | {"messages": "[]", "sampling": "{}"}]
+        )
         connection.exec_driver_sql(
-            "INSERT INTO images VALUES (?, 'image/png', ?, 40, 30, '2026-01-01 00:00:00')", (sha, len(image.data)))
+            "INSERT INTO images VALUES (?, 'image/png', ?, 40, 30, '2026-01-01 00:00:00')", (sha, len(image.data))
+        )
         connection.exec_driver_sql("INSERT INTO inference_images VALUES (?, 0, ?)", (old["id"], sha))
     engine.dispose()
     store = open_store(tmp_path)

@@ -1,4 +1,5 @@
 """Image intake: formats, limits, decoding failures and normalisation, without a model."""
+
 import base64
 import io
 
@@ -79,12 +80,15 @@ def test_transparency_is_flattened_on_white():
     assert image.getpixel((5, 5)) == (255, 255, 255)
 
 
-@pytest.mark.parametrize("mode, value, expected", [
-    ("L", 128, (128, 128, 128)),
-    ("I;16", 65535, (255, 255, 255)),
-    ("I;16", 32768, (128, 128, 128)),
-    ("CMYK", (0, 0, 0, 0), (255, 255, 255)),
-])
+@pytest.mark.parametrize(
+    "mode, value, expected",
+    [
+        ("L", 128, (128, 128, 128)),
+        ("I;16", 65535, (255, 255, 255)),
+        ("I;16", 32768, (128, 128, 128)),
+        ("CMYK", (0, 0, 0, 0), (255, 255, 255)),
+    ],
+)
 def test_other_modes_become_rgb(mode, value, expected):
     fmt = "JPEG" if mode == "CMYK" else "PNG"
     image = decode_image(encode(Image.new(mode, (40, 40), value), fmt), SETTINGS)

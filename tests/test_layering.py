@@ -24,8 +24,11 @@ def modules_of(*packages: str) -> list[str]:
         found.append(package)
         path = ROOT / package.replace(".", "/")
         if path.is_dir():
-            found += [info.name for info in pkgutil.walk_packages([str(path)], prefix=f"{package}.")
-                      if ".migrations" not in info.name]  # Alembic's scripts run inside its own context
+            found += [
+                info.name
+                for info in pkgutil.walk_packages([str(path)], prefix=f"{package}.")
+                if ".migrations" not in info.name
+            ]  # Alembic's scripts run inside its own context
     return found
 
 
@@ -38,8 +41,13 @@ def loaded_after(code: str) -> set[str]:
 
 
 def test_the_import_contracts_hold():
-    result = subprocess.run([str(Path(sys.executable).with_name("lint-imports")), "--no-cache"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("lint-imports")), "--no-cache"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 broken" in result.stdout
 
@@ -52,8 +60,18 @@ def test_the_contracts_name_every_layer():
     assert on_disk == named
 
 
-@pytest.mark.parametrize("layer", ["loupe.engine", "loupe.runtime", "loupe.protocol", "loupe.history",
-                                   "loupe.settings", "loupe.errors", "loupe.inference"])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        "loupe.engine",
+        "loupe.runtime",
+        "loupe.protocol",
+        "loupe.history",
+        "loupe.settings",
+        "loupe.errors",
+        "loupe.inference",
+    ],
+)
 def test_no_layer_below_the_web_loads_flask(layer):
     imports = "".join(f"import {module}\n" for module in modules_of(layer))
     assert not loaded_after(imports) & set(FLASK)
@@ -61,10 +79,13 @@ def test_no_layer_below_the_web_loads_flask(layer):
 
 def test_the_web_layer_and_the_app_load_no_torch(tmp_path):
     imports = "".join(f"import {module}\n" for module in modules_of("loupe.web"))
-    code = (imports + "import app\nfrom loupe.engine.engine import Engine\nfrom loupe.settings import Settings\n"
-            + "unstarted = Engine(app.load_model, queue_size=1)  # its loader would import torch\n"
-            + f"settings = Settings.from_mapping({{'DATA_DIR': {str(tmp_path)!r}}})\n"
-            + "assert app.create_app(settings, unstarted).test_client().get('/health').status_code == 503\n")
+    code = (
+        imports
+        + "import app\nfrom loupe.engine.engine import Engine\nfrom loupe.settings import Settings\n"
+        + "unstarted = Engine(app.load_model, queue_size=1)  # its loader would import torch\n"
+        + f"settings = Settings.from_mapping({{'DATA_DIR': {str(tmp_path)!r}}})\n"
+        + "assert app.create_app(settings, unstarted).test_client().get('/health').status_code == 503\n"
+    )
     loaded = loaded_after(code)
     assert "flask" in loaded  # the probe really built the app
     assert not loaded & set(TORCH)

@@ -1,4 +1,5 @@
 """Liveness vs readiness, and the graceful stop on SIGTERM (through the test client and real gunicorn)."""
+
 import http.client
 import json
 import signal
@@ -47,8 +48,15 @@ def test_after_shutdown_begins_health_and_new_generations_are_503_but_live_is_20
 
 def post_stream(server, max_tokens):
     """Start a streamed generation and return the connection and response once the model is on it."""
-    body = json.dumps({"messages": [{"role": "user", "content": "Go on"}], "max_tokens": max_tokens,
-                       "ignore_eos": True, "stream": True, "temperature": 0})
+    body = json.dumps(
+        {
+            "messages": [{"role": "user", "content": "Go on"}],
+            "max_tokens": max_tokens,
+            "ignore_eos": True,
+            "stream": True,
+            "temperature": 0,
+        }
+    )
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
     response = connection.getresponse()
@@ -69,8 +77,9 @@ def test_sigterm_lets_the_running_stream_finish_refuses_new_work_and_exits(live_
     server.process.send_signal(signal.SIGTERM)
     wait_until(lambda: '"shutting down: ' in server.log(), message="the worker to log that it is shutting down")
     # A request on a connection opened before SIGTERM is still answered, with 503.
-    kept_alive.request("POST", "/v1/chat/completions", json.dumps(ask(max_tokens=1)),
-                       {"Content-Type": "application/json"})
+    kept_alive.request(
+        "POST", "/v1/chat/completions", json.dumps(ask(max_tokens=1)), {"Content-Type": "application/json"}
+    )
     refused = kept_alive.getresponse()
     assert refused.status == 503 and json.load(refused)["error"]["code"] == "shutting_down"
     rest = stream.read().decode()

@@ -1,4 +1,5 @@
 """GET /metrics in Prometheus format: requests, queue, generations, speed, image tokens, the model."""
+
 import threading
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -50,17 +51,24 @@ def test_generations_speed_and_tokens(app):
     image = client.post("/v1/chat/completions", json=ask(image=data_url(png()), max_tokens=4, ignore_eos=True))
     timings = image.get_json()["timings"]
     steps = value(scrape(client), "loupe_decode_step_seconds_count", batch_size="1") - value(
-        before, "loupe_decode_step_seconds_count", batch_size="1")
+        before, "loupe_decode_step_seconds_count", batch_size="1"
+    )
     assert steps == 3  # four tokens: the first comes from the prefill, each later one from a pass
-    stream = client.post("/v1/chat/completions", json=ask(max_tokens=2000, ignore_eos=True, stream=True),
-                         buffered=False)
+    stream = client.post(
+        "/v1/chat/completions", json=ask(max_tokens=2000, ignore_eos=True, stream=True), buffered=False
+    )
     next(iter(stream.response))
     stream.close()  # a cancelled stream
-    wait_until(lambda: value(scrape(client), "loupe_generations_total", outcome="cancelled") >= 1,
-               message="the cancelled stream to be counted")
+    wait_until(
+        lambda: value(scrape(client), "loupe_generations_total", outcome="cancelled") >= 1,
+        message="the cancelled stream to be counted",
+    )
     after = scrape(client)
-    assert value(after, "loupe_generations_total", outcome="length") - value(before, "loupe_generations_total",
-                                                                             outcome="length") == 1
+    assert (
+        value(after, "loupe_generations_total", outcome="length")
+        - value(before, "loupe_generations_total", outcome="length")
+        == 1
+    )
     assert value(after, "loupe_time_to_first_token_seconds_count") == 1
     assert value(after, "loupe_decode_tokens_per_second_count") == 1
     assert value(after, "loupe_image_tokens_sum") == timings["image_tokens"] > 0

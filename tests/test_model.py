@@ -1,4 +1,5 @@
 """The real loader and token loop on a tiny random-weight Qwen3-VL."""
+
 from dataclasses import replace
 
 import pytest
@@ -13,8 +14,7 @@ from loupe.runtime.sampling import Sampler
 from model_loader import load_backend
 from tests.support.reference_processor import reference_inputs
 
-GREEDY = SamplingParams(max_tokens=12, temperature=0.0, top_p=1.0, top_k=0, presence_penalty=0.0,
-                        ignore_eos=True)
+GREEDY = SamplingParams(max_tokens=12, temperature=0.0, top_p=1.0, top_k=0, presence_penalty=0.0, ignore_eos=True)
 
 
 def photo(width=96, height=64, seed=0):
@@ -46,13 +46,20 @@ def test_another_linear_kernel_is_another_backend(settings, backend):
     assert isinstance(blas.decode_step, TransformersDecodeStep)
 
 
-@pytest.mark.parametrize("messages", [
-    [image_turn(photo())],
-    [image_turn(photo(), photo(40, 120, seed=1), text="Compare them.")],
-    [Message("system", (TextPart("Be brief."),)), image_turn(photo()),
-     Message("assistant", (TextPart("A pattern."),)), image_turn(photo(64, 64, seed=2), text="And this?")],
-    [Message("user", (TextPart("No image here."),))],
-])
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [image_turn(photo())],
+        [image_turn(photo(), photo(40, 120, seed=1), text="Compare them.")],
+        [
+            Message("system", (TextPart("Be brief."),)),
+            image_turn(photo()),
+            Message("assistant", (TextPart("A pattern."),)),
+            image_turn(photo(64, 64, seed=2), text="And this?"),
+        ],
+        [Message("user", (TextPart("No image here."),))],
+    ],
+)
 def test_prepared_inputs_equal_transformers_own_processor(backend, messages):
     prompt = backend.prepare(messages, max_tokens=8)
     expected = reference_inputs(backend, messages)
@@ -61,7 +68,7 @@ def test_prepared_inputs_equal_transformers_own_processor(backend, messages):
     if "pixel_values" in expected:
         assert torch.equal(prompt.image_grid_thw, expected["image_grid_thw"])
         assert torch.allclose(prompt.pixel_values, expected["pixel_values"])
-    merge = backend.image_processor.merge_size ** 2
+    merge = backend.image_processor.merge_size**2
     image_count = sum(len(m.images()) for m in messages)
     pads = 0 if prompt.image_grid_thw is None else int(prompt.image_grid_thw.prod(-1).sum()) // merge
     assert prompt.image_tokens == pads == int((prompt.input_ids == backend.prompts.image_token_id).sum())
@@ -80,11 +87,18 @@ def test_image_positions_differ_across_height_and_width(backend):
     assert delta < 0  # the image takes fewer positions than tokens
 
 
-@pytest.mark.parametrize("messages", [
-    [image_turn(photo())],
-    [Message("user", (TextPart("Hello there"),)), Message("assistant", (TextPart("Hi"),)),
-     Message("user", (TextPart("How are you?"),))],
-], ids=["image", "multi-turn text"])
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [image_turn(photo())],
+        [
+            Message("user", (TextPart("Hello there"),)),
+            Message("assistant", (TextPart("Hi"),)),
+            Message("user", (TextPart("How are you?"),)),
+        ],
+    ],
+    ids=["image", "multi-turn text"],
+)
 def test_greedy_tokens_equal_model_generate(backend, messages):
     assert tokens(backend, backend.prepare(messages, max_tokens=12)) == generate_reference(backend, messages)
 
@@ -116,8 +130,14 @@ def test_whatever_the_model_says_can_be_sent_back_as_history(backend):
 
     for token in range(len(backend.tokenizer)):
         said = IncrementalDecoder(backend.tokenizer).add(token)
-        backend.prepare([Message("user", (TextPart("hi"),)), Message("assistant", (TextPart(said),)),
-                         Message("user", (TextPart("and?"),))], max_tokens=8)
+        backend.prepare(
+            [
+                Message("user", (TextPart("hi"),)),
+                Message("assistant", (TextPart(said),)),
+                Message("user", (TextPart("and?"),)),
+            ],
+            max_tokens=8,
+        )
 
 
 def test_prompt_beyond_the_context_is_refused(backend):
@@ -140,8 +160,13 @@ def test_sampler_penalties_and_filters():
 @pytest.mark.parametrize("top_k,top_p", [(20, 0.8), (40, 1.0), (0, 0.8), (0, 1.0), (5, 0.3)])
 def test_sampling_distribution_equals_transformers_warpers(top_k, top_p):
     logits = torch.randn(1, 1000, generator=torch.Generator().manual_seed(top_k)) * 3
-    warped = TopPLogitsWarper(top_p)(None, TopKLogitsWarper(top_k)(None, logits)) if top_k else \
-        TopPLogitsWarper(top_p)(None, logits) if top_p < 1 else logits
+    warped = (
+        TopPLogitsWarper(top_p)(None, TopKLogitsWarper(top_k)(None, logits))
+        if top_k
+        else TopPLogitsWarper(top_p)(None, logits)
+        if top_p < 1
+        else logits
+    )
     expected = torch.softmax(warped[0], dim=-1)
     probs, candidates = Sampler(SamplingParams(4, 1.0, top_p, top_k, 0.0)).distribution(logits[0])
     ours = torch.zeros(1000).scatter(0, candidates, probs)
@@ -156,9 +181,8 @@ def first_token_and_ids(backend, prompt, sampling=GREEDY):
 
 def generate_reference(backend, messages, count=12):
     inputs = reference_inputs(backend, messages)
-    output = backend.model.generate(**inputs, max_new_tokens=count, do_sample=False, eos_token_id=None,
-                                    pad_token_id=0)
-    return output[0, inputs["input_ids"].shape[1]:].tolist()
+    output = backend.model.generate(**inputs, max_new_tokens=count, do_sample=False, eos_token_id=None, pad_token_id=0)
+    return output[0, inputs["input_ids"].shape[1] :].tolist()
 
 
 def test_a_follow_up_reuses_the_conversation_and_answers_as_without_the_cache(backend):
@@ -216,8 +240,9 @@ def own_backend(settings, **changes):
     from loupe.runtime.backend import QwenBackend
 
     shared = load_backend(settings)
-    return QwenBackend(shared.model, shared.tokenizer, shared.image_processor, shared.eos_ids, "own",
-                       settings.replace(**changes))
+    return QwenBackend(
+        shared.model, shared.tokenizer, shared.image_processor, shared.eos_ids, "own", settings.replace(**changes)
+    )
 
 
 def test_kept_conversations_give_way_to_running_sequences_within_the_bound(settings):
@@ -253,8 +278,10 @@ def test_sequences_decoded_together_give_the_tokens_each_gives_alone(settings):
         [image_turn(photo(64, 128, seed=22), photo(48, 48, seed=23), text="Two?")],
     ]
     lengths = [10, 4, 7]
-    alone = [tokens(backend, backend.prepare(c, n), replace(GREEDY, max_tokens=n))
-             for c, n in zip(conversations, lengths, strict=True)]
+    alone = [
+        tokens(backend, backend.prepare(c, n), replace(GREEDY, max_tokens=n))
+        for c, n in zip(conversations, lengths, strict=True)
+    ]
     made = {0: [], 1: [], 2: []}
     sequences = {0: backend.start(backend.prepare(conversations[0], 10), GREEDY)}
     for step in range(12):

@@ -1,4 +1,5 @@
 """One-token attention by loupe::decode_attention computes what torch's SDPA computes; prompts stay on SDPA."""
+
 from functools import partial
 
 import pytest
@@ -26,8 +27,9 @@ def test_the_kernel_computes_sdpa_with_grouped_heads_and_left_padding(dtype, bat
     keys, values = cached(batch, 2, length, dtype), cached(batch, 2, length, dtype)  # 4 query heads per key head
     mask = torch.ones(batch, length, dtype=torch.bool)
     mask[0, :padded] = False  # the first row is left-padded, as a row in a decode batch is
-    expected = F.scaled_dot_product_attention(query.float(), keys.float(), values.float(),
-                                              attn_mask=mask[:, None, None], scale=0.1, enable_gqa=True).transpose(1, 2)
+    expected = F.scaled_dot_product_attention(
+        query.float(), keys.float(), values.float(), attn_mask=mask[:, None, None], scale=0.1, enable_gqa=True
+    ).transpose(1, 2)
     out = torch.ops.loupe.decode_attention(query, keys, values, mask, 0.1)
     assert out.shape == (batch, 1, 8, 64) and out.dtype == dtype
     # float32 throughout; bfloat16 rounds the result once (a relative step of 2**-8)
@@ -59,8 +61,9 @@ def test_a_model_decodes_with_the_kernel_and_reads_prompts_with_sdpa(tiny_model_
             cache = new_cache(model.config)
             step_mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
             prompt_calls, prompt = kernel_calls(partial(model, input_ids=ids, attention_mask=mask, cache=cache))
-            step_calls, step = kernel_calls(partial(model, input_ids=torch.tensor([[5], [7]]), cache=cache,
-                                                    attention_mask=step_mask))
+            step_calls, step = kernel_calls(
+                partial(model, input_ids=torch.tensor([[5], [7]]), cache=cache, attention_mask=step_mask)
+            )
             calls[name] = (prompt_calls, step_calls)
             logits[name, "prompt"], logits[name, "step"] = prompt.logits, step.logits
     layers = plain.config.text_config.num_hidden_layers

@@ -1,4 +1,5 @@
 """The growing KV cache: the same contents as transformers' DynamicLayer, without a copy per token."""
+
 import copy
 
 import torch
@@ -9,8 +10,10 @@ from loupe.runtime.cache import ROOM, GrowingLayer
 
 def states(length, seed, batch=1):
     generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 2, length, 4, generator=generator),
-            torch.randn(batch, 2, length, 4, generator=generator))
+    return (
+        torch.randn(batch, 2, length, 4, generator=generator),
+        torch.randn(batch, 2, length, 4, generator=generator),
+    )
 
 
 def test_updates_return_what_a_dynamic_layer_returns():
@@ -77,6 +80,7 @@ def test_a_caches_positions_count_its_rows_room_and_nothing_before_it_holds_stat
     from transformers import DynamicCache
 
     from loupe.runtime.cache import cache_positions
+
     cache = DynamicCache()
     cache.layers = [GrowingLayer(), GrowingLayer()]
     assert cache_positions(cache) == cache_positions(None) == 0

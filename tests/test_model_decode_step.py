@@ -1,4 +1,5 @@
 """The native decode step computes what transformers' modules compute, one op or a whole batch at a time."""
+
 import pytest
 import torch
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextRMSNorm, apply_rotary_pos_emb
@@ -41,14 +42,19 @@ def test_rms_norm_is_transformers_rms_norm(dtype, shape):
 @pytest.mark.parametrize("rows,heads,width", [(1, 16, 128), (3, 2, 16)])
 def test_head_norm_rope_is_q_norm_then_the_rotary_embedding(dtype, rows, heads, width):
     module = norm(width, dtype)
-    projected = torch.randn(rows, 2 * heads * width, dtype=dtype)[:, :heads * width]  # a padded layer's output
+    projected = torch.randn(rows, 2 * heads * width, dtype=dtype)[:, : heads * width]  # a padded layer's output
     angles = torch.rand(rows, 1, width // 2) * 100
     cos, sin = (f(torch.cat([angles, angles], -1)).to(dtype) for f in (torch.cos, torch.sin))
     with torch.inference_mode():
-        expected, _ = apply_rotary_pos_emb(module(projected.view(rows, 1, heads, width)).transpose(1, 2),
-                                           torch.zeros(rows, heads, 1, width, dtype=dtype), cos, sin)
-        ours = torch.ops.loupe.head_norm_rope(projected.view(rows, heads, width), module.weight,
-                                              cos.view(rows, width), sin.view(rows, width), 1e-6)
+        expected, _ = apply_rotary_pos_emb(
+            module(projected.view(rows, 1, heads, width)).transpose(1, 2),
+            torch.zeros(rows, heads, 1, width, dtype=dtype),
+            cos,
+            sin,
+        )
+        ours = torch.ops.loupe.head_norm_rope(
+            projected.view(rows, heads, width), module.weight, cos.view(rows, width), sin.view(rows, width), 1e-6
+        )
     assert ours.shape == (rows, heads, 1, width) and ours.dtype == dtype
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2**-7, "rtol": 2**-7}
     torch.testing.assert_close(ours, expected, **tolerance)
@@ -78,8 +84,9 @@ def test_a_batch_decodes_the_same_logits_and_caches_as_transformers(tiny_model_d
             for position, tokens in enumerate([[5, 7], [11, 3], [2, 9]]):
                 keep = torch.cat([keep, torch.ones(2, 1, dtype=torch.long)], dim=1)
                 at = torch.tensor([6 + position, 9 + position])  # positions continue from each row's prompt
-                logits[name, position] = step(torch.tensor(tokens).view(2, 1), at.expand(4, 2).reshape(4, 2, 1),
-                                              keep, cache)
+                logits[name, position] = step(
+                    torch.tensor(tokens).view(2, 1), at.expand(4, 2).reshape(4, 2, 1), keep, cache
+                )
             caches[name] = cache
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 3e-2}
     for position in range(3):

@@ -1,4 +1,5 @@
 """The linear-layer kernels compute what torch's own linear computes, for any number of rows."""
+
 import os
 import shutil
 import subprocess
@@ -169,13 +170,25 @@ def test_native_rearranges_a_whole_number_of_blocks_in_its_own_memory(native, dt
 
 
 def test_a_new_build_leaves_the_three_newest_builds_and_nothing_else_is_touched(tmp_path):
-    for age, name in enumerate(["loupe_kernels-new.so", "loupe_kernels-b.so", "loupe_kernels-c.so",
-                                "loupe_kernels-d.so", "loupe_kernels-e.so", "notes.txt"]):
+    for age, name in enumerate(
+        [
+            "loupe_kernels-new.so",
+            "loupe_kernels-b.so",
+            "loupe_kernels-c.so",
+            "loupe_kernels-d.so",
+            "loupe_kernels-e.so",
+            "notes.txt",
+        ]
+    ):
         (tmp_path / name).write_text(name)
         os.utime(tmp_path / name, ns=(10**18 - age * 10**9,) * 2)  # listed newest first
     native_kernel._prune(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "loupe_kernels-b.so", "loupe_kernels-c.so", "loupe_kernels-new.so", "notes.txt"]
+        "loupe_kernels-b.so",
+        "loupe_kernels-c.so",
+        "loupe_kernels-new.so",
+        "notes.txt",
+    ]
 
 
 def test_a_built_kernel_is_found_not_rebuilt(native):
@@ -203,8 +216,9 @@ def fall_back(tmp_path, cpu: str | None = None, **env: str) -> subprocess.Comple
     """use_linear_kernel(..., "native") in a fresh process, with `env` and an empty kernel cache; `cpu`, when
     given, is the capability torch reports there (e.g. "AVX512", whatever this machine has)."""
     command = [sys.executable, "-c", FALLBACK, str(tmp_path / "kernels"), *([cpu] if cpu else [])]
-    return subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, check=True,
-                          timeout=120)
+    return subprocess.run(
+        command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, check=True, timeout=120
+    )
 
 
 @pytest.mark.slow  # a fresh interpreter with torch
@@ -217,13 +231,16 @@ def test_without_a_compiler_native_falls_back_to_packed_and_says_why(tmp_path):
 @pytest.mark.slow  # a fresh interpreter with torch
 def test_a_failing_compiler_falls_back_to_packed_with_its_first_error_line(tmp_path):
     compiler = tmp_path / "c++"
-    compiler.write_text("#!/bin/sh\necho 'In file included from x.h:1,' >&2\n"
-                        "echo 'x.h:2: fatal error: no such thing' >&2\nexit 1\n")
+    compiler.write_text(
+        "#!/bin/sh\necho 'In file included from x.h:1,' >&2\necho 'x.h:2: fatal error: no such thing' >&2\nexit 1\n"
+    )
     compiler.chmod(0o755)
     done = fall_back(tmp_path, cpu="AVX512", PATH=str(tmp_path))
     assert done.stdout.strip() == "{'packed': 2}"
-    assert (f"{compiler} could not compile blocked_linear.cpp, decode_attention.cpp and decode_step.cpp: "
-            "x.h:2: fatal error: no such thing") in done.stderr
+    assert (
+        f"{compiler} could not compile blocked_linear.cpp, decode_attention.cpp and decode_step.cpp: "
+        "x.h:2: fatal error: no such thing"
+    ) in done.stderr
 
 
 @pytest.mark.slow  # a fresh interpreter with torch

@@ -1,4 +1,5 @@
 """The allocator returns large freed blocks at once, once the loader has fixed glibc's mmap threshold."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +30,9 @@ print(holding - rss_mib())
 def returned_mib(setup: str) -> float:
     """MiB given back by freeing an 8 MiB tensor in a fresh interpreter after `setup` ran."""
     script = PROBE.format(setup=setup)
-    return float(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True,
-                                cwd=ROOT).stdout)
+    return float(
+        subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    )
 
 
 def test_by_default_glibc_keeps_a_freed_block_after_a_larger_one_was_freed():
@@ -42,6 +44,8 @@ def test_with_the_threshold_fixed_a_freed_block_goes_back():
 
 
 def test_loading_the_model_fixes_the_threshold(tiny_model_dir):
-    setup = (f"from loupe.settings import Settings; from model_loader import load_backend; "
-             f"load_backend(Settings(model_id={str(tiny_model_dir)!r}))")
+    setup = (
+        f"from loupe.settings import Settings; from model_loader import load_backend; "
+        f"load_backend(Settings(model_id={str(tiny_model_dir)!r}))"
+    )
     assert returned_mib(setup) > 7

@@ -1,4 +1,5 @@
 """Reading the checkpoint tensor by tensor gives exactly the weights transformers' own loader gives."""
+
 import shutil
 
 import pytest

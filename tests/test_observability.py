@@ -1,4 +1,5 @@
 """Request ids, one log line per request, JSON logs; no prompt text in the log."""
+
 import json
 import logging
 
@@ -37,8 +38,12 @@ def test_an_unsafe_request_id_is_replaced(client):
 def test_one_log_line_per_request_with_route_status_duration_and_tokens(client, caplog):
     caplog.set_level(logging.INFO, logger="loupe.requests")
     secret = "PRIVATE-QUESTION-TEXT"
-    response = client.post("/v1/chat/completions", json=ask(secret, max_tokens=3, ignore_eos=True),
-                           headers={"X-Request-ID": "abc123"}, buffered=True)  # buffered: closed at once
+    response = client.post(
+        "/v1/chat/completions",
+        json=ask(secret, max_tokens=3, ignore_eos=True),
+        headers={"X-Request-ID": "abc123"},
+        buffered=True,
+    )  # buffered: closed at once
     assert response.status_code == 200
     [line] = request_lines(caplog)
     fields = line.fields
@@ -51,8 +56,7 @@ def test_one_log_line_per_request_with_route_status_duration_and_tokens(client, 
 
 def test_a_stream_is_logged_when_it_ends_with_its_token_counts(client, caplog):
     caplog.set_level(logging.INFO, logger="loupe.requests")
-    response = client.post("/v1/chat/completions", json=ask(max_tokens=4, ignore_eos=True, stream=True),
-                           buffered=False)
+    response = client.post("/v1/chat/completions", json=ask(max_tokens=4, ignore_eos=True, stream=True), buffered=False)
     assert request_lines(caplog) == []  # still streaming
     b"".join(response.response)
     response.close()

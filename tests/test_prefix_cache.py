@@ -1,4 +1,5 @@
 """The prefix cache store: longest-prefix lookup, take/get, LRU eviction by tokens, no redundant entries."""
+
 from loupe.runtime.prefix_cache import PrefixCache, common_prefix_length
 
 

@@ -1,4 +1,5 @@
 """Per-client rate limits on generations (Flask-Limiter), 429 in the envelope with Retry-After."""
+
 import threading
 
 import pytest
@@ -97,8 +98,10 @@ def test_the_default_is_30_a_minute_in_memory():
     assert (settings.rate_limit, settings.rate_limit_storage) == ("30/minute", "memory://")
 
 
-@pytest.mark.parametrize("env, words", [({"RATE_LIMIT": "lots"}, "RATE_LIMIT"),
-                                        ({"RATE_LIMIT_STORAGE": "postgres://db"}, "RATE_LIMIT_STORAGE")])
+@pytest.mark.parametrize(
+    "env, words",
+    [({"RATE_LIMIT": "lots"}, "RATE_LIMIT"), ({"RATE_LIMIT_STORAGE": "postgres://db"}, "RATE_LIMIT_STORAGE")],
+)
 def test_bad_rate_limit_settings_are_refused(env, words):
     with pytest.raises(ValueError, match=words):
         Settings.from_mapping(env)

@@ -1,4 +1,5 @@
 """Remote image URLs: off by default; when on, public addresses only, bounded in size and time."""
+
 import functools
 import http.server
 import ipaddress
@@ -14,8 +15,9 @@ from loupe.protocol.remote_images import fetch_image, is_public_address
 from loupe.settings import Settings
 
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000")  # served as-is, not decoded
-SETTINGS = Settings.from_mapping({"ALLOW_REMOTE_IMAGES": "true", "MAX_IMAGE_BYTES": "1000",
-                                  "REMOTE_IMAGE_TIMEOUT": "0.5"})
+SETTINGS = Settings.from_mapping(
+    {"ALLOW_REMOTE_IMAGES": "true", "MAX_IMAGE_BYTES": "1000", "REMOTE_IMAGE_TIMEOUT": "0.5"}
+)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -46,8 +48,16 @@ def allow_any(address):
 
 def test_public_address_policy():
     assert is_public_address(ipaddress.ip_address("93.184.216.34"))
-    for private in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.5.4", "169.254.169.254", "::1", "fc00::1",
-                    "0.0.0.0"]:
+    for private in [
+        "127.0.0.1",
+        "10.1.2.3",
+        "192.168.0.1",
+        "172.16.5.4",
+        "169.254.169.254",
+        "::1",
+        "fc00::1",
+        "0.0.0.0",
+    ]:
         assert not is_public_address(ipaddress.ip_address(private)), private
 
 
@@ -60,11 +70,14 @@ def test_fetches_the_bytes_from_an_allowed_address(image_server):
     assert fetch_image(image_server + "/ok.png", SETTINGS, allow=allow_any) == PNG
 
 
-@pytest.mark.parametrize("path, error, words", [
-    ("/big.png", PayloadTooLarge, "at most"),
-    ("/missing.png", InvalidRequest, "HTTP 404"),
-    ("/slow.png", InvalidRequest, "in time"),
-])
+@pytest.mark.parametrize(
+    "path, error, words",
+    [
+        ("/big.png", PayloadTooLarge, "at most"),
+        ("/missing.png", InvalidRequest, "HTTP 404"),
+        ("/slow.png", InvalidRequest, "in time"),
+    ],
+)
 def test_size_status_and_time_are_bounded(image_server, path, error, words):
     with pytest.raises(error, match=words):
         fetch_image(image_server + path, SETTINGS, allow=allow_any)
@@ -78,8 +91,9 @@ def test_unresolvable_host_and_bad_scheme():
 
 
 def test_requests_use_the_fetcher_when_remote_images_are_allowed(image_server):
-    request = ChatRequest((Message("user", (ImagePart(url=image_server + "/ok.png"),)),),
-                          SamplingParams(4, 0.7, 0.8, 20, 1.5))
+    request = ChatRequest(
+        (Message("user", (ImagePart(url=image_server + "/ok.png"),)),), SamplingParams(4, 0.7, 0.8, 20, 1.5)
+    )
     fetch = functools.partial(fetch_image, allow=allow_any)
     with pytest.raises(InvalidRequest, match=r"could not be decoded|not an image"):
         load_request_images(request, SETTINGS, fetch)  # fetched, then refused by the decoder: 1 px stub

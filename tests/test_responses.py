@@ -1,4 +1,5 @@
 """Response objects and SSE frames built from engine events."""
+
 import json
 
 from loupe.errors import InvalidRequest
@@ -14,13 +15,16 @@ from loupe.protocol.responses import (
 )
 
 META = CompletionMeta(model="tiny", id="chatcmpl-1", created=123)
-FINISHED = Finished("length", prompt_tokens=10, completion_tokens=3,
-                    timings=Timings(image_tokens=4, prompt_tokens=10, prompt_ms=50, ttft_ms=60,
-                                    decode_ms=100, completion_tokens=3))
+FINISHED = Finished(
+    "length",
+    prompt_tokens=10,
+    completion_tokens=3,
+    timings=Timings(image_tokens=4, prompt_tokens=10, prompt_ms=50, ttft_ms=60, decode_ms=100, completion_tokens=3),
+)
 
 
 def parse(frames):
-    return [json.loads(f[len("data: "):]) for f in frames if f not in (SSE_DONE, SSE_ACCEPTED)]
+    return [json.loads(f[len("data: ") :]) for f in frames if f not in (SSE_DONE, SSE_ACCEPTED)]
 
 
 def test_completion_body_is_an_openai_chat_completion():
@@ -28,8 +32,12 @@ def test_completion_body_is_an_openai_chat_completion():
     assert body["object"] == "chat.completion" and body["model"] == "tiny" and body["id"] == "chatcmpl-1"
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
     assert body["choices"][0]["finish_reason"] == "length"
-    assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13,
-                             "prompt_tokens_details": {"cached_tokens": 0}}
+    assert body["usage"] == {
+        "prompt_tokens": 10,
+        "completion_tokens": 3,
+        "total_tokens": 13,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     assert body["timings"]["image_tokens"] == 4
     assert body["timings"]["decode_tokens_per_second"] == 20.0  # 2 decoded tokens in 0.1 s
 
@@ -60,8 +68,9 @@ def test_an_error_after_the_start_becomes_an_error_frame():
         raise InvalidRequest("nope", param="x")
 
     frames = list(stream_frames(events(), META, include_usage=False))
-    assert parse(frames)[-1] == {"error": {"message": "nope", "type": "invalid_request_error",
-                                           "param": "x", "code": None}}
+    assert parse(frames)[-1] == {
+        "error": {"message": "nope", "type": "invalid_request_error", "param": "x", "code": None}
+    }
 
 
 def test_an_unexpected_error_says_nothing_of_its_cause():
@@ -77,4 +86,4 @@ def test_an_unexpected_error_says_nothing_of_its_cause():
 def test_frames_are_single_json_lines_even_with_newlines_in_text():
     frame = sse_frame({"content": "line one\n\ndata: fake"})
     assert frame.count("\n") == 2 and frame.endswith("\n\n")
-    assert json.loads(frame[len("data: "):]) == {"content": "line one\n\ndata: fake"}
+    assert json.loads(frame[len("data: ") :]) == {"content": "line one\n\ndata: fake"}

@@ -1,4 +1,5 @@
 """API keys, CORS and security headers, through the test client."""
+
 import json
 import re
 from html.parser import HTMLParser
@@ -27,11 +28,22 @@ def bearer(key):
     return {"Authorization": f"Bearer {key}"}
 
 
-@pytest.mark.parametrize("headers", [{}, bearer("wrong"), bearer(""), {"Authorization": "key-one"},
-                                     {"Authorization": "Basic a2V5LW9uZQ=="}, bearer("key-one,key-two")])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        bearer("wrong"),
+        bearer(""),
+        {"Authorization": "key-one"},
+        {"Authorization": "Basic a2V5LW9uZQ=="},
+        bearer("key-one,key-two"),
+    ],
+)
 def test_without_a_valid_key_the_api_is_401_in_the_envelope(keyed, headers):
-    for response in (keyed.post("/v1/chat/completions", json=ask(max_tokens=1), headers=headers),
-                     keyed.get("/v1/models", headers=headers)):
+    for response in (
+        keyed.post("/v1/chat/completions", json=ask(max_tokens=1), headers=headers),
+        keyed.get("/v1/models", headers=headers),
+    ):
         assert response.status_code == 401
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
         error = response.get_json()["error"]
@@ -67,10 +79,13 @@ def test_key_comparison():
     assert not any(key_is_valid(h, keys) for h in ("Bearer alph", "Bearer alphaa", "alpha", "Bearer ", ""))
 
 
-@pytest.mark.parametrize("env, words", [
-    ({"CORS_ORIGINS": "*", "CORS_ALLOW_CREDENTIALS": "true"}, "CORS_ALLOW_CREDENTIALS"),
-    ({"API_KEY_FILE": "/nonexistent/keys"}, "API_KEY_FILE"),
-])
+@pytest.mark.parametrize(
+    "env, words",
+    [
+        ({"CORS_ORIGINS": "*", "CORS_ALLOW_CREDENTIALS": "true"}, "CORS_ALLOW_CREDENTIALS"),
+        ({"API_KEY_FILE": "/nonexistent/keys"}, "API_KEY_FILE"),
+    ],
+)
 def test_bad_security_settings_are_refused(env, words):
     with pytest.raises(ValueError, match=words):
         Settings.from_mapping(env)
@@ -85,8 +100,11 @@ def cors_client(app, **changes):
     return create_app(settings, engine=services(app).engine).test_client()
 
 
-PREFLIGHT = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
-             "Access-Control-Request-Headers": "authorization, content-type"}
+PREFLIGHT = {
+    "Origin": "https://app.example",
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "authorization, content-type",
+}
 
 
 def test_by_default_no_cross_origin_access_is_granted(client):
@@ -150,7 +168,7 @@ class PageAudit(HTMLParser):
                 self.blocked.append((tag, attrs))
         linked = tag == "link" and attrs.get("rel") in ("stylesheet", "modulepreload")
         if linked and not attrs["href"].startswith("/static/"):
-                self.blocked.append((tag, attrs))
+            self.blocked.append((tag, attrs))
 
 
 def test_the_page_passes_the_content_security_policy(client):

@@ -1,4 +1,5 @@
 """The real gunicorn server on the tiny model: the openai client, the documentation's examples, disconnects."""
+
 import base64
 import http.client
 import json
@@ -22,9 +23,16 @@ LONG = 100_000
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     # LONG tokens take the tiny model far longer than the hang-up tests wait (it makes about 2,000 a second).
-    live = LiveServer({"MODEL_ID": str(tiny_model_dir), "MAX_NEW_TOKENS": "8", "THREADS": "4",
-                       "MAX_NEW_TOKENS_LIMIT": str(LONG), "MAX_CONTEXT_TOKENS": str(LONG + 100)},
-                      tmp_path_factory.mktemp("server") / "server.log")
+    live = LiveServer(
+        {
+            "MODEL_ID": str(tiny_model_dir),
+            "MAX_NEW_TOKENS": "8",
+            "THREADS": "4",
+            "MAX_NEW_TOKENS_LIMIT": str(LONG),
+            "MAX_CONTEXT_TOKENS": str(LONG + 100),
+        },
+        tmp_path_factory.mktemp("server") / "server.log",
+    )
     yield live.start()
     live.stop()
 
@@ -38,8 +46,15 @@ def photo(tmp_path):
 
 def image_message(path):
     url = "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                         {"type": "text", "text": "What is in this picture?"}]}]
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": "What is in this picture?"},
+            ],
+        }
+    ]
 
 
 def test_openai_client_text_image_and_stream(server, photo):
@@ -49,9 +64,14 @@ def test_openai_client_text_image_and_stream(server, photo):
     assert text.choices[0].message.role == "assistant" and text.usage.completion_tokens <= 4
     image = client.chat.completions.create(model="x", messages=image_message(photo), max_tokens=3)
     assert image.usage.prompt_tokens > text.usage.prompt_tokens
-    stream = client.chat.completions.create(model="x", messages=image_message(photo), max_tokens=5,
-                                            stream=True, stream_options={"include_usage": True},
-                                            extra_body={"ignore_eos": True})
+    stream = client.chat.completions.create(
+        model="x",
+        messages=image_message(photo),
+        max_tokens=5,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
@@ -76,8 +96,7 @@ def test_readme_curl_examples_work_as_written(server, photo, docs_text):
     assert len(examples) == 3
     for example in examples:
         command = example.replace("localhost:8000", server.url.removeprefix("http://"))
-        result = subprocess.run(["bash", "-c", command], cwd=photo.parent, capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run(["bash", "-c", command], cwd=photo.parent, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         if "stream=true" in example:
             assert result.stdout.rstrip().endswith("data: [DONE]")
@@ -88,8 +107,9 @@ def test_readme_curl_examples_work_as_written(server, photo, docs_text):
 def test_readme_openai_example_works_as_written(server, photo, docs_text):
     [example] = doc_blocks("python", docs_text)
     script = example.replace("http://localhost:8000/v1", server.url + "/v1")
-    result = subprocess.run([sys.executable, "-c", script], cwd=photo.parent, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=photo.parent, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -100,8 +120,12 @@ def cancelled_generations(server) -> list[int]:
 
 def next_cancelled_generation(server, before: list[int], timeout: float = 30) -> int:
     """Wait for one more cancelled generation than `before`; returns how many tokens it had made."""
-    cancelled = wait_until(lambda: cancelled_generations(server)[len(before):], timeout, interval=0.1,
-                           message="a generation to be cancelled")
+    cancelled = wait_until(
+        lambda: cancelled_generations(server)[len(before) :],
+        timeout,
+        interval=0.1,
+        message="a generation to be cancelled",
+    )
     return cancelled[0]
 
 
@@ -112,8 +136,9 @@ def generating(server) -> bool:
 
 
 def test_a_client_disconnect_stops_the_generation(server):
-    body = json.dumps({"messages": [{"role": "user", "content": "Go on"}], "max_tokens": LONG,
-                       "ignore_eos": True, "stream": True})
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": "Go on"}], "max_tokens": LONG, "ignore_eos": True, "stream": True}
+    )
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
     response = connection.getresponse()
@@ -150,8 +175,12 @@ def test_without_network_or_a_local_copy_the_server_still_serves_and_says_why(li
     health = server.health()
     assert "set MODEL_ID to that directory" in health["error"]
     request = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-    request.request("POST", "/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
-                    {"Content-Type": "application/json"})
+    request.request(
+        "POST",
+        "/v1/chat/completions",
+        json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
+        {"Content-Type": "application/json"},
+    )
     response = request.getresponse()
     assert response.status == 503
     assert json.load(response)["error"]["type"] == "unavailable_error"
@@ -164,8 +193,13 @@ def test_concurrent_streams_each_get_their_whole_answer(server):
 
     def ask(n):
         stream = client.chat.completions.create(
-            model="x", messages=[{"role": "user", "content": f"Question {n}"}], max_tokens=20 + n,
-            stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+            model="x",
+            messages=[{"role": "user", "content": f"Question {n}"}],
+            max_tokens=20 + n,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
         return list(stream)[-1].usage.completion_tokens
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:

@@ -1,4 +1,5 @@
 """Stop strings cut the answer, across token boundaries, without sending the stop text."""
+
 from loupe.engine.stops import StopMatcher
 
 

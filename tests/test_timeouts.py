@@ -1,4 +1,5 @@
 """REQUEST_TIMEOUT: a request that waits or runs too long ends with a clear 504 and frees its slot."""
+
 import threading
 import time
 
@@ -55,8 +56,12 @@ def test_timeouts_are_counted_in_metrics(settings, engines):
     assert client.post("/v1/chat/completions", json=ask(max_tokens=10)).status_code == 504
     gate.set()
     counted = 'loupe_generations_total{outcome="timeout"} 1.0'
-    wait_until(lambda: counted in client.get("/metrics").get_data(as_text=True), timeout=5, interval=0.05,
-               message="the timeout to be counted in /metrics")
+    wait_until(
+        lambda: counted in client.get("/metrics").get_data(as_text=True),
+        timeout=5,
+        interval=0.05,
+        message="the timeout to be counted in /metrics",
+    )
 
 
 def test_zero_means_no_timeout(settings, engines):

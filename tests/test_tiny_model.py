@@ -1,4 +1,5 @@
 """The tiny test model loads and runs exactly like the real Qwen3-VL directory, with transformers' own pipeline."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,9 @@ def _random_image(width: int = 64, height: int = 48, seed: int = 0) -> Image.Ima
 
 
 def test_model_loads_with_no_missing_or_unexpected_keys(tiny_model_dir: Path) -> None:
-    model, info = Qwen3VLForConditionalGeneration.from_pretrained(tiny_model_dir, dtype=torch.float32,
-                                                                  output_loading_info=True)
+    model, info = Qwen3VLForConditionalGeneration.from_pretrained(
+        tiny_model_dir, dtype=torch.float32, output_loading_info=True
+    )
     assert {key: list(value) for key, value in info.items() if value} == {}
     assert model.dtype == torch.float32
     assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
@@ -75,8 +77,12 @@ def test_config_ids_match_the_tokenizer(tiny_model_dir: Path) -> None:
 
 def test_reference_processor_forward_and_generate(tiny_model_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    processor = ImageOnlyQwen3VLProcessor(image_processor=Qwen2VLImageProcessorPil.from_pretrained(tiny_model_dir),
-                                          tokenizer=tokenizer, video_processor=None, chat_template=CHAT_TEMPLATE)
+    processor = ImageOnlyQwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessorPil.from_pretrained(tiny_model_dir),
+        tokenizer=tokenizer,
+        video_processor=None,
+        chat_template=CHAT_TEMPLATE,
+    )
     text = tokenizer.apply_chat_template(IMAGE_MESSAGE, tokenize=False, add_generation_prompt=True)
     inputs = processor(text=[text], images=[_random_image()], return_tensors="pt")
     assert set(inputs) >= {"input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"}
@@ -104,7 +110,14 @@ def test_build_is_fast_small_and_deterministic(tmp_path: Path) -> None:
     second = build_tiny_model(tmp_path / "second")
     assert elapsed < 5.0
     files = sorted(path.name for path in first.iterdir())
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.json",
-            "preprocessor_config.json", "generation_config.json"} <= set(files)
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.json",
+        "preprocessor_config.json",
+        "generation_config.json",
+    } <= set(files)
     assert sum(path.stat().st_size for path in first.iterdir()) < 5_000_000
     assert all((first / name).read_bytes() == (second / name).read_bytes() for name in files)

@@ -2,6 +2,7 @@
 
 It knows nothing about HTTP or torch: requests come in, events (started, text, finished) go out.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,9 @@ class Engine:
     each pass over the weights); waiting requests join between steps, in order.
     """
 
-    def __init__(self, load: Callable[[], AnyBackend], queue_size: int, max_batch: int = 1,
-                 request_timeout: float = 0.0):
+    def __init__(
+        self, load: Callable[[], AnyBackend], queue_size: int, max_batch: int = 1, request_timeout: float = 0.0
+    ):
         self._load = load
         self._queue_size = queue_size
         self._max_batch = max_batch

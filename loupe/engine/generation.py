@@ -2,6 +2,7 @@
 
 Knows nothing about HTTP or torch.
 """
+
 from __future__ import annotations
 
 import queue
@@ -63,8 +64,13 @@ AnyBackend = Backend[Any, Any]  # what the engine holds: it never looks inside p
 class Generation:
     """One submitted request: iterate it for events; `cancel()` when the client has gone."""
 
-    def __init__(self, request: ChatRequest, prompt: Prompt, timeout: float = 0.0,
-                 on_cancel: Callable[[Generation], None] | None = None):
+    def __init__(
+        self,
+        request: ChatRequest,
+        prompt: Prompt,
+        timeout: float = 0.0,
+        on_cancel: Callable[[Generation], None] | None = None,
+    ):
         self.request = request
         self.prompt = prompt
         self.submitted = time.perf_counter()
@@ -102,8 +108,12 @@ class Generation:
                 event = self._events.get(timeout=self._remaining())
             except queue.Empty:  # past the deadline, waiting or running: end it and free its slot
                 self.timed_out = True
-                self.fail(RequestTimeout(f"The request did not finish within REQUEST_TIMEOUT ({self.timeout:g} s) "
-                                         "of waiting and generating; ask for fewer tokens or retry later."))
+                self.fail(
+                    RequestTimeout(
+                        f"The request did not finish within REQUEST_TIMEOUT ({self.timeout:g} s) "
+                        "of waiting and generating; ask for fewer tokens or retry later."
+                    )
+                )
                 continue
             if isinstance(event, LoupeError):
                 raise event

@@ -1,4 +1,5 @@
 """One generation in the engine's batch: its timings, stop strings and token count, turned into events."""
+
 from __future__ import annotations
 
 import time

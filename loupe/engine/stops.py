@@ -1,4 +1,5 @@
 """Stop strings: cut the answer where one appears, never sending any of the stop text itself."""
+
 from __future__ import annotations
 
 
@@ -19,8 +20,8 @@ class StopMatcher:
             self._held = ""
             return buffer[:cut], True
         keep = self._longest_stop_prefix_suffix(buffer)
-        self._held = buffer[len(buffer) - keep:] if keep else ""
-        return buffer[:len(buffer) - keep], False
+        self._held = buffer[len(buffer) - keep :] if keep else ""
+        return buffer[: len(buffer) - keep], False
 
     def flush(self) -> str:
         """Text held back as a possible stop's beginning, once the answer has ended without one."""

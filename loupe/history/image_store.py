@@ -1,4 +1,5 @@
 """History images on disk, content-addressed: `images/ab/<sha256>`, each written atomically."""
+
 from __future__ import annotations
 
 import hashlib

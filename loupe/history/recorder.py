@@ -1,4 +1,5 @@
 """Recording one chat request in the history by watching its engine events go by."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,21 +64,34 @@ class Recording:
         self.saved = True
         try:
             messages, new_images = messages_and_images(self._chat)
-            self._store.add({
-                "id": self.id, "created_at": self._created_at, "finished_at": utcnow(), "status": status,
-                "client": self._client, "model": self._model, "messages": messages,
-                "sampling": _jsonable(dataclasses.asdict(self._chat.sampling)), "stream": self._chat.stream,
-                "answer": "".join(self._pieces),
-                "finish_reason": finished.finish_reason if finished else None,
-                "usage": usage_dict(finished) if finished else None,
-                "timings": finished.timings.to_dict() if finished else None,
-                "error": {**error.to_dict()["error"], "status": error.status} if error else None,
-            }, new_images)
+            self._store.add(
+                {
+                    "id": self.id,
+                    "created_at": self._created_at,
+                    "finished_at": utcnow(),
+                    "status": status,
+                    "client": self._client,
+                    "model": self._model,
+                    "messages": messages,
+                    "sampling": _jsonable(dataclasses.asdict(self._chat.sampling)),
+                    "stream": self._chat.stream,
+                    "answer": "".join(self._pieces),
+                    "finish_reason": finished.finish_reason if finished else None,
+                    "usage": usage_dict(finished) if finished else None,
+                    "timings": finished.timings.to_dict() if finished else None,
+                    "error": {**error.to_dict()["error"], "status": error.status} if error else None,
+                },
+                new_images,
+            )
         except Exception:
             log.exception("history: could not record inference %s", self.id)
         else:
-            log.debug("history: recorded %s (%s) %.0f ms after it arrived", self.id, status,
-                      (time.perf_counter() - self._began) * 1000)
+            log.debug(
+                "history: recorded %s (%s) %.0f ms after it arrived",
+                self.id,
+                status,
+                (time.perf_counter() - self._began) * 1000,
+            )
 
 
 def messages_and_images(chat: ChatRequest) -> tuple[list[dict], list[NewImage]]:

@@ -1,4 +1,5 @@
 """The history database: its tables (SQLAlchemy Core), its engine, and Alembic migrations at startup."""
+
 from __future__ import annotations
 
 import logging
@@ -18,7 +19,8 @@ MIGRATION_LOCK_KEY = 0x4C6F757065  # "Loupe": the PostgreSQL advisory lock held 
 metadata = sa.MetaData()
 
 inferences = sa.Table(
-    "inferences", metadata,
+    "inferences",
+    metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("created_at", sa.DateTime(), nullable=False),
     sa.Column("finished_at", sa.DateTime(), nullable=True),
@@ -38,7 +40,8 @@ inferences = sa.Table(
 )
 
 images = sa.Table(
-    "images", metadata,
+    "images",
+    metadata,
     sa.Column("sha256", sa.String(64), primary_key=True),
     sa.Column("mime", sa.String(32), nullable=False),
     sa.Column("size", sa.Integer(), nullable=False),
@@ -48,9 +51,9 @@ images = sa.Table(
 )
 
 inference_images = sa.Table(
-    "inference_images", metadata,
-    sa.Column("inference_id", sa.String(36), sa.ForeignKey("inferences.id", ondelete="CASCADE"),
-              primary_key=True),
+    "inference_images",
+    metadata,
+    sa.Column("inference_id", sa.String(36), sa.ForeignKey("inferences.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("position", sa.Integer(), primary_key=True),
     sa.Column("sha256", sa.String(64), sa.ForeignKey("images.sha256"), nullable=False, index=True),
 )

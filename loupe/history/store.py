@@ -1,4 +1,5 @@
 """The history store: inference records and their images, one transaction per record, with retention."""
+
 from __future__ import annotations
 
 import logging
@@ -62,8 +63,7 @@ class HistoryStore:
         data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings.history_database_url)
         migrate(engine)
-        store = cls(engine, ImageStore(data_dir / "images"), settings.history_max_days,
-                    settings.history_max_records)
+        store = cls(engine, ImageStore(data_dir / "images"), settings.history_max_days, settings.history_max_records)
         store.sweep(ORPHAN_GRACE_SECONDS)
         store.prune()
         return store
@@ -92,8 +92,10 @@ class HistoryStore:
             connection.execute(sa.insert(inferences), [record])  # a write first: takes SQLite's write lock
             self._insert_images(connection, new_images, shas)
             if shas:
-                connection.execute(sa.insert(inference_images), [
-                    {"inference_id": record["id"], "position": n, "sha256": sha} for n, sha in enumerate(shas)])
+                connection.execute(
+                    sa.insert(inference_images),
+                    [{"inference_id": record["id"], "position": n, "sha256": sha} for n, sha in enumerate(shas)],
+                )
 
     @staticmethod
     def _insert_images(connection: sa.Connection, new_images: Sequence[NewImage], shas: list[str]) -> None:
@@ -102,8 +104,14 @@ class HistoryStore:
         rows, now = {}, utcnow()
         for image, sha in zip(new_images, shas, strict=True):
             if sha not in known:
-                rows[sha] = {"sha256": sha, "mime": image.mime, "size": len(image.data), "width": image.width,
-                             "height": image.height, "created_at": now}
+                rows[sha] = {
+                    "sha256": sha,
+                    "mime": image.mime,
+                    "size": len(image.data),
+                    "width": image.width,
+                    "height": image.height,
+                    "created_at": now,
+                }
         if rows:
             connection.execute(sa.insert(images), list(rows.values()))
 
@@ -117,14 +125,24 @@ class HistoryStore:
             record["images"] = self._images_of(connection, [record_id]).get(record_id, [])
         return record
 
-    def page(self, limit: int, before: tuple[datetime, str] | None = None, status: str | None = None,
-             since: datetime | None = None, until: datetime | None = None) -> Page:
+    def page(
+        self,
+        limit: int,
+        before: tuple[datetime, str] | None = None,
+        status: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> Page:
         """Records newest first, after the `before` (created_at, id) cursor, filtered by status and date."""
         query = sa.select(inferences).order_by(inferences.c.created_at.desc(), inferences.c.id.desc())
         if before is not None:
             created, record_id = before
-            query = query.where(sa.or_(inferences.c.created_at < created,
-                                       sa.and_(inferences.c.created_at == created, inferences.c.id < record_id)))
+            query = query.where(
+                sa.or_(
+                    inferences.c.created_at < created,
+                    sa.and_(inferences.c.created_at == created, inferences.c.id < record_id),
+                )
+            )
         if status is not None:
             query = query.where(inferences.c.status == status)
         if since is not None:
@@ -144,10 +162,12 @@ class HistoryStore:
         """Each record's image rows, in position order."""
         if not record_ids:
             return {}
-        query = (sa.select(inference_images.c.inference_id, inference_images.c.position, images)
-                 .join(images, images.c.sha256 == inference_images.c.sha256)
-                 .where(inference_images.c.inference_id.in_(record_ids))
-                 .order_by(inference_images.c.inference_id, inference_images.c.position))
+        query = (
+            sa.select(inference_images.c.inference_id, inference_images.c.position, images)
+            .join(images, images.c.sha256 == inference_images.c.sha256)
+            .where(inference_images.c.inference_id.in_(record_ids))
+            .order_by(inference_images.c.inference_id, inference_images.c.position)
+        )
         found: dict[str, list[dict]] = {}
         for row in connection.execute(query):
             image = dict(row._mapping)
@@ -156,8 +176,11 @@ class HistoryStore:
 
     def image(self, record_id: str, position: int) -> tuple[dict, Path] | None:
         """The image at `position` of a record: its row and its file, or None."""
-        query = (sa.select(images).join(inference_images, images.c.sha256 == inference_images.c.sha256)
-                 .where(inference_images.c.inference_id == record_id, inference_images.c.position == position))
+        query = (
+            sa.select(images)
+            .join(inference_images, images.c.sha256 == inference_images.c.sha256)
+            .where(inference_images.c.inference_id == record_id, inference_images.c.position == position)
+        )
         with self.engine.connect() as connection:
             row = connection.execute(query).first()
         if row is None:
@@ -172,7 +195,7 @@ class HistoryStore:
         """Delete records (in batches) and the images only they used; returns how many were deleted."""
         ids, deleted = list(record_ids), 0
         for start in range(0, len(ids), _BATCH):
-            deleted += self._delete_batch(ids[start:start + _BATCH])
+            deleted += self._delete_batch(ids[start : start + _BATCH])
         return deleted
 
     def _delete_batch(self, ids: list[str]) -> int:
@@ -201,8 +224,11 @@ class HistoryStore:
                 cutoff = (now or utcnow()) - timedelta(days=self.max_days)
                 doomed.update(connection.scalars(sa.select(inferences.c.id).where(inferences.c.created_at < cutoff)))
             if self.max_records:
-                query = (sa.select(inferences.c.id).order_by(inferences.c.created_at.desc(), inferences.c.id.desc())
-                         .offset(self.max_records))
+                query = (
+                    sa.select(inferences.c.id)
+                    .order_by(inferences.c.created_at.desc(), inferences.c.id.desc())
+                    .offset(self.max_records)
+                )
                 doomed.update(connection.scalars(query))
         deleted = self.delete_many(sorted(doomed))
         if deleted:
@@ -220,4 +246,3 @@ class HistoryStore:
         with self.engine.connect() as connection:
             named = set(connection.scalars(sa.select(images.c.sha256)))
         return sorted(sha for sha in named if not self.images.exists(sha))
-

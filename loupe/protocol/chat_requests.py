@@ -1,4 +1,5 @@
 """OpenAI Chat Completions requests (JSON or form-data) → internal `ChatRequest`; pure, no model."""
+
 from __future__ import annotations
 
 import contextlib
@@ -59,8 +60,7 @@ def parse_form_request(form: Mapping[str, str], images: Sequence[bytes], setting
     if parts:
         messages.append(Message("user", tuple(parts)))
     if not messages or messages[-1].role != "user":
-        raise InvalidRequest("Send a `prompt`, an `image`, or `messages` ending with a user turn.",
-                             param="prompt")
+        raise InvalidRequest("Send a `prompt`, an `image`, or `messages` ending with a user turn.", param="prompt")
     return _build_request(messages, form, from_form=True, settings=settings)
 
 
@@ -108,8 +108,9 @@ def _parse_content(content: Any, where: str) -> list[Part]:
     return parts
 
 
-def _build_request(messages: list[Message], fields: Mapping[str, Any], *, from_form: bool,
-                   settings: Settings) -> ChatRequest:
+def _build_request(
+    messages: list[Message], fields: Mapping[str, Any], *, from_form: bool, settings: Settings
+) -> ChatRequest:
     """Combine messages with sampling fields, presets and limits into a ChatRequest."""
     image_count = sum(len(m.images()) for m in messages)
     if image_count > settings.max_images:
@@ -127,8 +128,9 @@ def _build_request(messages: list[Message], fields: Mapping[str, Any], *, from_f
     return ChatRequest(tuple(messages), sampling, stream=stream, include_usage=include_usage)
 
 
-def parse_sampling(fields: Mapping[str, Any], has_image: bool, settings: Settings, *,
-                   from_form: bool = False) -> SamplingParams:
+def parse_sampling(
+    fields: Mapping[str, Any], has_image: bool, settings: Settings, *, from_form: bool = False
+) -> SamplingParams:
     """Sampling parameters from request fields, defaulting to the vision or text preset."""
     values: dict[str, Any] = dict(VISION_PRESET if has_image else TEXT_PRESET)
     for name, (kind, low, high) in _NUMBERS.items():
@@ -180,8 +182,10 @@ def _stop(raw: Any, from_form: bool) -> tuple[str, ...]:
         with contextlib.suppress(json.JSONDecodeError):  # not JSON after all: one stop string
             raw = json.loads(raw)
     stops = [raw] if isinstance(raw, str) else raw
-    if (not isinstance(stops, list) or len(stops) > MAX_STOP_SEQUENCES
-            or not all(isinstance(s, str) and s for s in stops)):
+    if (
+        not isinstance(stops, list)
+        or len(stops) > MAX_STOP_SEQUENCES
+        or not all(isinstance(s, str) and s for s in stops)
+    ):
         raise InvalidRequest("`stop` must be a string or a list of up to 4 non-empty strings.", param="stop")
     return tuple(stops)
-

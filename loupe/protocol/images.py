@@ -1,4 +1,5 @@
 """Image intake: bytes or data URLs → validated, normalised RGB images within the configured limits."""
+
 from __future__ import annotations
 
 import base64
@@ -48,7 +49,9 @@ def _bytes_from_url(url: str, settings: Settings, fetch: Fetcher | None) -> byte
         if not settings.allow_remote_images or fetch is None:
             raise InvalidRequest(
                 "Remote image URLs are not fetched by this server; send the image as a data URL "
-                "(data:image/png;base64,...) or as a form-data file.", param="image_url")
+                "(data:image/png;base64,...) or as a form-data file.",
+                param="image_url",
+            )
         return fetch(url, settings)
     raise InvalidRequest("An image URL must be a base64 data URL (data:image/...;base64,...).", param="image_url")
 
@@ -84,12 +87,11 @@ def read_image(data: bytes, settings: Settings, param: str = "image") -> ImagePa
     image = _open(data, param)
     if image.format not in ACCEPTED_FORMATS:
         raise UnsupportedMediaType(
-            f"Image format {image.format or 'unknown'} is not supported; send PNG, JPEG, WebP or GIF.",
-            param=param)
+            f"Image format {image.format or 'unknown'} is not supported; send PNG, JPEG, WebP or GIF.", param=param
+        )
     mime, (width, height) = ACCEPTED_FORMATS[image.format], image.size
     if width * height > MAX_PIXELS:
-        raise PayloadTooLarge(f"The image is {width}x{height} pixels; the limit is {MAX_PIXELS:,} pixels.",
-                              param=param)
+        raise PayloadTooLarge(f"The image is {width}x{height} pixels; the limit is {MAX_PIXELS:,} pixels.", param=param)
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise InvalidRequest(f"The image's aspect ratio is beyond {MAX_ASPECT_RATIO}:1.", param=param)
     try:
@@ -97,10 +99,10 @@ def read_image(data: bytes, settings: Settings, param: str = "image") -> ImagePa
         image.load()
         image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
-        raise InvalidRequest("The image could not be decoded (it may be truncated or corrupt).",
-                             param=param) from None
-    return ImagePart(data=data, image=fit_to_edges(to_rgb(image), settings.image_max_edge),
-                     mime=mime, width=width, height=height)
+        raise InvalidRequest("The image could not be decoded (it may be truncated or corrupt).", param=param) from None
+    return ImagePart(
+        data=data, image=fit_to_edges(to_rgb(image), settings.image_max_edge), mime=mime, width=width, height=height
+    )
 
 
 def _open(data: bytes, param: str) -> Image.Image:
@@ -112,8 +114,9 @@ def _open(data: bytes, param: str) -> Image.Image:
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise PayloadTooLarge("The image has too many pixels.", param=param) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise InvalidRequest("The data is not an image this server can read; send PNG, JPEG, WebP or GIF.",
-                             param=param) from None
+        raise InvalidRequest(
+            "The data is not an image this server can read; send PNG, JPEG, WebP or GIF.", param=param
+        ) from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -139,8 +142,9 @@ def fit_to_edges(image: Image.Image, max_edge: int) -> Image.Image:
         image = image.resize((width, height), Image.Resampling.BICUBIC, reducing_gap=3.0)
     if min(width, height) < MIN_EDGE:
         scale = MIN_EDGE / min(width, height)
-        image = image.resize((max(MIN_EDGE, round(width * scale)), max(MIN_EDGE, round(height * scale))),
-                             Image.Resampling.BICUBIC)
+        image = image.resize(
+            (max(MIN_EDGE, round(width * scale)), max(MIN_EDGE, round(height * scale))), Image.Resampling.BICUBIC
+        )
     return image
 
 

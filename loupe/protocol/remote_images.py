@@ -1,4 +1,5 @@
 """Fetching `http(s)` image URLs, when allowed: public addresses only, bounded in size and time."""
+
 from __future__ import annotations
 
 import http.client

@@ -1,4 +1,5 @@
 """Internal events → OpenAI `chat.completion` objects, chunks and Server-Sent Events; pure."""
+
 from __future__ import annotations
 
 import json
@@ -43,12 +44,14 @@ def completion_body(meta: CompletionMeta, text: str, finished: Finished) -> dict
         "object": "chat.completion",
         "created": meta.created,
         "model": meta.model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": None,
-            "finish_reason": finished.finish_reason,
-        }],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": finished.finish_reason,
+            }
+        ],
         "usage": usage_dict(finished),
         "timings": finished.timings.to_dict(),
     }

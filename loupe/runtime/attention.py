@@ -9,6 +9,7 @@ sequences. A whole decode step was 5-13% quicker for one sequence, 2-11% for fou
 interleaved). It is registered with transformers' AttentionInterface under NAME, with SDPA's masks,
 so prompts (and any call the kernel does not take) still go to SDPA.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,28 +22,49 @@ from loupe.runtime import native_kernel
 NAME = "loupe_decode"
 
 
-def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                      **kwargs) -> tuple[torch.Tensor, None]:
+def attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
     """transformers' attention signature: (batch, heads, tokens, dim) in, (batch, tokens, heads, dim) out."""
     if _one_token(module, query, key, value, attention_mask) and not dropout:
         # sdpa_mask's (batch, 1, 1, keys) bool mask, True where a row may look; None when all may
         mask = None if attention_mask is None else attention_mask[:, 0, 0, :].contiguous()
         scale = query.shape[-1] ** -0.5 if scaling is None else scaling
         return torch.ops.loupe.decode_attention(query, key, value, mask, scale), None
-    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                  **kwargs)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
 
-def _one_token(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-               attention_mask: torch.Tensor | None) -> bool:
+def _one_token(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+) -> bool:
     """Whether the kernel takes this call: one query token per row, on the CPU, in shapes it was written for."""
-    mask_fits = attention_mask is None or (attention_mask.dtype == torch.bool and attention_mask.dim() == 4
-                                           and attention_mask.shape[1:3] == (1, 1)
-                                           and attention_mask.shape[-1] == key.shape[-2])
-    return (query.shape[2] == 1 and not module.training and query.device.type == "cpu" and mask_fits
-            and query.dtype in (torch.float32, torch.bfloat16) and query.shape[-1] % 16 == 0
-            and query.shape[1] % key.shape[1] == 0 and query.stride(-1) == key.stride(-1) == value.stride(-1) == 1)
+    mask_fits = attention_mask is None or (
+        attention_mask.dtype == torch.bool
+        and attention_mask.dim() == 4
+        and attention_mask.shape[1:3] == (1, 1)
+        and attention_mask.shape[-1] == key.shape[-2]
+    )
+    return (
+        query.shape[2] == 1
+        and not module.training
+        and query.device.type == "cpu"
+        and mask_fits
+        and query.dtype in (torch.float32, torch.bfloat16)
+        and query.shape[-1] % 16 == 0
+        and query.shape[1] % key.shape[1] == 0
+        and query.stride(-1) == key.stride(-1) == value.stride(-1) == 1
+    )
 
 
 def use_native_attention(model: torch.nn.Module, cache_dir: str) -> bool:

@@ -1,4 +1,5 @@
 """Qwen3-VL on torch behind the engine's Backend interface: prefill (reusing cached prefixes) and batch steps."""
+
 from __future__ import annotations
 
 import copy
@@ -67,8 +68,16 @@ class QwenBackend:
     def start(self, prompt: QwenPrompt, sampling: SamplingParams) -> QwenSequence:
         """Read a prompt (reusing a cached prefix) and add it to the decode batch."""
         cache, cached, logits, delta = self._prefill(prompt)
-        sequence = QwenSequence(prompt, sampling, Sampler(sampling), IncrementalDecoder(self.tokenizer),
-                                delta, list(prompt.keys), logits, cached)
+        sequence = QwenSequence(
+            prompt,
+            sampling,
+            Sampler(sampling),
+            IncrementalDecoder(self.tokenizer),
+            delta,
+            list(prompt.keys),
+            logits,
+            cached,
+        )
         self.batch.add(sequence, cache)
         return_free_memory()  # the prefill's activations and the batch's old layers
         return sequence
@@ -91,7 +100,7 @@ class QwenBackend:
         logits = self.batch.forward(self.decode_step, [s.pending for s in rows], positions)
         for index, sequence in enumerate(rows):
             sequence.fed.append(sequence.pending)
-            sequence.logits, sequence.pending, sequence.intact = logits[index:index + 1], None, True
+            sequence.logits, sequence.pending, sequence.intact = logits[index : index + 1], None, True
         self._make_room(0)  # the batch may have grown new room
 
     def _make_room(self, joining: int) -> None:
@@ -132,12 +141,18 @@ class QwenBackend:
         if new_images:
             rows = prompt.image_grid_thw.prod(-1).tolist()
             offsets = [sum(rows[:i]) for i in range(len(rows) + 1)]
-            pixel_values = torch.cat([prompt.pixel_values[offsets[i]:offsets[i + 1]] for i in new_images])
+            pixel_values = torch.cat([prompt.pixel_values[offsets[i] : offsets[i + 1]] for i in new_images])
             grid = prompt.image_grid_thw[new_images]
         logits = self.model(
-            input_ids=prompt.input_ids[:, start:], pixel_values=pixel_values, image_grid_thw=grid,
-            mm_token_type_ids=prompt.mm_token_type_ids[:, start:], position_ids=positions[:, :, start:],
-            cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            input_ids=prompt.input_ids[:, start:],
+            pixel_values=pixel_values,
+            image_grid_thw=grid,
+            mm_token_type_ids=prompt.mm_token_type_ids[:, start:],
+            position_ids=positions[:, :, start:],
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1]
         return cache, start, logits, delta
 
     def _cached_prefix(self, prompt: QwenPrompt) -> tuple[DynamicCache, int]:
@@ -167,5 +182,6 @@ class QwenBackend:
         if prompt.image_grid_thw is None:
             return text_row.expand(4, 1, length), 0
         rope, deltas = self.model.model.get_rope_index(
-            prompt.input_ids, mm_token_type_ids=prompt.mm_token_type_ids, image_grid_thw=prompt.image_grid_thw)
+            prompt.input_ids, mm_token_type_ids=prompt.mm_token_type_ids, image_grid_thw=prompt.image_grid_thw
+        )
         return torch.cat([text_row, rope], dim=0), int(deltas[0, 0])

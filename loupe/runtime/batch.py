@@ -4,6 +4,7 @@ Decoding on a CPU is bound by reading the weights; a batch reads them once per s
 sequence in it. Rows are left-padded to a common length; the attention mask hides the padding and
 each row carries its own (M-RoPE) positions, so padding changes nothing a row computes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
@@ -51,13 +52,17 @@ class DecodeBatch:
         # Layer by layer, releasing each old layer as its successor is made: the join costs one
         # layer's worth of memory beside the batch, not a second copy of every cache.
         for layer, own in zip(self.cache.layers, cache.layers, strict=True):
-            layer.replace(torch.cat([_left_pad(layer.keys, length), _left_pad(own.keys, length)]),
-                          torch.cat([_left_pad(layer.values, length), _left_pad(own.values, length)]))
+            layer.replace(
+                torch.cat([_left_pad(layer.keys, length), _left_pad(own.keys, length)]),
+                torch.cat([_left_pad(layer.values, length), _left_pad(own.values, length)]),
+            )
             own.reset()
-        own_mask = torch.cat([torch.zeros(1, length - own_length, dtype=torch.long),
-                              torch.ones(1, own_length, dtype=torch.long)], dim=1)
-        old_mask = torch.cat([torch.zeros(len(self.rows), length - self.mask.shape[1], dtype=torch.long),
-                              self.mask], dim=1)
+        own_mask = torch.cat(
+            [torch.zeros(1, length - own_length, dtype=torch.long), torch.ones(1, own_length, dtype=torch.long)], dim=1
+        )
+        old_mask = torch.cat(
+            [torch.zeros(len(self.rows), length - self.mask.shape[1], dtype=torch.long), self.mask], dim=1
+        )
         self.mask = torch.cat([old_mask, own_mask])
         self.rows.append(row)
 
@@ -69,8 +74,10 @@ class DecodeBatch:
             own, self.cache, self.mask = self.cache, None, None
             return own
         start = int(self.mask[index].argmax())  # the first real position of a left-padded row
-        states = [(layer.keys[index:index + 1, :, start:], layer.values[index:index + 1, :, start:])
-                for layer in self.cache.layers]
+        states = [
+            (layer.keys[index : index + 1, :, start:], layer.values[index : index + 1, :, start:])
+            for layer in self.cache.layers
+        ]
         own = cache_from(self.config, states, room=0)  # kept, not extended, for now
         keep = [i for i in range(len(self.rows) + 1) if i != index]
         mask = self.mask[keep]

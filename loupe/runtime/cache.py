@@ -5,6 +5,7 @@ every decode step. Here each layer keeps a buffer with room to spare, and `keys`
 of its filled part; a step writes one position. The buffer is reallocated (with new room) only when
 full, or when the views were replaced by something else (a crop keeps them; a reorder does not).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -63,10 +64,14 @@ class GrowingLayer(DynamicLayer):
     def _views_are_current(self, key_states: torch.Tensor) -> bool:
         """Are `keys`/`values` still leading views of the buffers, with the batch and heads of the new states?"""
         buffer = self._key_buffer
-        return (buffer is not None and self.keys.numel() > 0
-                and self.keys.data_ptr() == buffer.data_ptr() and self.keys.stride() == buffer.stride()
-                and self.values.data_ptr() == self._value_buffer.data_ptr()
-                and buffer.shape[:-2] == key_states.shape[:-2])
+        return (
+            buffer is not None
+            and self.keys.numel() > 0
+            and self.keys.data_ptr() == buffer.data_ptr()
+            and self.keys.stride() == buffer.stride()
+            and self.values.data_ptr() == self._value_buffer.data_ptr()
+            and buffer.shape[:-2] == key_states.shape[:-2]
+        )
 
     def _reallocate(self, key_states: torch.Tensor, value_states: torch.Tensor, length: int, capacity: int) -> None:
         """New buffers with room for `capacity` positions, holding the `length` already cached."""
@@ -110,4 +115,3 @@ def cache_from(config, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], room
     for index, (keys, values) in enumerate(layers):
         cache.update(keys, values, index)
     return cache
-

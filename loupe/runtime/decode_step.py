@@ -10,6 +10,7 @@ kernels): 6 ms alone, 11 ms between the reads, and the whole step 136-143 ms aga
 process, interleaved. Prompts still run through transformers; `decode_step` picks this step where it
 computes the model.
 """
+
 from __future__ import annotations
 
 import logging
@@ -56,8 +57,9 @@ class NativeDecodeStep:
         self.layers = [_layer(layer) for layer in text.layers]
 
     @torch.inference_mode()
-    def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor,
-                 cache: DynamicCache) -> torch.Tensor:
+    def __call__(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache
+    ) -> torch.Tensor:
         """input_ids (rows, 1); position_ids (4, rows, 1): text, then M-RoPE's t, h, w; mask (rows, keys)."""
         ops = torch.ops.loupe
         rows = input_ids.shape[0]
@@ -79,9 +81,19 @@ class NativeDecodeStep:
 def _layer(layer: torch.nn.Module) -> _Layer:
     """A decoder layer's parameters."""
     attention, mlp = layer.self_attn, layer.mlp
-    return _Layer(layer.input_layernorm.weight, attention.q_proj, attention.k_proj, attention.v_proj,
-                  attention.q_norm.weight, attention.k_norm.weight, attention.o_proj,
-                  layer.post_attention_layernorm.weight, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+    return _Layer(
+        layer.input_layernorm.weight,
+        attention.q_proj,
+        attention.k_proj,
+        attention.v_proj,
+        attention.q_norm.weight,
+        attention.k_norm.weight,
+        attention.o_proj,
+        layer.post_attention_layernorm.weight,
+        mlp.gate_proj,
+        mlp.up_proj,
+        mlp.down_proj,
+    )
 
 
 class TransformersDecodeStep:
@@ -91,11 +103,13 @@ class TransformersDecodeStep:
         self.model = model
 
     @torch.inference_mode()
-    def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor,
-                 cache: DynamicCache) -> torch.Tensor:
+    def __call__(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache
+    ) -> torch.Tensor:
         """As NativeDecodeStep.__call__."""
-        output = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                            cache=cache, use_cache=True)
+        output = self.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=cache, use_cache=True
+        )
         return output.logits[:, -1]
 
 

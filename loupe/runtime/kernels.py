@@ -17,6 +17,7 @@ fast the kernel streams the weights. On the AMD EPYC this project is benchmarked
   at 0.91-0.95, 1.46-1.90x oneDNN's packed bfloat16. It is the default where it can be compiled;
   bfloat16 layers on a CPU without AVX512-BF16 go to `packed`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -121,8 +122,13 @@ def _tied_embeddings(model: torch.nn.Module, shared: set[int]) -> list[tuple[tor
         linears = [m for m in modules if type(m) is torch.nn.Linear]
         embeddings = [m for m in modules if type(m) is torch.nn.Embedding]
         weight = modules[0].weight
-        if (len(modules) == len(linears) + len(embeddings) == 2 and linears and embeddings
-                and native_kernel.fits(weight) and weight.device.type == "cpu"):
+        if (
+            len(modules) == len(linears) + len(embeddings) == 2
+            and linears
+            and embeddings
+            and native_kernel.fits(weight)
+            and weight.device.type == "cpu"
+        ):
             pairs.append((linears[0], embeddings[0]))
     return pairs
 
@@ -136,5 +142,4 @@ def _shared_weights(model: torch.nn.Module) -> set[int]:
 def _packed(weight: torch.nn.Parameter) -> torch.nn.Parameter:
     """The weight in oneDNN's layout for PACKED_ROWS rows; the plain copy is freed when the caller drops it."""
     with torch.no_grad():
-        return torch.nn.Parameter(torch.ops.mkldnn._reorder_linear_weight(weight, PACKED_ROWS),
-                                  requires_grad=False)
+        return torch.nn.Parameter(torch.ops.mkldnn._reorder_linear_weight(weight, PACKED_ROWS), requires_grad=False)

@@ -1,4 +1,5 @@
 """Loading Qwen3-VL for serving: tokenizer, image processor, weights, and the kernels that compute them."""
+
 from __future__ import annotations
 
 import logging
@@ -39,9 +40,13 @@ def load(settings: Settings) -> QwenBackend:
     model.to(settings.device).eval()
     moved = use_linear_kernel(model, settings.linear_kernel, settings.kernel_cache_dir)
     native = settings.linear_kernel == "native" and use_native_attention(model, settings.kernel_cache_dir)
-    log.info("model %s loaded in %s; linear layers: %s; one-token attention: %s", source, settings.dtype,
-             ", ".join(f"{count} {kernel}" for kernel, count in moved.items()) or "torch's default kernel",
-             "native" if native else "sdpa")
+    log.info(
+        "model %s loaded in %s; linear layers: %s; one-token attention: %s",
+        source,
+        settings.dtype,
+        ", ".join(f"{count} {kernel}" for kernel, count in moved.items()) or "torch's default kernel",
+        "native" if native else "sdpa",
+    )
     if tokenizer.chat_template is None:
         raise ModelLoadError(f"The tokenizer of {source!r} has no chat template.")
     eos = generation_config.eos_token_id

@@ -10,6 +10,7 @@ memory in pieces of every size keeps its high-water mark as resident memory. Two
   threshold of 1 MiB. Fixing the threshold turns the raising off.
 - What the heap holds free is handed back after a prefill and when caches are released.
 """
+
 from __future__ import annotations
 
 import ctypes

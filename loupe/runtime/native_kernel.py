@@ -11,6 +11,7 @@ built, or the CPU has no AVX-512 (the only instruction set they are written and 
 `unavailable()` says why and the caller uses another kernel; `fits(weight)` says whether this CPU
 runs the one for a weight.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,8 +29,10 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).resolve().parent / "csrc" / name
-           for name in ("blocked_linear.cpp", "decode_attention.cpp", "decode_step.cpp")]
+SOURCES = [
+    Path(__file__).resolve().parent / "csrc" / name
+    for name in ("blocked_linear.cpp", "decode_attention.cpp", "decode_step.cpp")
+]
 _NAMES = ", ".join(source.name for source in SOURCES[:-1]) + f" and {SOURCES[-1].name}"
 BLOCK = 64  # columns per block: kBlock in the C++ source
 # Not -march=native: a cached build must run on any AVX-512 CPU that later finds it (a shared volume).
@@ -90,9 +93,17 @@ def _loaded() -> bool:
 def _build(compiler: str, cache_dir: Path) -> Path:
     """The shared library for these sources, flags and torch: compiled unless already in `cache_dir`."""
     torch_dir = Path(torch.__file__).resolve().parent
-    command = [compiler, *_CFLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-               f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
-               *map(str, SOURCES), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu"]
+    command = [
+        compiler,
+        *_CFLAGS,
+        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+        f"-I{torch_dir / 'include'}",
+        f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
+        *map(str, SOURCES),
+        f"-L{torch_dir / 'lib'}",
+        "-lc10",
+        "-ltorch_cpu",
+    ]
     text = b"".join(source.read_bytes() for source in SOURCES)
     key = hashlib.sha256(text + " ".join([torch.__version__, *_CFLAGS]).encode()).hexdigest()
     library = cache_dir / f"loupe_kernels-{key[:16]}.so"
@@ -103,8 +114,9 @@ def _build(compiler: str, cache_dir: Path) -> Path:
     begin = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:  # then renamed: builders may race
         built = Path(scratch) / library.name
-        subprocess.run([*command, "-o", str(built)], check=True, capture_output=True, text=True,
-                       timeout=_COMPILE_TIMEOUT_S)
+        subprocess.run(
+            [*command, "-o", str(built)], check=True, capture_output=True, text=True, timeout=_COMPILE_TIMEOUT_S
+        )
         os.replace(built, library)
     log.info("native kernels compiled in %.1f s", time.perf_counter() - begin)
     _prune(cache_dir)
@@ -113,11 +125,13 @@ def _build(compiler: str, cache_dir: Path) -> Path:
 
 def _prune(cache_dir: Path, keep: int = _KEPT_BUILDS) -> None:
     """Delete all but the `keep` newest builds in `cache_dir` (a process that loaded one keeps its copy)."""
+
     def modified(path: Path) -> int:
         try:
             return path.stat().st_mtime_ns
         except FileNotFoundError:  # another process pruned it meanwhile
             return 0
+
     builds = sorted(cache_dir.glob("loupe_kernels-*.so"), key=modified, reverse=True)
     for stale in builds[keep:]:
         stale.unlink(missing_ok=True)
@@ -132,7 +146,7 @@ class NativeLinear(torch.nn.Linear):
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """x [M, K] -> [M, out_features]: forward without reshaping (model_decode_step calls it directly)."""
         out = torch.ops.loupe.blocked_linear(x, self.weight, self.bias)
-        return out if out.shape[1] == self.out_features else out[:, :self.out_features]  # a padded last block
+        return out if out.shape[1] == self.out_features else out[:, : self.out_features]  # a padded last block
 
 
 class BlockedEmbedding(torch.nn.Embedding):
@@ -176,7 +190,7 @@ def _blocked_in_place(weight: torch.Tensor) -> torch.Tensor:
     """
     rows = weight.view(-1, BLOCK, weight.shape[1])
     for start in range(0, rows.shape[0], _BLOCKS_AT_A_TIME):
-        chunk = rows[start:start + _BLOCKS_AT_A_TIME]
+        chunk = rows[start : start + _BLOCKS_AT_A_TIME]
         chunk.view(-1).copy_(_blocks(chunk).contiguous().view(-1))
     return rows.view(-1).view(_blocks(rows).shape)
 

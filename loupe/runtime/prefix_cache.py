@@ -3,6 +3,7 @@
 Follow-up questions start with the whole earlier conversation; reusing its cache means the model
 reads only the new tokens, not the image again. Knows nothing of torch: caches are opaque here.
 """
+
 from __future__ import annotations
 
 import threading
@@ -86,8 +87,9 @@ class PrefixCache(Generic[CacheT]):
         if not keys or len(keys) > self.max_tokens:
             return
         with self._lock:
-            covered = [entry_id for entry_id, (entry_keys, _) in self._entries.items()
-                       if keys[:len(entry_keys)] == entry_keys]
+            covered = [
+                entry_id for entry_id, (entry_keys, _) in self._entries.items() if keys[: len(entry_keys)] == entry_keys
+            ]
             for entry_id in covered:
                 self._tokens -= len(self._entries.pop(entry_id)[0])
             self._entries[self._next_id] = (keys, cache)

@@ -6,6 +6,7 @@ chat template and the PIL image processor: each image's `<|image_pad|>` repeated
 which M-RoPE silently falls back to text positions). tests/test_model.py checks them against the
 processor's own.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,7 +43,6 @@ class QwenPrompt:
         return int(self.mm_token_type_ids.sum())
 
 
-
 class PromptBuilder:
     """Turns a conversation into a QwenPrompt with the model's tokenizer and image processor."""
 
@@ -64,7 +64,7 @@ class PromptBuilder:
         if images:
             processed = self.image_processor(images=images, return_tensors="pt")
             pixel_values, grid = processed["pixel_values"], processed["image_grid_thw"]
-            merge = self.image_processor.merge_size ** 2
+            merge = self.image_processor.merge_size**2
             pieces = text.split(IMAGE_PAD)
             expanded = [pieces[0]]
             for thw, piece in zip(grid, pieces[1:], strict=True):
@@ -75,7 +75,8 @@ class PromptBuilder:
             raise InvalidRequest(
                 f"The prompt is {input_ids.shape[1]} tokens; with max_tokens {max_tokens} it exceeds the "
                 f"context limit of {self.max_context}. Shorten the conversation or send fewer images.",
-                param="messages")
+                param="messages",
+            )
         token_types = (input_ids == self.image_token_id).to(torch.int32)
         keys, spans = _content_keys(input_ids, token_types, pixel_values, grid, self.image_processor.merge_size)
         return QwenPrompt(input_ids, token_types, pixel_values, grid, keys, spans)
@@ -91,15 +92,21 @@ class PromptBuilder:
                     images.append(part.image)
                 else:
                     if any(special in part.text for special in self._specials):
-                        raise InvalidRequest("Message text may not contain the model's special tokens.",
-                                             param="messages")
+                        raise InvalidRequest(
+                            "Message text may not contain the model's special tokens.", param="messages"
+                        )
                     content.append({"type": "text", "text": part.text})
             conversation.append({"role": message.role, "content": content})
         return conversation, images
 
 
-def _content_keys(input_ids: torch.Tensor, token_types: torch.Tensor, pixel_values: torch.Tensor | None,
-                  grid: torch.Tensor | None, merge_size: int) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+def _content_keys(
+    input_ids: torch.Tensor,
+    token_types: torch.Tensor,
+    pixel_values: torch.Tensor | None,
+    grid: torch.Tensor | None,
+    merge_size: int,
+) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
     """Per-position prefix-cache keys (image tokens keyed by their pixels) and each image's token span."""
     keys = input_ids[0].tolist()
     if grid is None:
@@ -108,10 +115,10 @@ def _content_keys(input_ids: torch.Tensor, token_types: torch.Tensor, pixel_valu
     spans, row = [], 0
     for start, thw in zip(starts, grid, strict=True):
         rows = int(thw.prod())
-        digest = hashlib.blake2b(pixel_values[row:row + rows].numpy().tobytes(), digest_size=7).digest()
+        digest = hashlib.blake2b(pixel_values[row : row + rows].numpy().tobytes(), digest_size=7).digest()
         base = int.from_bytes(digest, "big") << 16
         count = rows // merge_size**2
-        keys[start:start + count] = [-(base + k) for k in range(count)]  # negative: never a token id
+        keys[start : start + count] = [-(base + k) for k in range(count)]  # negative: never a token id
         spans.append((start, start + count))
         row += rows
     return tuple(keys), tuple(spans)

@@ -1,4 +1,5 @@
 """Choosing tokens and turning them into text: the per-sequence parts of decoding."""
+
 from __future__ import annotations
 
 import torch
@@ -67,9 +68,9 @@ class IncrementalDecoder:
     def add(self, token: int) -> str:
         """Text that this token completes (may be empty)."""
         self.ids.append(token)
-        before = self.tokenizer.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
-        after = self.tokenizer.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        before = self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        after = self.tokenizer.decode(self.ids[self.prefix :], skip_special_tokens=True)
         if len(after) > len(before) and not after.endswith("\ufffd"):
             self.prefix, self.read = self.read, len(self.ids)
-            return after[len(before):]
+            return after[len(before) :]
         return ""

@@ -4,6 +4,7 @@ transformers memory-maps safetensors files. Converting a bfloat16 checkpoint to 
 every page of the file resident beside the float32 copies: 1.5x the weights at peak. Reading each
 tensor with pread instead means only one tensor of the file is in memory at a time.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,11 @@ def local_directory(source: str) -> Path:
 def load_advice(source: str, exc: Exception) -> str:
     """A failure to load `source` in words an operator can act on."""
     if not Path(source).is_dir():
-        return (f"Could not load model {source!r}: it is not a local directory and could not be "
-                "downloaded (no network, or no such model). Download it where there is network "
-                f"(e.g. `hf download {source} --local-dir DIR`) and set MODEL_ID to that directory.")
+        return (
+            f"Could not load model {source!r}: it is not a local directory and could not be "
+            "downloaded (no network, or no such model). Download it where there is network "
+            f"(e.g. `hf download {source} --local-dir DIR`) and set MODEL_ID to that directory."
+        )
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return f"Could not load the model in directory {source!r}: {first_line}"
 
@@ -59,9 +62,9 @@ def load_model(directory: Path, dtype: torch.dtype) -> Qwen3VLForConditionalGene
         return Qwen3VLForConditionalGeneration.from_pretrained(directory, dtype=dtype)
     config = AutoConfig.from_pretrained(directory)
     with ExitStack() as stack:
-        handles = [stack.enter_context(safe_open(path, framework="pt", device="cpu", backend="pread"))
-                   for path in files]
+        handles = [
+            stack.enter_context(safe_open(path, framework="pt", device="cpu", backend="pread")) for path in files
+        ]
         # Lazy slices: transformers reads each one when it loads that tensor, then drops it.
         state_dict = {name: handle.get_slice(name) for handle in handles for name in handle.keys()}  # noqa: SIM118 - safetensors' handle has keys() but no __iter__
-        return Qwen3VLForConditionalGeneration.from_pretrained(None, config=config, state_dict=state_dict,
-                                                               dtype=dtype)
+        return Qwen3VLForConditionalGeneration.from_pretrained(None, config=config, state_dict=state_dict, dtype=dtype)

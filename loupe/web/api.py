@@ -1,4 +1,5 @@
 """The API's routes: chat completions, the model list and the probes. Parse, call the engine, format."""
+
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
@@ -20,8 +21,11 @@ def chat_completions():
     run = start_chat(chat)
     meta = CompletionMeta(model=served_model_name(), id=f"chatcmpl-{request_id()}")
     if chat.stream:
-        return Response(close_at_end(stream_frames(run.events, meta, chat.include_usage), run),
-                        mimetype="text/event-stream", headers=SSE_HEADERS)
+        return Response(
+            close_at_end(stream_frames(run.events, meta, chat.include_usage), run),
+            mimetype="text/event-stream",
+            headers=SSE_HEADERS,
+        )
     text, finished = collect_answer(run)
     return jsonify(completion_body(meta, text, finished))
 
@@ -29,8 +33,9 @@ def chat_completions():
 @bp.get("/v1/models")
 def models():
     """The OpenAI model list: the one model this server serves."""
-    return jsonify({"object": "list", "data": [
-        {"id": served_model_name(), "object": "model", "created": 0, "owned_by": "loupe"}]})
+    return jsonify(
+        {"object": "list", "data": [{"id": served_model_name(), "object": "model", "created": 0, "owned_by": "loupe"}]}
+    )
 
 
 @bp.get("/health")
@@ -41,8 +46,15 @@ def health():
         return jsonify({"status": "shutting_down"}), 503
     if engine.backend is not None:
         backend = engine.backend
-        return jsonify({"status": "ok", "model": backend.name, "device": backend.device,
-                        "dtype": backend.dtype, "queue_depth": engine.queue_depth})
+        return jsonify(
+            {
+                "status": "ok",
+                "model": backend.name,
+                "device": backend.device,
+                "dtype": backend.dtype,
+                "queue_depth": engine.queue_depth,
+            }
+        )
     if engine.status == "error":
         return jsonify({"status": "error", "error": engine.error}), 503
     return jsonify({"status": "loading", "model": settings.model_id}), 503

@@ -1,4 +1,5 @@
 """The chat flow both blueprints share: read a chat request, run it on the engine (recorded), collect or stream it."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -4,6 +4,7 @@ A streamed answer notices a closed connection at its next write. A whole answer 
 until the end, so without this a client that gives up (curl stopped with Ctrl-C, an SDK's timeout)
 keeps the model busy, and everyone queued behind it waiting, for an answer nobody will read.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """The one mapping of Loupe's errors, werkzeug's HTTP errors and anything unexpected to OpenAI's envelope."""
+
 from __future__ import annotations
 
 import logging
@@ -10,8 +11,12 @@ from loupe.errors import LoupeError, error_body, server_error_body
 
 log = logging.getLogger(__name__)
 
-_HTTP_TYPES = {401: "authentication_error", 404: "invalid_request_error", 429: "rate_limit_error",
-               503: "unavailable_error"}
+_HTTP_TYPES = {
+    401: "authentication_error",
+    404: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "unavailable_error",
+}
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -1,4 +1,5 @@
 """Building the Flask app around an engine and a history store: routes, hooks and error handlers, in order."""
+
 from __future__ import annotations
 
 from pathlib import Path

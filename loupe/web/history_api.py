@@ -1,4 +1,5 @@
 """HTTP routes of the history: list, read, fetch images, delete, and ask-and-record (`POST /inferences`)."""
+
 from __future__ import annotations
 
 import base64
@@ -27,12 +28,22 @@ PREVIEW_CHARS = 200
 @bp.get("/inferences")
 def list_inferences():
     """Records newest first: `limit`, `cursor` (from `next_cursor`), `status`, `since`, `until`."""
-    page = store().page(read_limit(request.args), read_cursor(request.args.get("cursor")),
-                        read_status(request.args.get("status")), read_time(request.args, "since"),
-                        read_time(request.args, "until"))
+    page = store().page(
+        read_limit(request.args),
+        read_cursor(request.args.get("cursor")),
+        read_status(request.args.get("status")),
+        read_time(request.args, "since"),
+        read_time(request.args, "until"),
+    )
     last = page.records[-1] if page.records and page.more else None
-    return jsonify({"object": "list", "data": [summary_body(r) for r in page.records], "has_more": page.more,
-                    "next_cursor": encode_cursor(last["created_at"], last["id"]) if last else None})
+    return jsonify(
+        {
+            "object": "list",
+            "data": [summary_body(r) for r in page.records],
+            "has_more": page.more,
+            "next_cursor": encode_cursor(last["created_at"], last["id"]) if last else None,
+        }
+    )
 
 
 @bp.get("/inferences/<record_id>")
@@ -78,8 +89,9 @@ def create_inference():
     history = store()
     chat = load_chat_request()
     if chat.stream:
-        raise InvalidRequest("POST /inferences answers with the stored record; stream from "
-                             "/v1/chat/completions instead.", param="stream")
+        raise InvalidRequest(
+            "POST /inferences answers with the stored record; stream from /v1/chat/completions instead.", param="stream"
+        )
     run = start_chat(chat)
     collect_answer(run)
     record = history.get(run.recording.id) if run.recording is not None else None
@@ -142,8 +154,9 @@ def read_time(args: Mapping[str, str], name: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(raw)
     except ValueError:
-        raise InvalidRequest(f"`{name}` must be an ISO 8601 date or time, e.g. 2026-11-23T20:00:00Z.",
-                             param=name) from None
+        raise InvalidRequest(
+            f"`{name}` must be an ISO 8601 date or time, e.g. 2026-11-23T20:00:00Z.", param=name
+        ) from None
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC).replace(tzinfo=None)
     return moment
@@ -183,19 +196,44 @@ def record_url(record_id: str) -> str:
 def record_body(record: dict) -> dict:
     """The whole record as the API shows it: images as URLs, never their bytes."""
     record_id = record["id"]
-    messages = [{"role": m["role"], "content": [
-        {**part, "url": image_url(record_id, part["image"])} if part["type"] == "image" else part
-        for part in m["content"]]} for m in record["messages"]]
+    messages = [
+        {
+            "role": m["role"],
+            "content": [
+                {**part, "url": image_url(record_id, part["image"])} if part["type"] == "image" else part
+                for part in m["content"]
+            ],
+        }
+        for m in record["messages"]
+    ]
     return {
-        "id": record_id, "object": "inference", "created_at": timestamp(record["created_at"]),
-        "finished_at": timestamp(record["finished_at"]), "status": record["status"],
-        "client": record["client"], "model": record["model"], "stream": record["stream"],
-        "messages": messages, "sampling": record["sampling"], "answer": record["answer"],
-        "finish_reason": record["finish_reason"], "usage": record["usage"], "timings": record["timings"],
+        "id": record_id,
+        "object": "inference",
+        "created_at": timestamp(record["created_at"]),
+        "finished_at": timestamp(record["finished_at"]),
+        "status": record["status"],
+        "client": record["client"],
+        "model": record["model"],
+        "stream": record["stream"],
+        "messages": messages,
+        "sampling": record["sampling"],
+        "answer": record["answer"],
+        "finish_reason": record["finish_reason"],
+        "usage": record["usage"],
+        "timings": record["timings"],
         "error": record["error"],
-        "images": [{"index": i["position"], "sha256": i["sha256"], "mime": i["mime"], "bytes": i["size"],
-                    "width": i["width"], "height": i["height"], "url": image_url(record_id, i["position"])}
-                   for i in record["images"]],
+        "images": [
+            {
+                "index": i["position"],
+                "sha256": i["sha256"],
+                "mime": i["mime"],
+                "bytes": i["size"],
+                "width": i["width"],
+                "height": i["height"],
+                "url": image_url(record_id, i["position"]),
+            }
+            for i in record["images"]
+        ],
     }
 
 
@@ -203,11 +241,16 @@ def summary_body(record: dict) -> dict:
     """A list entry: enough for a history panel (question, answer preview, thumbnail)."""
     questions = [_text(m) for m in record["messages"] if m["role"] == "user"]
     return {
-        "id": record["id"], "object": "inference", "created_at": timestamp(record["created_at"]),
-        "finished_at": timestamp(record["finished_at"]), "status": record["status"], "model": record["model"],
+        "id": record["id"],
+        "object": "inference",
+        "created_at": timestamp(record["created_at"]),
+        "finished_at": timestamp(record["finished_at"]),
+        "status": record["status"],
+        "model": record["model"],
         "first_question": questions[0][:PREVIEW_CHARS] if questions else "",
         "question": questions[-1][:PREVIEW_CHARS] if questions else "",
-        "answer_preview": record["answer"][:PREVIEW_CHARS], "finish_reason": record["finish_reason"],
+        "answer_preview": record["answer"][:PREVIEW_CHARS],
+        "finish_reason": record["finish_reason"],
         "image_count": len(record["images"]),
         "thumbnail_url": image_url(record["id"], 0) if record["images"] else None,
         "url": record_url(record["id"]),

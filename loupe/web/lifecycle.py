@@ -1,4 +1,5 @@
 """Graceful shutdown: on SIGTERM stop taking generations, let running ones finish, then exit."""
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,12 @@ def begin_shutdown(app: Flask) -> threading.Timer:
     engine = services(app).engine
     engine.drain()
     grace = services(app).settings.shutdown_grace
-    log.info("shutting down: %d generation(s) running, %d queued; up to %d s to finish",
-             engine.running, engine.queue_depth, grace)
+    log.info(
+        "shutting down: %d generation(s) running, %d queued; up to %d s to finish",
+        engine.running,
+        engine.queue_depth,
+        grace,
+    )
 
     def end_unfinished() -> None:
         ended = engine.abort_all(ShuttingDown("The server stopped before this generation finished."))
@@ -45,8 +50,9 @@ def report_exit(app: Flask) -> None:
     """Say whether the process stops with work unfinished (the grace period ran out)."""
     engine = services(app).engine
     if engine.running or engine.queue_depth:
-        log.warning("stopped with unfinished work: %d generation(s) running, %d queued",
-                    engine.running, engine.queue_depth)
+        log.warning(
+            "stopped with unfinished work: %d generation(s) running, %d queued", engine.running, engine.queue_depth
+        )
     else:
         log.info("stopped with no unfinished work")
 

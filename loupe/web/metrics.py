@@ -1,4 +1,5 @@
 """Prometheus metrics with prometheus_client: requests, the queue, generation speed, the model."""
+
 from __future__ import annotations
 
 import functools
@@ -25,22 +26,47 @@ class Metrics:
 
     def __init__(self, engine: Engine):
         self.registry = registry = CollectorRegistry()
-        self.requests = Counter("loupe_http_requests", "HTTP requests by route, method and status.",
-                                ["route", "method", "status"], registry=registry)
-        self.request_seconds = Histogram("loupe_http_request_duration_seconds",
-                                         "Time from request to the end of the response (streams included).",
-                                         ["route"], buckets=SECOND_BUCKETS, registry=registry)
-        self.generations = Counter("loupe_generations", "Generations by outcome: stop, length, cancelled, error.",
-                                   ["outcome"], registry=registry)
-        self.ttft = Histogram("loupe_time_to_first_token_seconds", "Request (queue included) to first token.",
-                              buckets=SECOND_BUCKETS, registry=registry)
-        self.decode_rate = Histogram("loupe_decode_tokens_per_second", "Decode speed of finished generations.",
-                                     buckets=RATE_BUCKETS, registry=registry)
-        self.decode_step = Histogram("loupe_decode_step_seconds",
-                                     "One decode forward pass, feeding one token to each of batch_size sequences.",
-                                     ["batch_size"], buckets=STEP_BUCKETS, registry=registry)
-        self.image_tokens = Histogram("loupe_image_tokens", "Image tokens per generation.",
-                                      buckets=IMAGE_TOKEN_BUCKETS, registry=registry)
+        self.requests = Counter(
+            "loupe_http_requests",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "loupe_http_request_duration_seconds",
+            "Time from request to the end of the response (streams included).",
+            ["route"],
+            buckets=SECOND_BUCKETS,
+            registry=registry,
+        )
+        self.generations = Counter(
+            "loupe_generations",
+            "Generations by outcome: stop, length, cancelled, error.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "loupe_time_to_first_token_seconds",
+            "Request (queue included) to first token.",
+            buckets=SECOND_BUCKETS,
+            registry=registry,
+        )
+        self.decode_rate = Histogram(
+            "loupe_decode_tokens_per_second",
+            "Decode speed of finished generations.",
+            buckets=RATE_BUCKETS,
+            registry=registry,
+        )
+        self.decode_step = Histogram(
+            "loupe_decode_step_seconds",
+            "One decode forward pass, feeding one token to each of batch_size sequences.",
+            ["batch_size"],
+            buckets=STEP_BUCKETS,
+            registry=registry,
+        )
+        self.image_tokens = Histogram(
+            "loupe_image_tokens", "Image tokens per generation.", buckets=IMAGE_TOKEN_BUCKETS, registry=registry
+        )
         self.prompt_tokens = Counter("loupe_prompt_tokens", "Prompt tokens read.", registry=registry)
         self.completion_tokens = Counter("loupe_completion_tokens", "Tokens generated.", registry=registry)
         self._engine_gauges(engine, registry)
@@ -50,20 +76,26 @@ class Metrics:
     @staticmethod
     def _engine_gauges(engine: Engine, registry: CollectorRegistry) -> None:
         """Gauges read from the engine when scraped, so they are never stale."""
-        Gauge("loupe_queue_depth", "Requests waiting for their turn.",
-              registry=registry).set_function(lambda: engine.queue_depth)
-        Gauge("loupe_generations_in_progress", "Generations being decoded now (at most MAX_BATCH).",
-              registry=registry).set_function(lambda: engine.running)
-        Gauge("loupe_prefix_cache_tokens",
-              "Tokens of earlier conversations whose model state is kept for follow-ups (at most PREFIX_CACHE_TOKENS).",
-              registry=registry).set_function(lambda: engine.cached_tokens)
+        Gauge("loupe_queue_depth", "Requests waiting for their turn.", registry=registry).set_function(
+            lambda: engine.queue_depth
+        )
+        Gauge(
+            "loupe_generations_in_progress", "Generations being decoded now (at most MAX_BATCH).", registry=registry
+        ).set_function(lambda: engine.running)
+        Gauge(
+            "loupe_prefix_cache_tokens",
+            "Tokens of earlier conversations whose model state is kept for follow-ups (at most PREFIX_CACHE_TOKENS).",
+            registry=registry,
+        ).set_function(lambda: engine.cached_tokens)
         state = Gauge("loupe_model_state", "1 for the model's current state.", ["state"], registry=registry)
         for name in MODEL_STATES:
             state.labels(name).set_function(functools.partial(_is_state, engine, name))
-        Gauge("loupe_model_load_seconds", "How long loading the model took (0 until loaded).",
-              registry=registry).set_function(lambda: engine.load_seconds or 0)
-        Gauge("loupe_shutting_down", "1 once SIGTERM began the graceful stop.",
-              registry=registry).set_function(lambda: 1 if engine.draining else 0)
+        Gauge(
+            "loupe_model_load_seconds", "How long loading the model took (0 until loaded).", registry=registry
+        ).set_function(lambda: engine.load_seconds or 0)
+        Gauge("loupe_shutting_down", "1 once SIGTERM began the graceful stop.", registry=registry).set_function(
+            lambda: 1 if engine.draining else 0
+        )
 
     def observe_generation(self, outcome: str, timings: Timings | None) -> None:
         """Count a generation and, if it finished, its speed and tokens (the engine calls this)."""

@@ -1,4 +1,5 @@
 """Request ids, one log line per request, and the text or JSON log format."""
+
 from __future__ import annotations
 
 import json
@@ -42,10 +43,17 @@ class RequestRecord:
     def fields(self) -> dict:
         """The log line's fields, without the ones that are unset."""
         duration_ms = round((time.perf_counter() - self.started) * 1000, 1)
-        values = {"request_id": self.id, "method": self.method, "route": self.route or self.path,
-                  "status": self.status, "duration_ms": duration_ms, "outcome": self.outcome,
-                  "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                  "image_tokens": self.image_tokens}
+        values = {
+            "request_id": self.id,
+            "method": self.method,
+            "route": self.route or self.path,
+            "status": self.status,
+            "duration_ms": duration_ms,
+            "outcome": self.outcome,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "image_tokens": self.image_tokens,
+        }
         return {k: v for k, v in values.items() if v is not None}
 
 
@@ -128,8 +136,12 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request id and structured fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-                 "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         if request_id := getattr(record, "request_id", None):  # RequestIdFilter's, or a caller's `extra`
             entry["request_id"] = request_id
         entry.update(getattr(record, "fields", {}))

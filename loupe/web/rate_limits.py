@@ -1,4 +1,5 @@
 """Per-client rate limits on the generation routes, with Flask-Limiter."""
+
 from __future__ import annotations
 
 from typing import cast
@@ -27,9 +28,12 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter | None:
         in_memory_fallback_enabled=True,  # Redis down: limit per process rather than fail every request
         default_limits=[],
     )
-    limit = limiter.limit(settings.rate_limit, methods=["POST"],
-                          error_message=f"Rate limit exceeded ({settings.rate_limit} per client); "
-                                        "retry after the time in the Retry-After header.")
+    limit = limiter.limit(
+        settings.rate_limit,
+        methods=["POST"],
+        error_message=f"Rate limit exceeded ({settings.rate_limit} per client); "
+        "retry after the time in the Retry-After header.",
+    )
     for endpoint in GENERATION_ENDPOINTS:
         # The wrapped view checks the limit after the key check, so refused keys cost nothing.
         # Flask-Limiter's decorator is typed for async views too; these are sync, and stay so.

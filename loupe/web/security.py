@@ -1,4 +1,5 @@
 """Who may call the API: API keys, CORS, and the security headers every response carries."""
+
 from __future__ import annotations
 
 import hmac
@@ -17,18 +18,20 @@ METRICS_PATH = "/metrics"
 
 # The page loads only external ES modules and CSS from /static, a JSON data block (not script, so
 # script-src does not apply), and previews attached images from blob:/data: URLs.
-CONTENT_SECURITY_POLICY = "; ".join([
-    "default-src 'self'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self' data: blob:",
-    "connect-src 'self'",
-    "font-src 'self'",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "form-action 'self'",
-    "frame-ancestors 'none'",
-])
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data: blob:",
+        "connect-src 'self'",
+        "font-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
@@ -37,8 +40,7 @@ SECURITY_HEADERS = {
 }
 # What a cross-origin page may send and read.
 CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "X-Request-ID"]
-CORS_EXPOSE_HEADERS = ["X-Request-ID", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining",
-                       "X-RateLimit-Reset"]
+CORS_EXPOSE_HEADERS = ["X-Request-ID", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
 
 
 def init_security(app: Flask, settings: Settings) -> None:
@@ -49,9 +51,16 @@ def init_security(app: Flask, settings: Settings) -> None:
     origins = settings.cors_origin_list()
     if origins:
         resources: dict[str | re.Pattern[str], dict[str, Any]] = {rf"{prefix}*": {} for prefix in PROTECTED_PREFIXES}
-        CORS(app, resources=resources, origins=origins, supports_credentials=settings.cors_allow_credentials,
-             send_wildcard=origins == ["*"],  # a literal `*`, not the caller's origin echoed back
-             allow_headers=CORS_ALLOW_HEADERS, expose_headers=CORS_EXPOSE_HEADERS, max_age=600)
+        CORS(
+            app,
+            resources=resources,
+            origins=origins,
+            supports_credentials=settings.cors_allow_credentials,
+            send_wildcard=origins == ["*"],  # a literal `*`, not the caller's origin echoed back
+            allow_headers=CORS_ALLOW_HEADERS,
+            expose_headers=CORS_EXPOSE_HEADERS,
+            max_age=600,
+        )
 
     @app.after_request
     def _security_headers(response: Response) -> Response:

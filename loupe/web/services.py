@@ -1,4 +1,5 @@
 """What the routes use (settings, engine, history store), kept on the Flask app by the factory."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

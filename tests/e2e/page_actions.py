@@ -1,4 +1,5 @@
 """What several e2e modules do with the chat page: wait for the model, watch requests and answers, open settings."""
+
 from __future__ import annotations
 
 from playwright.sync_api import expect
@@ -38,8 +39,12 @@ def answer_states(page) -> list[str]:
 def chat_requests(page) -> list[dict]:
     """Collect the JSON bodies the page posts to the chat endpoint."""
     bodies: list[dict] = []
-    page.on("request", lambda r: bodies.append(r.post_data_json)
-            if r.method == "POST" and r.url.endswith("/v1/chat/completions") else None)
+    page.on(
+        "request",
+        lambda r: (
+            bodies.append(r.post_data_json) if r.method == "POST" and r.url.endswith("/v1/chat/completions") else None
+        ),
+    )
     return bodies
 
 

@@ -1,4 +1,5 @@
 """The chat page against a real server started with API_KEY: the page asks for the key and sends it."""
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,16 @@ REFUSED_LOG = r"status of 401"
 def keyed_server(tiny_model_dir, tmp_path_factory):
     """One real server for this module that wants `Authorization: Bearer <KEY>` on /v1 and /inferences."""
     folder = tmp_path_factory.mktemp("e2e-keyed")
-    live = LiveServer({"MODEL_ID": str(tiny_model_dir), "MAX_NEW_TOKENS": "8", "IMAGE_MAX_EDGE": "256",
-                       "API_KEY": KEY, "DATA_DIR": str(folder / "data")}, folder / "server.log")
+    live = LiveServer(
+        {
+            "MODEL_ID": str(tiny_model_dir),
+            "MAX_NEW_TOKENS": "8",
+            "IMAGE_MAX_EDGE": "256",
+            "API_KEY": KEY,
+            "DATA_DIR": str(folder / "data"),
+        },
+        folder / "server.log",
+    )
     live.start("ok")
     yield live
     live.stop()
@@ -74,8 +83,7 @@ def test_a_refused_key_is_asked_for_again_and_the_request_retried_once(keyed_ser
     enter_key(page, "not-the-key")
     wait_until_ready(page)
     ask(page, "Hello?")
-    expect(page.locator("#key-error")).to_have_text(
-        "The server did not accept that key. Check it and enter it again.")
+    expect(page.locator("#key-error")).to_have_text("The server did not accept that key. Check it and enter it again.")
     enter_key(page, KEY)
     answer = page.locator(".turn.assistant")
     expect(answer).to_have_attribute("data-state", "done")  # the same question, answered: no error on screen

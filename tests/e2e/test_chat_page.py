@@ -1,4 +1,5 @@
 """The chat page in headless Chromium against the real gunicorn server running the tiny random model."""
+
 from __future__ import annotations
 
 import base64
@@ -28,11 +29,18 @@ BMP_REFUSED = "Image format BMP is not supported; send PNG, JPEG, WebP or GIF."
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     """One real server for this module: `gunicorn 'app:create_app()'` on the tiny model."""
-    live = LiveServer({"MODEL_ID": str(tiny_model_dir), "MAX_NEW_TOKENS": "8", "IMAGE_MAX_EDGE": str(IMAGE_MAX_EDGE),
-                       "MAX_IMAGES": "4", "QUEUE_SIZE": "2",
-                       # One generation at a time, so a generation that went on after Stop would hold up the next.
-                       "MAX_BATCH": "1"},
-                      tmp_path_factory.mktemp("e2e-server") / "server.log")
+    live = LiveServer(
+        {
+            "MODEL_ID": str(tiny_model_dir),
+            "MAX_NEW_TOKENS": "8",
+            "IMAGE_MAX_EDGE": str(IMAGE_MAX_EDGE),
+            "MAX_IMAGES": "4",
+            "QUEUE_SIZE": "2",
+            # One generation at a time, so a generation that went on after Stop would hold up the next.
+            "MAX_BATCH": "1",
+        },
+        tmp_path_factory.mktemp("e2e-server") / "server.log",
+    )
     live.start("ok")
     yield live
     live.stop()
@@ -255,7 +263,8 @@ def test_drop_and_paste_attach_images_and_thumbnails_can_be_removed(server, open
     page = open_page(server.url).page
     wait_until_ready(page)
     png = list((images / "icon.png").read_bytes())
-    page.evaluate("""(bytes) => {
+    page.evaluate(
+        """(bytes) => {
         const file = (name) => new File([new Uint8Array(bytes)], name, {type: "image/png"});
         const dropped = new DataTransfer();
         dropped.items.add(file("dropped.png"));
@@ -267,7 +276,9 @@ def test_drop_and_paste_attach_images_and_thumbnails_can_be_removed(server, open
         pasted.items.add(file("pasted.png"));
         document.getElementById("prompt").dispatchEvent(
             new ClipboardEvent("paste", {clipboardData: pasted, bubbles: true, cancelable: true}));
-    }""", png)
+    }""",
+        png,
+    )
     expect(page.locator("#attachments .attachment")).to_have_count(2)
     expect(page.locator("#drop-overlay")).to_be_hidden()
     expect(page.get_by_role("img", name="dropped.png")).to_be_visible()
@@ -362,19 +373,31 @@ def test_markdown_answers_are_rendered_and_sanitised(server, open_page, screensh
     answer = (
         "## Findings\n\n- **bold** item\n- `code` item\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
         "```python\nprint('hi')\n```\n\n"
-        "<script>window.__pwned = 1</script>\n\n<img src=x onerror=\"window.__pwned = 2\">\n\n"
-        "<iframe src=\"javascript:window.__pwned=3\"></iframe>\n\n"
-        "[click](javascript:window.__pwned=4) [docs](https://example.org/docs) <b onclick=\"x()\">hi</b>"
+        '<script>window.__pwned = 1</script>\n\n<img src=x onerror="window.__pwned = 2">\n\n'
+        '<iframe src="javascript:window.__pwned=3"></iframe>\n\n'
+        '[click](javascript:window.__pwned=4) [docs](https://example.org/docs) <b onclick="x()">hi</b>'
     )
-    pieces = [answer[i:i + 40] for i in range(0, len(answer), 40)]
+    pieces = [answer[i : i + 40] for i in range(0, len(answer), 40)]
     chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
     chunks += [{"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces]
-    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
-                   "timings": {"image_tokens": 0, "prompt_tokens": 9, "queue_ms": 0, "prompt_ms": 5,
-                               "ttft_ms": 1500, "decode_ms": 100, "decode_tokens_per_second": 12.5}})
+    chunks.append(
+        {
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+            "timings": {
+                "image_tokens": 0,
+                "prompt_tokens": 9,
+                "queue_ms": 0,
+                "prompt_ms": 5,
+                "ttft_ms": 1500,
+                "decode_ms": 100,
+                "decode_tokens_per_second": 12.5,
+            },
+        }
+    )
     stream = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-    page.route("**/v1/chat/completions",
-               lambda route: route.fulfill(status=200, content_type="text/event-stream", body=stream))
+    page.route(
+        "**/v1/chat/completions", lambda route: route.fulfill(status=200, content_type="text/event-stream", body=stream)
+    )
     page.get_by_label("Message").fill("Show me markdown")
     page.get_by_label("Message").press("Enter")
     turn = page.locator(".turn.assistant")
@@ -411,9 +434,17 @@ def test_keyboard_and_screen_reader_basics(server, open_page):
     page = open_page(server.url).page
     wait_until_ready(page)
     # Every control is labelled.
-    for role, name in [("textbox", "Message"), ("button", "Attach images"), ("button", "Send"),
-                       ("button", "History"), ("button", "New chat"), ("button", "Settings"), ("button", "Describe"),
-                       ("button", "Extract text (OCR)"), ("button", "Explain")]:
+    for role, name in [
+        ("textbox", "Message"),
+        ("button", "Attach images"),
+        ("button", "Send"),
+        ("button", "History"),
+        ("button", "New chat"),
+        ("button", "Settings"),
+        ("button", "Describe"),
+        ("button", "Extract text (OCR)"),
+        ("button", "Explain"),
+    ]:
         expect(page.get_by_role(role, name=name)).to_have_count(1)
     expect(page.get_by_role("region", name="Conversation")).to_be_visible()
     expect(page.locator("#model-status")).to_have_attribute("role", "status")
@@ -426,8 +457,15 @@ def test_keyboard_and_screen_reader_basics(server, open_page):
     for _ in range(7):
         page.keyboard.press("Tab")
         order.append(page.evaluate("document.activeElement.id || document.activeElement.textContent.trim()"))
-    assert order == ["open-history", "new-chat", "open-settings", "Describe", "Extract text (OCR)", "Explain",
-                     "attach-button"]
+    assert order == [
+        "open-history",
+        "new-chat",
+        "open-settings",
+        "Describe",
+        "Extract text (OCR)",
+        "Explain",
+        "attach-button",
+    ]
     page.keyboard.press("Tab")
     expect(page.get_by_label("Message")).to_be_focused()
     # The settings dialog takes focus and gives it back on Escape.

@@ -1,4 +1,5 @@
 """The history panel against the real gunicorn server (tiny model), history in a temporary DATA_DIR."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a browser, and a real gunico
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("e2e-history")
-    live = LiveServer({"MODEL_ID": str(tiny_model_dir), "MAX_NEW_TOKENS": "8", "IMAGE_MAX_EDGE": "256",
-                       "MAX_IMAGES": "4", "QUEUE_SIZE": "2", "DATA_DIR": str(folder / "data")},
-                      folder / "server.log")
+    live = LiveServer(
+        {
+            "MODEL_ID": str(tiny_model_dir),
+            "MAX_NEW_TOKENS": "8",
+            "IMAGE_MAX_EDGE": "256",
+            "MAX_IMAGES": "4",
+            "QUEUE_SIZE": "2",
+            "DATA_DIR": str(folder / "data"),
+        },
+        folder / "server.log",
+    )
     live.start("ok")
     yield live
     live.stop()
@@ -178,8 +187,9 @@ def test_no_history_button_when_history_is_off(tiny_model_dir, tmp_path, open_pa
 def test_older_records_load_on_request(server, open_page):
     for i in range(21):  # more than one page of the panel (20)
         body = json.dumps({"messages": [{"role": "user", "content": f"Question number {i}"}], "max_tokens": 1})
-        request = urllib.request.Request(server.url + "/inferences", data=body.encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            server.url + "/inferences", data=body.encode(), method="POST", headers={"Content-Type": "application/json"}
+        )
         urllib.request.urlopen(request).close()
     total = len(listed_ids(server))
     assert 21 <= total <= 40
@@ -203,12 +213,18 @@ def test_a_failed_record_opens_with_its_error_and_can_be_retried(server, open_pa
 
     def as_failed(route):
         record = route.fetch().json()
-        record.update(status="failed", answer="", finish_reason=None,
-                      error={"message": "The server is busy <b>now</b>.", "type": "server_error"})
+        record.update(
+            status="failed",
+            answer="",
+            finish_reason=None,
+            error={"message": "The server is busy <b>now</b>.", "type": "server_error"},
+        )
         route.fulfill(json=record)
 
-    page.route(server.url + "/inferences/*", lambda route: as_failed(route) if route.request.method == "GET"
-               else route.continue_())
+    page.route(
+        server.url + "/inferences/*",
+        lambda route: as_failed(route) if route.request.method == "GET" else route.continue_(),
+    )
     dialog = open_history(page)
     dialog.locator(".history-open").first.click()
     answer = page.locator(".turn.assistant")

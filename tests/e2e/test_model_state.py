@@ -2,6 +2,7 @@
 
 The app is the real one from `create_app`, served in-process, with an engine whose loader we control.
 """
+
 from __future__ import annotations
 
 import re
@@ -29,8 +30,9 @@ MODEL = "Qwen3-VL-2B-Instruct"  # a real model's name: long enough to test the p
 def serve(engine: Engine, **settings: str) -> Iterator[str]:
     """Serve the real app with this engine on a free loopback port, its history in a temporary directory."""
     with tempfile.TemporaryDirectory(prefix="loupe-e2e-") as data_dir:
-        app = create_app(Settings.from_mapping({"MODEL_ID": "/models/qwen3-vl-2b", "DATA_DIR": data_dir, **settings}),
-                         engine)
+        app = create_app(
+            Settings.from_mapping({"MODEL_ID": "/models/qwen3-vl-2b", "DATA_DIR": data_dir, **settings}), engine
+        )
         server = make_server("127.0.0.1", 0, app, threaded=True)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
@@ -83,8 +85,9 @@ def test_error_state_shows_the_reason(open_page, screenshot, engines):
         expect(page.locator("#model-status-text")).to_have_text("Model unavailable")
         banner = page.locator("#model-banner")
         expect(banner).to_have_attribute("role", "alert")
-        expect(banner).to_have_text("The model could not be loaded: "
-                                    "No model found at /models/qwen3-vl-2b: the directory does not exist.")
+        expect(banner).to_have_text(
+            "The model could not be loaded: No model found at /models/qwen3-vl-2b: the directory does not exist."
+        )
         page.get_by_label("Message").fill("Hello")
         expect(page.get_by_role("button", name="Send")).to_be_disabled()
         screenshot(page, "phone-model-error")
@@ -97,8 +100,12 @@ def test_waiting_is_explained_queued_then_reading_then_writing(open_page, screen
     Image.new("RGB", (300, 200), (70, 130, 180)).save(tmp_path / "sky.png")
     # A short Markdown answer, held back by the gate: until it opens, the page shows the image being read.
     gate = threading.Event()
-    backend = ScriptedBackend(["It shows ", "a **yellow** sun", " over a field."], gate=gate, name=MODEL,
-                              prompt=ScriptedPrompt(prompt_tokens=120, image_tokens=100))
+    backend = ScriptedBackend(
+        ["It shows ", "a **yellow** sun", " over a field."],
+        gate=gate,
+        name=MODEL,
+        prompt=ScriptedPrompt(prompt_tokens=120, image_tokens=100),
+    )
     with serve(engines.ready(backend, queue_size=2)) as url:
         first = open_page(url).page
         expect(first.locator("#model-status-text")).to_have_text("Ready · Qwen3-VL-2B-Instruct")

@@ -1,4 +1,5 @@
 """Requests and their parts as the API tests send them: images, data URLs, chat bodies, stream chunks."""
+
 import base64
 import io
 import json

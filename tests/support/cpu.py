@@ -1,4 +1,5 @@
 """Which of Loupe's native kernels this CPU runs, for the tests of a kernel it may lack."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Engines that tests start, themselves or through create_app, kept so that they can all be closed after."""
+
 from __future__ import annotations
 
 import threading
@@ -23,15 +24,15 @@ class Engines:
     def __init__(self) -> None:
         self.started: list[Engine] = []
 
-    def start(self, load: Callable[[], Backend], queue_size: int = 2, max_batch: int = 1,
-              request_timeout: float = 0.0) -> Engine:
+    def start(
+        self, load: Callable[[], Backend], queue_size: int = 2, max_batch: int = 1, request_timeout: float = 0.0
+    ) -> Engine:
         """An engine loading with `load`, started (it may still be loading when this returns)."""
         engine = Engine(load, queue_size, max_batch, request_timeout).start()
         self.started.append(engine)
         return engine
 
-    def ready(self, backend: Backend, queue_size: int = 2, max_batch: int = 1,
-              request_timeout: float = 0.0) -> Engine:
+    def ready(self, backend: Backend, queue_size: int = 2, max_batch: int = 1, request_timeout: float = 0.0) -> Engine:
         """An engine serving `backend`, once it is ready."""
         return wait_ready(self.start(lambda: backend, queue_size, max_batch, request_timeout))
 

@@ -1,4 +1,5 @@
 """A scripted backend for the engine, the web layer and the page: queue states held still, no model needed."""
+
 import threading
 from dataclasses import dataclass, replace
 
@@ -21,8 +22,9 @@ class ScriptedBackend:
 
     device, dtype, cached_tokens = "cpu", "float32", 0
 
-    def __init__(self, texts=(), eos_at_end=True, gate=None, fail_after=None, name="scripted", prompt=None,
-                 prefill_gate=None):
+    def __init__(
+        self, texts=(), eos_at_end=True, gate=None, fail_after=None, name="scripted", prompt=None, prefill_gate=None
+    ):
         self.texts, self.eos_at_end, self.gate, self.fail_after = texts, eos_at_end, gate, fail_after
         self.prefill_gate = prefill_gate
         self.name = name

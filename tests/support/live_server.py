@@ -1,4 +1,5 @@
 """Runs the real gunicorn server on a free loopback port for tests that talk HTTP to it."""
+
 from __future__ import annotations
 
 import json
@@ -35,9 +36,18 @@ class LiveServer:
         # History goes next to the log unless the test says where: never into the repository, nor
         # into a database the developer's environment happens to name. No rate limit unless a test
         # sets one: all of a module's requests come from 127.0.0.1.
-        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "HOST": "127.0.0.1", "PORT": str(self.port),
-                    "DATA_DIR": str(log_path.parent / "data"), "DATABASE_URL": "", "HISTORY": "on",
-                    "RATE_LIMIT": "off", "KERNEL_CACHE_DIR": str(KERNEL_CACHE_DIR), **env}
+        self.env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "DATA_DIR": str(log_path.parent / "data"),
+            "DATABASE_URL": "",
+            "HISTORY": "on",
+            "RATE_LIMIT": "off",
+            "KERNEL_CACHE_DIR": str(KERNEL_CACHE_DIR),
+            **env,
+        }
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
@@ -45,8 +55,7 @@ class LiveServer:
         """Start gunicorn and wait until /health reports `ready_status`."""
         log = self.log_path.open("wb")
         command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
-        process = self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log,
-                                                  stderr=subprocess.STDOUT)
+        process = self.process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
         def ready() -> bool:
             if process.poll() is not None:

@@ -1,4 +1,5 @@
 """Transformers' own Qwen3VLProcessor, as a reference for the inputs `loupe/runtime/prompts.py` builds by hand."""
+
 from __future__ import annotations
 
 from transformers import Qwen3VLProcessor
@@ -18,10 +19,24 @@ class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
 
 def reference_inputs(backend, messages: list[Message]) -> dict:
     """The tutorial path: processor.apply_chat_template with the PIL images inline."""
-    processor = ImageOnlyQwen3VLProcessor(image_processor=backend.image_processor, tokenizer=backend.tokenizer,
-                                          video_processor=None, chat_template=backend.tokenizer.chat_template)
-    conversation = [{"role": m.role, "content": [
-        {"type": "image", "image": p.image} if isinstance(p, ImagePart) else {"type": "text", "text": p.text}
-        for p in m.parts]} for m in messages]
-    return dict(processor.apply_chat_template(conversation, tokenize=True, add_generation_prompt=True,
-                                              return_dict=True, return_tensors="pt"))
+    processor = ImageOnlyQwen3VLProcessor(
+        image_processor=backend.image_processor,
+        tokenizer=backend.tokenizer,
+        video_processor=None,
+        chat_template=backend.tokenizer.chat_template,
+    )
+    conversation = [
+        {
+            "role": m.role,
+            "content": [
+                {"type": "image", "image": p.image} if isinstance(p, ImagePart) else {"type": "text", "text": p.text}
+                for p in m.parts
+            ],
+        }
+        for m in messages
+    ]
+    return dict(
+        processor.apply_chat_template(
+            conversation, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )
+    )

@@ -1,4 +1,5 @@
 """One way for tests to wait for something another thread or process does: poll until it holds, or fail."""
+
 from __future__ import annotations
 
 import time
@@ -10,8 +11,12 @@ import pytest
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.01,
-               message: str | Callable[[], str] | None = None) -> T:
+def wait_until(
+    condition: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    message: str | Callable[[], str] | None = None,
+) -> T:
     """Call `condition` every `interval` s until it returns something truthy, and return that; fail the test
     if it has not after `timeout` s. `message` says what was awaited (a callable is asked only on failure)."""
     deadline = time.monotonic() + timeout

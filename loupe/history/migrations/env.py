@@ -1,4 +1,5 @@
 """Alembic's environment: always run from `history_schema.migrate` with an open connection."""
+
 from alembic import context
 
 from loupe.history.schema import metadata

@@ -3,6 +3,7 @@
 Revision ID: 0001
 Revises:
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -40,8 +41,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "inference_images",
-        sa.Column("inference_id", sa.String(36), sa.ForeignKey("inferences.id", ondelete="CASCADE"),
-                  primary_key=True),
+        sa.Column("inference_id", sa.String(36), sa.ForeignKey("inferences.id", ondelete="CASCADE"), primary_key=True),
         sa.Column("position", sa.Integer(), primary_key=True),
         sa.Column("sha256", sa.String(64), sa.ForeignKey("images.sha256"), nullable=False),
     )
