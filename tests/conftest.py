@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from loupe.settings import Settings
+from loupe.web.services import services
 from tests.support.engines import Engines, running_engines, wait_ready
 from tests.support.live_server import KERNEL_CACHE_DIR, ROOT, LiveServer
 from tests.support.tiny_model import build_tiny_model
@@ -99,7 +100,7 @@ def app(settings, backend):
     started = Engines()
     application = started.app(settings)
     try:
-        wait_ready(application.extensions["loupe"].engine)
+        wait_ready(services(application).engine)
         yield application
     finally:
         started.close()
@@ -145,23 +146,8 @@ def redis_uri(tmp_path) -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            executable,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    options = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+    server = subprocess.Popen([executable, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     uri = f"redis://127.0.0.1:{port}/0"
     try:
         _wait_for_redis(uri, server)

@@ -10,6 +10,7 @@ import pytest
 
 from app import create_app
 from loupe.history.image_store import sha256_of
+from loupe.web.services import services
 from tests.support.chat import ask, data_url, png, sse_chunks
 from tests.support.fakes import ScriptedBackend
 
@@ -22,9 +23,9 @@ def data_dir(tmp_path) -> Path:
 @pytest.fixture
 def history_client(app, settings, data_dir):
     """A client of an app with its own empty history, sharing the session's loaded engine."""
-    application = create_app(settings.replace(data_dir=str(data_dir)), engine=app.extensions["loupe"].engine)
+    application = create_app(settings.replace(data_dir=str(data_dir)), engine=services(app).engine)
     yield application.test_client()
-    application.extensions["loupe"].history.close()
+    services(application).history.close()
 
 
 def only_record(client):
@@ -255,7 +256,7 @@ def test_an_image_index_beyond_the_record_is_404(history_client):
 
 def test_with_history_off_nothing_is_written_and_the_routes_say_so(app, settings, data_dir):
     client = create_app(
-        settings.replace(data_dir=str(data_dir), history=False), engine=app.extensions["loupe"].engine
+        settings.replace(data_dir=str(data_dir), history=False), engine=services(app).engine
     ).test_client()
     assert client.post("/v1/chat/completions", json=ask(max_tokens=1)).status_code == 200
     assert not data_dir.exists()
@@ -269,7 +270,7 @@ def test_a_history_fault_is_logged_and_never_breaks_the_answer(app, settings, tm
     from loupe.history.store import HistoryStore
 
     unmigrated = HistoryStore(make_engine(f"sqlite:///{tmp_path / 'empty.db'}"), ImageStore(tmp_path / "images"))
-    client = create_app(settings, engine=app.extensions["loupe"].engine, history=unmigrated).test_client()
+    client = create_app(settings, engine=services(app).engine, history=unmigrated).test_client()
     response = client.post("/v1/chat/completions", json=ask(max_tokens=1))
     assert response.status_code == 200
     assert "history: could not record inference" in caplog.text

@@ -10,6 +10,7 @@ import pytest
 
 from app import create_app
 from loupe.web.lifecycle import begin_shutdown
+from loupe.web.services import services
 from tests.support.chat import ask
 from tests.support.engines import wait_ready
 from tests.support.fakes import ScriptedBackend
@@ -34,7 +35,7 @@ def test_live_answers_while_the_model_loads(settings, engines):
 
 def test_after_shutdown_begins_health_and_new_generations_are_503_but_live_is_200(settings, backend, engines):
     app = engines.app(settings)
-    wait_ready(app.extensions["loupe"].engine)
+    wait_ready(services(app).engine)
     client = app.test_client()
     assert client.post("/v1/chat/completions", json=ask(max_tokens=1)).status_code == 200
     begin_shutdown(app)

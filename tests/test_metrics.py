@@ -5,6 +5,7 @@ import threading
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
+from loupe.web.services import services
 from tests.support.chat import ask, data_url, png
 from tests.support.engines import wait_ready
 from tests.support.fakes import ScriptedBackend
@@ -27,7 +28,7 @@ def value(samples, name, **labels):
 
 def fresh_client(app):
     """An app with its own metrics registry, sharing the loaded engine."""
-    loupe = app.extensions["loupe"]
+    loupe = services(app)
     return create_app(loupe.settings, engine=loupe.engine).test_client()
 
 
@@ -109,6 +110,6 @@ def test_queue_in_progress_and_model_gauges(settings, engines):
 def test_the_prefix_cache_gauge_counts_the_tokens_kept_for_follow_ups(app):
     client = fresh_client(app)
     assert client.post("/v1/chat/completions", json=ask(max_tokens=3)).status_code == 200
-    backend = app.extensions["loupe"].engine.backend
+    backend = services(app).engine.backend
     kept = value(scrape(client), "loupe_prefix_cache_tokens")
     assert kept == backend.prefix_cache.tokens > 0
