@@ -122,7 +122,7 @@ class Engine:
         self._step_observers.append(observer)
 
     def abort_all(self, error: LoupeError) -> int:
-        """End the running and every queued generation with `error`; returns how many there were."""
+        """End every generation, queued, starting or running, with `error` (and any taken later); how many."""
         with self._lock:
             self._aborted = error
             queued = [generation for generation in list(self._queue.queue) if generation is not None]
