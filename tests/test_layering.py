@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.live_server import ROOT
+
 FLASK = ("flask", "werkzeug", "flask_cors", "flask_limiter")
 TORCH = ("torch", "transformers")
 

@@ -2,13 +2,13 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.support.live_server import ROOT
+
 pytestmark = pytest.mark.slow  # each test starts a fresh interpreter with torch (one loads the model too)
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # Frees a 16 MiB tensor (which raises glibc's default threshold to 16 MiB), then prints how many
 # MiB of resident memory freeing an 8 MiB tensor gave back.

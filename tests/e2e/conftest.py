@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+from tests.support.live_server import ROOT
+
 try:
     from playwright.sync_api import expect, sync_playwright
 except ImportError:  # reported by the `browser` fixture, so the other test folders still run
@@ -20,7 +22,6 @@ else:
     # The tiny model answers in a second or two, but a busy CI machine can be slow: wait up to 20 s.
     expect.set_options(timeout=20_000)
 
-ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 CHROMIUM = os.environ.get("LOUPE_CHROMIUM", "/usr/bin/chromium")
 # As root, in a sandbox with no outside network: no sandbox, no GPU, no background calls home.
