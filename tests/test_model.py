@@ -1,5 +1,6 @@
 """The real loader and token loop on a tiny random-weight Qwen3-VL."""
 
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -10,6 +11,7 @@ from transformers import TopKLogitsWarper, TopPLogitsWarper
 from loupe.errors import InvalidRequest
 from loupe.inference import ImagePart, Message, SamplingParams, TextPart
 from loupe.runtime.decode_step import TransformersDecodeStep
+from loupe.runtime.loader import ModelLoadError, load
 from loupe.runtime.sampling import Sampler
 from model_loader import load_backend
 from tests.support.reference_processor import reference_inputs
@@ -306,3 +308,12 @@ def test_bfloat16_loads_in_bfloat16_and_answers(settings):
     prompt = backend.prepare([image_turn(photo())], max_tokens=4)
     made = tokens(backend, prompt, replace(GREEDY, max_tokens=4))
     assert len(made) == 4 and all(0 <= t < backend.model.config.text_config.vocab_size for t in made)
+
+
+def test_a_model_without_a_chat_template_is_refused_before_its_weights_are_read(settings, tmp_path):
+    folder = shutil.copytree(settings.model_id, tmp_path / "no-template")
+    for template in folder.glob("chat_template.*"):
+        template.unlink()
+    (folder / "model.safetensors").write_bytes(b"not weights: reading them would fail otherwise")
+    with pytest.raises(ModelLoadError, match="has no chat template"):
+        load(settings.replace(model_id=str(folder)))

@@ -32,6 +32,8 @@ def load(settings: Settings) -> QwenBackend:
     try:
         directory = local_directory(source)
         tokenizer = AutoTokenizer.from_pretrained(directory)
+        if tokenizer.chat_template is None:  # before the weights: refused in a second, not after the load
+            raise ModelLoadError(f"The tokenizer of {source!r} has no chat template.")
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(directory)
         model = load_model(directory, getattr(torch, settings.dtype))
         generation_config = GenerationConfig.from_pretrained(directory)
@@ -47,8 +49,6 @@ def load(settings: Settings) -> QwenBackend:
         ", ".join(f"{count} {kernel}" for kernel, count in moved.items()) or "torch's default kernel",
         "native" if native else "sdpa",
     )
-    if tokenizer.chat_template is None:
-        raise ModelLoadError(f"The tokenizer of {source!r} has no chat template.")
     eos = generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
     name = Path(source).name if Path(source).is_dir() else source
