@@ -7,12 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import profile
 
-from loupe.runtime.attention import NAME, use_native_attention
+from loupe.runtime import native_kernel
+from loupe.runtime.attention import name as attention_name
+from loupe.runtime.attention import use_native_attention
 from loupe.runtime.cache import new_cache
+from loupe.runtime.native_build import no_variant_reason
+from loupe.runtime.native_kernel import variant_of
 from loupe.runtime.weights import load_model
-from tests.support.live_server import KERNEL_CACHE_DIR
-
-pytestmark = pytest.mark.usefixtures("native")  # conftest: skipped where the kernels cannot be built
+from tests.support.cpu import VARIANTS_HERE
 
 
 def cached(batch: int, heads: int, length: int, dtype: torch.dtype) -> torch.Tensor:
@@ -22,7 +24,7 @@ def cached(batch: int, heads: int, length: int, dtype: torch.dtype) -> torch.Ten
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch,length,padded", [(1, 1, 0), (1, 300, 0), (3, 40, 17), (2, 5, 4)])
-def test_the_kernel_computes_sdpa_with_grouped_heads_and_left_padding(dtype, batch, length, padded):
+def test_the_kernel_computes_sdpa_with_grouped_heads_and_left_padding(native, dtype, batch, length, padded):
     query = torch.randn(batch, 8, 1, 64, dtype=dtype)
     keys, values = cached(batch, 2, length, dtype), cached(batch, 2, length, dtype)  # 4 query heads per key head
     mask = torch.ones(batch, length, dtype=torch.bool)
@@ -30,27 +32,29 @@ def test_the_kernel_computes_sdpa_with_grouped_heads_and_left_padding(dtype, bat
     expected = F.scaled_dot_product_attention(
         query.float(), keys.float(), values.float(), attn_mask=mask[:, None, None], scale=0.1, enable_gqa=True
     ).transpose(1, 2)
-    out = torch.ops.loupe.decode_attention(query, keys, values, mask, 0.1)
+    out = native_kernel.ops(native).decode_attention(query, keys, values, mask, 0.1)
     assert out.shape == (batch, 1, 8, 64) and out.dtype == dtype
     # float32 throughout; bfloat16 rounds the result once (a relative step of 2**-8)
     tolerance = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-3, "rtol": 2**-8}
     torch.testing.assert_close(out.float(), expected, **tolerance)
     if padded == 0:
-        unmasked = torch.ops.loupe.decode_attention(query, keys, values, None, 0.1)
+        unmasked = native_kernel.ops(native).decode_attention(query, keys, values, None, 0.1)
         torch.testing.assert_close(unmasked, out, rtol=0, atol=0)
 
 
-def kernel_calls(run):
-    """How many times `run()` called loupe::decode_attention (counted by torch's profiler), and what it returned."""
+def kernel_calls(run, variant):
+    """How many times `run()` called the variant's decode_attention (counted by torch's profiler), and what it
+    returned."""
     with profile() as recorded:
         result = run()
-    return sum(event.count for event in recorded.key_averages() if event.key == "loupe::decode_attention"), result
+    op = f"{native_kernel.VARIANTS[variant].namespace}::decode_attention"
+    return sum(event.count for event in recorded.key_averages() if event.key == op), result
 
 
-def test_a_model_decodes_with_the_kernel_and_reads_prompts_with_sdpa(tiny_model_dir):
+def test_a_model_decodes_with_the_kernel_and_reads_prompts_with_sdpa(native, tiny_model_dir):
     plain, ours = load_model(tiny_model_dir, torch.float32), load_model(tiny_model_dir, torch.float32)
-    assert use_native_attention(ours, str(KERNEL_CACHE_DIR))
-    assert ours.config.text_config._attn_implementation == NAME
+    use_native_attention(ours, native)
+    assert ours.config.text_config._attn_implementation == attention_name(native)
     assert ours.config.vision_config._attn_implementation == "sdpa"
     ids = torch.randint(0, plain.config.text_config.vocab_size, (2, 9))
     mask = torch.ones(2, 9, dtype=torch.long)
@@ -60,9 +64,9 @@ def test_a_model_decodes_with_the_kernel_and_reads_prompts_with_sdpa(tiny_model_
         for name, model in (("sdpa", plain), ("ours", ours)):
             cache = new_cache(model.config)
             step_mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
-            prompt_calls, prompt = kernel_calls(partial(model, input_ids=ids, attention_mask=mask, cache=cache))
+            prompt_calls, prompt = kernel_calls(partial(model, input_ids=ids, attention_mask=mask, cache=cache), native)
             step_calls, step = kernel_calls(
-                partial(model, input_ids=torch.tensor([[5], [7]]), cache=cache, attention_mask=step_mask)
+                partial(model, input_ids=torch.tensor([[5], [7]]), cache=cache, attention_mask=step_mask), native
             )
             calls[name] = (prompt_calls, step_calls)
             logits[name, "prompt"], logits[name, "step"] = prompt.logits, step.logits
@@ -72,5 +76,8 @@ def test_a_model_decodes_with_the_kernel_and_reads_prompts_with_sdpa(tiny_model_
     assert torch.allclose(logits["ours", "step"], logits["sdpa", "step"], atol=1e-5)
 
 
-def test_the_service_decodes_with_the_kernel_by_default(backend):
-    assert backend.model.config.text_config._attn_implementation == NAME
+def test_the_service_decodes_with_the_fastest_variant_by_default(backend):
+    if not VARIANTS_HERE:
+        pytest.skip(no_variant_reason())
+    assert variant_of(backend.model) == VARIANTS_HERE[0]
+    assert backend.model.config.text_config._attn_implementation == attention_name(VARIANTS_HERE[0])

@@ -9,12 +9,11 @@ from loupe.runtime.batch import DecodeBatch
 from loupe.runtime.cache import new_cache
 from loupe.runtime.decode_step import NativeDecodeStep, TransformersDecodeStep, decode_step
 from loupe.runtime.kernels import use_linear_kernel
+from loupe.runtime.native_build import no_variant_reason
+from loupe.runtime.native_kernel import ops
 from loupe.runtime.weights import load_model
-from tests.support.cpu import NATIVE_DTYPES
+from tests.support.cpu import NATIVE_DTYPES, VARIANTS_HERE
 from tests.support.live_server import KERNEL_CACHE_DIR
-
-DTYPES = [torch.float32, torch.bfloat16]
-pytestmark = pytest.mark.usefixtures("native")  # conftest: skipped where the kernels cannot be built
 
 
 def norm(width: int, dtype: torch.dtype) -> Qwen3VLTextRMSNorm:
@@ -25,12 +24,12 @@ def norm(width: int, dtype: torch.dtype) -> Qwen3VLTextRMSNorm:
     return module
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", NATIVE_DTYPES)
 @pytest.mark.parametrize("shape", [(1, 2048), (3, 64), (2, 1, 16)])
-def test_rms_norm_is_transformers_rms_norm(dtype, shape):
+def test_rms_norm_is_transformers_rms_norm(native, dtype, shape):
     module, x = norm(shape[-1], dtype), 3 * torch.randn(shape, dtype=dtype)
     with torch.inference_mode():
-        expected, ours = module(x), torch.ops.loupe.rms_norm(x, module.weight, 1e-6)
+        expected, ours = module(x), ops(native).rms_norm(x, module.weight, 1e-6)
     assert ours.shape == x.shape and ours.dtype == dtype
     # Only the order of the sum of squares differs. bfloat16 rounds twice, as transformers does: each
     # rounding may land one step (2**-8 relative) on the other side.
@@ -38,9 +37,9 @@ def test_rms_norm_is_transformers_rms_norm(dtype, shape):
     torch.testing.assert_close(ours, expected, **tolerance)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", NATIVE_DTYPES)
 @pytest.mark.parametrize("rows,heads,width", [(1, 16, 128), (3, 2, 16)])
-def test_head_norm_rope_is_q_norm_then_the_rotary_embedding(dtype, rows, heads, width):
+def test_head_norm_rope_is_q_norm_then_the_rotary_embedding(native, dtype, rows, heads, width):
     module = norm(width, dtype)
     projected = torch.randn(rows, 2 * heads * width, dtype=dtype)[:, : heads * width]  # a padded layer's output
     angles = torch.rand(rows, 1, width // 2) * 100
@@ -52,7 +51,7 @@ def test_head_norm_rope_is_q_norm_then_the_rotary_embedding(dtype, rows, heads, 
             cos,
             sin,
         )
-        ours = torch.ops.loupe.head_norm_rope(
+        ours = ops(native).head_norm_rope(
             projected.view(rows, heads, width), module.weight, cos.view(rows, width), sin.view(rows, width), 1e-6
         )
     assert ours.shape == (rows, heads, 1, width) and ours.dtype == dtype
@@ -60,17 +59,17 @@ def test_head_norm_rope_is_q_norm_then_the_rotary_embedding(dtype, rows, heads, 
     torch.testing.assert_close(ours, expected, **tolerance)
 
 
-def native_model(directory, dtype: torch.dtype):
-    """The tiny model as the service holds it: native linear layers and attention."""
+def native_model(directory, dtype: torch.dtype, variant: str):
+    """The tiny model as the service holds it: native linear layers and attention, in one variant."""
     model = load_model(directory, dtype)
-    use_linear_kernel(model, "native", str(KERNEL_CACHE_DIR))
-    assert use_native_attention(model, str(KERNEL_CACHE_DIR))
+    use_linear_kernel(model, "native", str(KERNEL_CACHE_DIR), variant)
+    use_native_attention(model, variant)
     return model
 
 
-@pytest.mark.parametrize("dtype", NATIVE_DTYPES)  # bfloat16 layers are native only with AVX512-BF16
-def test_a_batch_decodes_the_same_logits_and_caches_as_transformers(tiny_model_dir, dtype):
-    model = native_model(tiny_model_dir, dtype)
+@pytest.mark.parametrize("dtype", NATIVE_DTYPES)
+def test_a_batch_decodes_the_same_logits_and_caches_as_transformers(native, tiny_model_dir, dtype):
+    model = native_model(tiny_model_dir, dtype, native)
     ids = torch.randint(0, model.config.text_config.vocab_size, (2, 9))
     mask = torch.ones(2, 9, dtype=torch.long)
     mask[0, :3] = 0  # a left-padded row, as in a decode batch
@@ -98,8 +97,8 @@ def test_a_batch_decodes_the_same_logits_and_caches_as_transformers(tiny_model_d
         torch.testing.assert_close(ours.values, theirs.values, **tolerance)
 
 
-def test_a_decode_batch_feeds_the_step_its_rows(tiny_model_dir):
-    model = native_model(tiny_model_dir, torch.float32)
+def test_a_decode_batch_feeds_the_step_its_rows(native, tiny_model_dir):
+    model = native_model(tiny_model_dir, torch.float32, native)
     step = NativeDecodeStep(model)
     batch = DecodeBatch(model.config)
     with torch.inference_mode():
@@ -112,13 +111,15 @@ def test_a_decode_batch_feeds_the_step_its_rows(tiny_model_dir):
     assert batch.cache.get_seq_length() == 7 and batch.mask.tolist() == [[0, 0, 1, 1, 1, 1, 1], [1] * 7]
 
 
-def test_the_native_step_is_chosen_only_for_a_native_model(tiny_model_dir):
-    assert isinstance(decode_step(native_model(tiny_model_dir, torch.float32)), NativeDecodeStep)
+def test_the_native_step_is_chosen_only_for_a_native_model(native, tiny_model_dir):
+    assert isinstance(decode_step(native_model(tiny_model_dir, torch.float32, native)), NativeDecodeStep)
     plain = load_model(tiny_model_dir, torch.float32)
     assert isinstance(decode_step(plain), TransformersDecodeStep)
-    use_linear_kernel(plain, "native", str(KERNEL_CACHE_DIR))  # native layers, but SDPA for attention
+    use_linear_kernel(plain, "native", str(KERNEL_CACHE_DIR), native)  # native layers, but SDPA for attention
     assert isinstance(decode_step(plain), TransformersDecodeStep)
 
 
 def test_the_service_decodes_with_the_native_step_by_default(backend):
+    if not VARIANTS_HERE:
+        pytest.skip(no_variant_reason())
     assert isinstance(backend.decode_step, NativeDecodeStep)

@@ -6,11 +6,13 @@ head, so two query heads sharing a key-value head read it twice). On the benchma
 layers of a 480-token float32 cache read from memory, it took 11.6 ms where loupe::decode_attention
 (csrc/decode_attention.cpp, built with the linear kernels) took 4.9 ms; 50 against 18 ms for four
 sequences. A whole decode step was 5-13% quicker for one sequence, 2-11% for four (in one process,
-interleaved). It is registered with transformers' AttentionInterface under NAME, with SDPA's masks,
-so prompts (and any call the kernel does not take) still go to SDPA.
+interleaved). It is registered with transformers' AttentionInterface under `name(variant)`, with
+SDPA's masks, so prompts (and any call the kernel does not take) still go to SDPA.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from transformers import AttentionInterface
@@ -19,7 +21,12 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from loupe.runtime import native_kernel
 
-NAME = "loupe_decode"
+PREFIX = "loupe_decode_"
+
+
+def name(variant: str) -> str:
+    """The attention implementation's name for one variant of the kernels."""
+    return PREFIX + variant
 
 
 def attention_forward(
@@ -30,6 +37,8 @@ def attention_forward(
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
+    *,
+    variant: str,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention signature: (batch, heads, tokens, dim) in, (batch, tokens, heads, dim) out."""
@@ -37,7 +46,7 @@ def attention_forward(
         # sdpa_mask's (batch, 1, 1, keys) bool mask, True where a row may look; None when all may
         mask = None if attention_mask is None else attention_mask[:, 0, 0, :].contiguous()
         scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-        return torch.ops.loupe.decode_attention(query, key, value, mask, scale), None
+        return native_kernel.ops(variant).decode_attention(query, key, value, mask, scale), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
 
@@ -67,14 +76,8 @@ def _one_token(
     )
 
 
-def use_native_attention(model: torch.nn.Module, cache_dir: str) -> bool:
-    """Route the text decoder's attention through NAME if the native library is ready; says whether it did.
-
-    Whatever kernels the linear layers went to: the attention kernel needs AVX-512, not AVX512-BF16.
-    """
-    if native_kernel.unavailable(cache_dir):  # cached: the linear layers asked first and logged why
-        return False
-    AttentionInterface.register(NAME, attention_forward)
-    AttentionMaskInterface.register(NAME, sdpa_mask)  # the same masks as SDPA: prompts go to it
-    model.set_attn_implementation({"text_config": NAME})  # the vision encoder never decodes
-    return True
+def use_native_attention(model: torch.nn.Module, variant: str) -> None:
+    """Route the text decoder's attention through one loaded variant's kernel (prompts still go to SDPA)."""
+    AttentionInterface.register(name(variant), functools.partial(attention_forward, variant=variant))
+    AttentionMaskInterface.register(name(variant), sdpa_mask)  # the same masks as SDPA: prompts go to it
+    model.set_attn_implementation({"text_config": name(variant)})  # the vision encoder never decodes

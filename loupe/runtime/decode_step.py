@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from loupe.runtime.attention import NAME
+from loupe.runtime import native_kernel
+from loupe.runtime.attention import name
 from loupe.runtime.native_kernel import NativeLinear
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class NativeDecodeStep:
         self.scale = text.layers[0].self_attn.scaling
         self.embed, self.rotary, self.lm_head = text.embed_tokens, text.rotary_emb, model.lm_head
         self.norm = text.norm.weight
+        self.ops = native_kernel.ops(model.lm_head.variant)
         self.layers = [_layer(layer) for layer in text.layers]
 
     @torch.inference_mode()
@@ -61,7 +63,7 @@ class NativeDecodeStep:
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache
     ) -> torch.Tensor:
         """input_ids (rows, 1); position_ids (4, rows, 1): text, then M-RoPE's t, h, w; mask (rows, keys)."""
-        ops = torch.ops.loupe
+        ops = self.ops
         rows = input_ids.shape[0]
         h = self.embed(input_ids).view(rows, -1)
         cos, sin = (t.view(rows, -1) for t in self.rotary(h, position_ids[1:]))
@@ -128,7 +130,10 @@ def _unfit(model: torch.nn.Module) -> str | None:
     if text is None or type(text).__name__ != "Qwen3VLTextModel":
         return "not a Qwen3-VL text decoder"
     config = text.config
-    if config._attn_implementation != NAME:
+    variant = getattr(model.lm_head, "variant", None)
+    if variant is None:
+        return "the lm_head is not native"
+    if config._attn_implementation != name(variant):
         return "one-token attention is not the native kernel"
     if config.hidden_act != "silu":
         return f"activation {config.hidden_act!r}"

@@ -14,8 +14,9 @@ fast the kernel streams the weights. On the AMD EPYC this project is benchmarked
   this, the ones inductor uses for frozen CPU models;
 - Loupe's own kernel (`native`, native_kernel.py) read float32 weights at 0.89-1.0 of the
   bandwidth for one to four rows in two runs, 1.07-1.51x as fast as `packed`, and bfloat16 weights
-  at 0.91-0.95, 1.46-1.90x oneDNN's packed bfloat16. It is the default where it can be compiled;
-  bfloat16 layers on a CPU without AVX512-BF16 go to `packed`.
+  at 0.91-0.95, 1.46-1.90x oneDNN's packed bfloat16. It is the default where it can be compiled,
+  for float32 and bfloat16 alike, in the fastest variant the CPU runs (AVX-512 or AVX2;
+  native_build.py); where none can be, `packed`, and the log says why.
 """
 
 from __future__ import annotations
@@ -54,33 +55,37 @@ class PackedLinear(torch.nn.Linear):
         return out[:count].reshape(*x.shape[:-1], self.out_features)
 
 
-def use_linear_kernel(model: torch.nn.Module, kernel: str, cache_dir: str = "") -> Counter[str]:
-    """Route the model's CPU linear layers to `kernel` (config.LINEAR_KERNELS); returns how many went where.
+def use_linear_kernel(
+    model: torch.nn.Module, kernel: str, cache_dir: str = "", variant: str | None = None
+) -> Counter[str]:
+    """Route the model's CPU linear layers to `kernel` (settings.LINEAR_KERNELS); returns how many went where.
 
-    `native` is built into (or found in) `cache_dir`. Layers left to torch's default are not counted:
-    with `blas`, all of them.
+    `native` is built into (or found in) `cache_dir`, in `variant` or else the fastest one this CPU runs.
+    Layers left to torch's default are not counted: with `blas`, all of them.
     """
     moved: Counter[str] = Counter()
-    if kernel == "native" and (problem := native_kernel.unavailable(cache_dir)):
-        log.warning("LINEAR_KERNEL=native, but %s; using packed", problem)
-        kernel = "packed"
+    if kernel == "native":
+        variant, problem = native_kernel.choose(cache_dir, variant)
+        if variant is None:
+            log.warning("LINEAR_KERNEL=native, but %s; using packed", problem)
+            kernel = "packed"
     if kernel == "blas":
         return moved
     if not torch.backends.mkldnn.is_available():
         log.warning("LINEAR_KERNEL=%s, but this torch has no oneDNN: using torch's default", kernel)
         return moved
     shared = _shared_weights(model)
-    if kernel == "native":  # an lm_head tied to the embedding: both can read the one blocked copy
+    if variant is not None:  # an lm_head tied to the embedding: both can read the one blocked copy
         for linear, embedding in _tied_embeddings(model, shared):
-            native_kernel.tie_to_native(linear, embedding)
+            native_kernel.tie_to_native(linear, embedding, variant)
             return_free_memory()
             moved["native"] += 1
     for module in model.modules():
         if type(module) is not torch.nn.Linear or module.weight.device.type != "cpu":
             continue
         target = _layer_kernel(kernel, module.weight, shared)
-        if target == "native":
-            native_kernel.to_native(module)
+        if target == "native" and variant is not None:
+            native_kernel.to_native(module, variant)
         elif target == "packed":
             module.weight = _packed(module.weight)
             module.__class__ = PackedLinear

@@ -13,6 +13,7 @@ from loupe.runtime.attention import use_native_attention
 from loupe.runtime.backend import QwenBackend
 from loupe.runtime.kernels import use_linear_kernel
 from loupe.runtime.memory import map_large_allocations
+from loupe.runtime.native_kernel import variant_of
 from loupe.runtime.weights import load_advice, load_model, local_directory
 from loupe.settings import Settings
 
@@ -41,13 +42,15 @@ def load(settings: Settings) -> QwenBackend:
         raise ModelLoadError(load_advice(source, exc)) from exc
     model.to(settings.device).eval()
     moved = use_linear_kernel(model, settings.linear_kernel, settings.kernel_cache_dir)
-    native = settings.linear_kernel == "native" and use_native_attention(model, settings.kernel_cache_dir)
+    variant = variant_of(model)
+    if variant is not None:
+        use_native_attention(model, variant)
     log.info(
         "model %s loaded in %s; linear layers: %s; one-token attention: %s",
         source,
         settings.dtype,
         ", ".join(f"{count} {kernel}" for kernel, count in moved.items()) or "torch's default kernel",
-        "native" if native else "sdpa",
+        f"native ({variant})" if variant else "sdpa",
     )
     eos = generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])

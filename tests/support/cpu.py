@@ -1,9 +1,11 @@
-"""Which of Loupe's native kernels this CPU runs, for the tests of a kernel it may lack."""
+"""Which variants of Loupe's native kernels this CPU runs: every kernel test runs each of them."""
 
 import pytest
 import torch
 
-# The native bfloat16 linear kernel's dot products (vdpbf16ps) need AVX512-BF16.
-BF16_NATIVE = torch.cpu._is_avx512_bf16_supported()
-needs_bf16_native = pytest.mark.skipif(not BF16_NATIVE, reason="this CPU has no AVX512-BF16")
-NATIVE_DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=needs_bf16_native)]
+from loupe.runtime.native_build import no_variant_reason, variants_here
+
+# An AVX-512 machine runs its AVX2 variant too (and avx512_bf16 first, where it has AVX512-BF16).
+VARIANTS_HERE = variants_here()
+VARIANT_PARAMS = VARIANTS_HERE or [pytest.param(None, marks=pytest.mark.skip(reason=no_variant_reason()))]
+NATIVE_DTYPES = [torch.float32, torch.bfloat16]  # every variant computes both

@@ -1,150 +1,291 @@
-// loupe::blocked_linear: y = x @ W^T + b with W stored in 64-column blocks, W_blocked[n / 64][k][n % 64].
+// loupe::blocked_linear: y = x @ W^T + b with W stored in blocks of kBlock columns, W_blocked[n / B][k][n % B].
 //
 // A decode step multiplies a few rows by every weight, so it is bound by how fast the weights stream
 // from memory. In this layout each block is one contiguous run of memory, read once per call from
 // start to end, which keeps the hardware prefetchers ahead and both cores reading at the full
 // bandwidth. Within a block, tiles of up to kTile rows keep kTile x 4 accumulator vectors in registers;
-// for a long prompt the block (512 KB for K = 2048) stays in L2 while every tile of rows passes over it.
-// Built with -mavx512f by native_kernel.py; the float32 tiles use plain GCC vector types, the
-// bfloat16 ones (below) AVX512-BF16 intrinsics.
+// for a long prompt the block (K x B floats: 512 KB for K = 2048 with AVX-512) stays in L2 while every
+// tile of rows passes over it.
+//
+// One source for every CPU: a block is four vector registers wide (LOUPE_VECTOR_BYTES, loupe_build.h),
+// so 64 columns with AVX-512 and 32 with AVX2, written with GCC's vector types, which compile to
+// whatever the build's -m flags allow. bfloat16 weights are stored in pairs of k,
+// W_blocked[n / B][k / 2][n % B][k % 2]: AVX512-BF16's vdpbf16ps multiplies such pairs; elsewhere each
+// 32-bit word is widened to two float32 in registers (a bfloat16 is a float32's high half), so a
+// bfloat16 weight costs half a float32's memory traffic on any CPU.
+#include "loupe_build.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
+#if LOUPE_BF16_DOT
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace {
 
-constexpr int64_t kBlock = 64;  // columns per block: four 16-float vectors
-typedef float vec16 __attribute__((vector_size(64)));
-constexpr int kVectors = kBlock / 16;
+typedef float vecf __attribute__((vector_size(LOUPE_VECTOR_BYTES)));
+typedef uint32_t vecw __attribute__((vector_size(LOUPE_VECTOR_BYTES)));  // the same bits as 32-bit words
+constexpr int kLanes = LOUPE_VECTOR_BYTES / 4;
+constexpr int kVectors = 4;
+constexpr int64_t kBlock = kVectors * kLanes;  // columns per block
+// Rows per tile: their 4 accumulators each plus 4 weight vectors fit the registers (32 with AVX-512,
+// 16 with AVX2). Widened bfloat16 holds 8 weight vectors (both halves of each word).
+#ifndef LOUPE_TILE
+#define LOUPE_TILE (LOUPE_VECTOR_BYTES == 64 ? 6 : 3)
+#endif
+#ifndef LOUPE_WIDE_TILE
+#define LOUPE_WIDE_TILE (LOUPE_VECTOR_BYTES == 64 ? 4 : 2)
+#endif
+#ifndef LOUPE_WIDE_ROWS
+#define LOUPE_WIDE_ROWS 8
+#endif
+constexpr int kTile = LOUPE_TILE;
+constexpr int kWideTile = LOUPE_WIDE_TILE;
+constexpr int kWideRows = LOUPE_WIDE_ROWS;
 
-constexpr int kTile = 6;  // rows per tile: 24 accumulators + 4 weight vectors of the 32 AVX-512 registers
+template <typename V>
+inline V load(const void* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
 
-// One block of 64 columns for `Rows` rows of x, plus the bias if there is one. The bias is added after
-// the loop: starting the accumulators from it made GCC 12 keep them in memory instead of registers.
+// The accumulators of one tile to y, plus the bias if there is one. The bias is added here, not used
+// as the accumulators' start: that made GCC 12 keep them in memory instead of registers.
 template <int Rows>
-void tile(const float* x, int64_t K, const float* w, const float* bias, float* y, int64_t N) {
-  vec16 acc[Rows][kVectors];
-  for (int m = 0; m < Rows; ++m)
-    for (int v = 0; v < kVectors; ++v) acc[m][v] = vec16{};
-  for (int64_t k = 0; k < K; ++k) {
-    vec16 wk[kVectors];
-    for (int v = 0; v < kVectors; ++v) std::memcpy(&wk[v], w + k * kBlock + v * 16, sizeof wk[v]);
-    for (int m = 0; m < Rows; ++m) {
-      const float xm = x[m * K + k];
-      for (int v = 0; v < kVectors; ++v) acc[m][v] += xm * wk[v];
-    }
-  }
+inline void store(const vecf (&acc)[Rows][kVectors], const float* bias, float* y, int64_t N) {
   for (int m = 0; m < Rows; ++m) {
-    for (int v = 0; v < kVectors; ++v) std::memcpy(y + m * N + v * 16, &acc[m][v], sizeof acc[m][v]);
+    for (int v = 0; v < kVectors; ++v) std::memcpy(y + m * N + v * kLanes, &acc[m][v], sizeof acc[m][v]);
     if (bias) {
       for (int j = 0; j < kBlock; ++j) y[m * N + j] += bias[j];
     }
   }
 }
 
-// tile<rows> for a run-time row count of 1 to kTile.
-template <int Rows = kTile>
-void tile_rows(int rows, const float* x, int64_t K, const float* w, const float* bias, float* y, int64_t N) {
-  if constexpr (Rows > 1) {
-    if (rows < Rows) return tile_rows<Rows - 1>(rows, x, K, w, bias, y, N);
-  }
-  tile<Rows>(x, K, w, bias, y, N);
-}
-
-// Every block of 64 columns (K x 64 weights, either layout) to the threads; each block's rows in tiles.
-template <typename T, typename Tile>
-void for_each_tile(int64_t M, int64_t K, int64_t blocks, const T* x, const T* w, const T* bias, T* y, Tile tile) {
-  const int64_t N = blocks * kBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      for (int64_t m = 0; m < M; m += kTile) {
-        tile(static_cast<int>(std::min<int64_t>(kTile, M - m)), x + m * K, K, w + b * K * kBlock,
-             bias ? bias + b * kBlock : nullptr, y + m * N + b * kBlock, N);
+// float32 weights: one block for `Rows` rows of x.
+struct FloatTile {
+  static constexpr int kMax = kTile;
+  template <int Rows>
+  static void run(const float* x, int64_t K, const float* w, const float* bias, float* y, int64_t N) {
+    vecf acc[Rows][kVectors];
+    for (int m = 0; m < Rows; ++m)
+      for (int v = 0; v < kVectors; ++v) acc[m][v] = vecf{};
+    for (int64_t k = 0; k < K; ++k) {
+      vecf wk[kVectors];
+      for (int v = 0; v < kVectors; ++v) wk[v] = load<vecf>(w + k * kBlock + v * kLanes);
+      for (int m = 0; m < Rows; ++m) {
+        const float xm = x[m * K + k];
+        for (int v = 0; v < kVectors; ++v) acc[m][v] += xm * wk[v];
       }
     }
+    store<Rows>(acc, bias, y, N);
+  }
+};
+
+// A word of the pair layout (w[n][k] in its low half, w[n][k + 1] in its high half) as two float32.
+inline void widen(vecw words, vecf& even, vecf& odd) {
+  even = reinterpret_cast<vecf>(words << 16);
+  odd = reinterpret_cast<vecf>(words & 0xFFFF0000u);
+}
+
+// bfloat16 weights widened in registers: one block for `Rows` rows of float32 x. For a few rows (a
+// decode step), where reading the weights is the whole cost.
+struct WideTile {
+  static constexpr int kMax = kWideTile;
+  template <int Rows>
+  static void run(const float* x, int64_t K, const uint16_t* w, const float* bias, float* y, int64_t N) {
+    vecf acc[Rows][kVectors];
+    for (int m = 0; m < Rows; ++m)
+      for (int v = 0; v < kVectors; ++v) acc[m][v] = vecf{};
+    for (int64_t k = 0; k < K; k += 2) {
+      float x0[Rows], x1[Rows];
+      for (int m = 0; m < Rows; ++m) x0[m] = x[m * K + k], x1[m] = x[m * K + k + 1];
+      for (int v = 0; v < kVectors; ++v) {  // a vector at a time: 2 weight registers, not 8
+        vecf even, odd;
+        widen(load<vecw>(w + k * kBlock + v * 2 * kLanes), even, odd);
+        for (int m = 0; m < Rows; ++m) {
+          acc[m][v] += x0[m] * even;  // two fused multiply-adds
+          acc[m][v] += x1[m] * odd;
+        }
+      }
+    }
+    store<Rows>(acc, bias, y, N);
+  }
+};
+
+// Tile::run<rows> for a run-time row count of 1 to Tile::kMax.
+template <typename Tile, int Rows = Tile::kMax, typename W>
+void tile_rows(int rows, const float* x, int64_t K, const W* w, const float* bias, float* y, int64_t N) {
+  if constexpr (Rows > 1) {
+    if (rows < Rows) return tile_rows<Tile, Rows - 1>(rows, x, K, w, bias, y, N);
+  }
+  Tile::template run<Rows>(x, K, w, bias, y, N);
+}
+
+// All M rows of x against one block, a tile at a time.
+template <typename Tile, typename W>
+void rows_of_block(int64_t M, int64_t K, const float* x, const W* w, const float* bias, float* y, int64_t N) {
+  for (int64_t m = 0; m < M; m += Tile::kMax) {
+    tile_rows<Tile>(static_cast<int>(std::min<int64_t>(Tile::kMax, M - m)), x + m * K, K, w, bias, y + m * N, N);
+  }
+}
+
+// One bfloat16 block widened into float32 blocks: for many rows (a prompt), widened once, not per tile.
+void widen_block(const uint16_t* w, int64_t K, std::vector<float>& out) {
+  out.resize(K * kBlock);
+  for (int64_t k = 0; k < K; k += 2) {
+    for (int v = 0; v < kVectors; ++v) {
+      vecf even, odd;
+      widen(load<vecw>(w + k * kBlock + v * 2 * kLanes), even, odd);
+      std::memcpy(out.data() + k * kBlock + v * kLanes, &even, sizeof even);
+      std::memcpy(out.data() + (k + 1) * kBlock + v * kLanes, &odd, sizeof odd);
+    }
+  }
+}
+
+// Every block to the threads; `block(b, scratch)` computes all rows of block b.
+template <typename Block>
+void for_each_block(int64_t blocks, Block block) {
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch;  // one thread's widened block
+    for (int64_t b = begin; b < end; ++b) block(b, scratch);
   });
 }
 
-// bfloat16: the same blocks, each holding pairs of k, W_blocked[n / 64][k / 2][n % 64][k % 2], because
-// vdpbf16ps multiplies pairs of bfloat16 and adds both products to one float32 lane. These two functions
-// are compiled for AVX512-BF16 only (not the whole file): native_kernel.fits checks the CPU has it.
-// x and the result are bfloat16, the accumulators float32, as in oneDNN's bfloat16 inner product.
-#define LOUPE_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16")))
-
-template <int Rows>
-LOUPE_BF16 void tile_bf16(const uint16_t* x, int64_t K, const uint16_t* w, const uint16_t* bias, uint16_t* y,
-                          int64_t N) {
-  __m512 acc[Rows][kVectors];
-  for (int m = 0; m < Rows; ++m)
-    for (int v = 0; v < kVectors; ++v) acc[m][v] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; k += 2) {
-    __m512bh wk[kVectors];  // 16 columns x 2 values of k each
-    for (int v = 0; v < kVectors; ++v) wk[v] = (__m512bh)_mm512_loadu_si512(w + k * kBlock + v * 32);
-    for (int m = 0; m < Rows; ++m) {
-      int32_t pair;  // x[m][k] and x[m][k + 1], side by side as in every lane of wk
-      std::memcpy(&pair, x + m * K + k, sizeof pair);
-      const __m512bh xm = (__m512bh)_mm512_set1_epi32(pair);
-      for (int v = 0; v < kVectors; ++v) acc[m][v] = _mm512_dpbf16_ps(acc[m][v], wk[v], xm);
-    }
-  }
-  for (int m = 0; m < Rows; ++m) {
-    for (int v = 0; v < kVectors; ++v) {
-      __m512 sum = acc[m][v];
-      if (bias) {  // bfloat16 to float32 is a 16-bit shift
-        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bias + v * 16));
-        sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16)));
-      }
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + m * N + v * 16), (__m256i)_mm512_cvtneps_pbh(sum));
-    }
-  }
+template <typename T>
+const T* elements(const at::Tensor& t) {
+  return static_cast<const T*>(t.data_ptr());
 }
 
-template <int Rows = kTile>
-LOUPE_BF16 void tile_rows_bf16(int rows, const uint16_t* x, int64_t K, const uint16_t* w, const uint16_t* bias,
-                               uint16_t* y, int64_t N) {
-  if constexpr (Rows > 1) {
-    if (rows < Rows) return tile_rows_bf16<Rows - 1>(rows, x, K, w, bias, y, N);
-  }
-  tile_bf16<Rows>(x, K, w, bias, y, N);
-}
-
-// The checks, output and threading both dtypes share; `tile` computes one tile on raw elements.
-template <typename T, typename Tile>
-at::Tensor run_blocks(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, Tile tile) {
-  const int64_t M = x.size(0), K = x.size(1), blocks = weight.size(0), N = blocks * kBlock;
-  TORCH_CHECK(weight.is_contiguous() && weight.numel() == blocks * K * kBlock, "weight must be contiguous");
-  TORCH_CHECK(!bias.has_value() || (bias->numel() == N && bias->scalar_type() == x.scalar_type() && bias->is_contiguous()),
-              "bias must be a contiguous tensor of N elements, of x's dtype");
-  const at::Tensor rows = x.contiguous();
+// float32 x [M, K], weight [N / B, K, B] -> float32 y [M, N].
+at::Tensor linear_float(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0) * kBlock;
   at::Tensor y = at::empty({M, N}, x.options());
-  auto elements = [](const at::Tensor& t) { return static_cast<T*>(t.data_ptr()); };
-  for_each_tile<T>(M, K, blocks, elements(rows), elements(weight), bias.has_value() ? elements(*bias) : nullptr,
-                   elements(y), tile);
+  const float *xp = elements<float>(x), *wp = elements<float>(weight);
+  const float* bp = bias.has_value() ? elements<float>(*bias) : nullptr;
+  float* yp = y.data_ptr<float>();
+  for_each_block(weight.size(0), [&](int64_t b, std::vector<float>&) {
+    rows_of_block<FloatTile>(M, K, xp, wp + b * K * kBlock, bp ? bp + b * kBlock : nullptr, yp + b * kBlock, N);
+  });
   return y;
 }
 
-// x [M, K] float32 with weight [N / 64, K, 64], or x bfloat16 with weight [N / 64, K / 2, 64, 2].
+// bfloat16 x [M, K], weight [N / B, K / 2, B, 2] -> bfloat16 y, computed in float32 and rounded once.
+at::Tensor linear_widened(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0) * kBlock;
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  const at::Tensor bf = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor y = at::empty({M, N}, xf.options());
+  const float* xp = elements<float>(xf);
+  const uint16_t* wp = elements<uint16_t>(weight);
+  const float* bp = bf.defined() ? elements<float>(bf) : nullptr;
+  float* yp = y.data_ptr<float>();
+  for_each_block(weight.size(0), [&](int64_t b, std::vector<float>& scratch) {
+    const uint16_t* block = wp + b * K * kBlock;
+    const float* block_bias = bp ? bp + b * kBlock : nullptr;
+    if (M <= kWideRows) {
+      rows_of_block<WideTile>(M, K, xp, block, block_bias, yp + b * kBlock, N);
+    } else {
+      widen_block(block, K, scratch);
+      rows_of_block<FloatTile>(M, K, xp, scratch.data(), block_bias, yp + b * kBlock, N);
+    }
+  });
+  return y.to(at::kBFloat16);
+}
+
+#if LOUPE_BF16_DOT
+// bfloat16 with vdpbf16ps, which multiplies pairs of bfloat16 and adds both products to one float32
+// lane. x and the result are bfloat16, the accumulators float32, as in oneDNN's bfloat16 inner product.
+struct DotTile {
+  static constexpr int kMax = kTile;
+  template <int Rows>
+  static void run(const uint16_t* x, int64_t K, const uint16_t* w, const uint16_t* bias, uint16_t* y, int64_t N) {
+    __m512 acc[Rows][kVectors];
+    for (int m = 0; m < Rows; ++m)
+      for (int v = 0; v < kVectors; ++v) acc[m][v] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 2) {
+      __m512bh wk[kVectors];  // 16 columns x 2 values of k each
+      for (int v = 0; v < kVectors; ++v) wk[v] = (__m512bh)_mm512_loadu_si512(w + k * kBlock + v * 32);
+      for (int m = 0; m < Rows; ++m) {
+        const __m512bh xm = (__m512bh)_mm512_set1_epi32(load<int32_t>(x + m * K + k));  // x[m][k], x[m][k + 1]
+        for (int v = 0; v < kVectors; ++v) acc[m][v] = _mm512_dpbf16_ps(acc[m][v], wk[v], xm);
+      }
+    }
+    for (int m = 0; m < Rows; ++m) {
+      for (int v = 0; v < kVectors; ++v) {
+        __m512 sum = acc[m][v];
+        if (bias) {  // bfloat16 to float32 is a 16-bit shift
+          const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bias + v * 16));
+          sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16)));
+        }
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + m * N + v * 16), (__m256i)_mm512_cvtneps_pbh(sum));
+      }
+    }
+  }
+};
+static_assert(LOUPE_VECTOR_BYTES == 64, "vdpbf16ps is an AVX-512 instruction");
+
+template <int Rows = kTile>
+void dot_rows(int rows, const uint16_t* x, int64_t K, const uint16_t* w, const uint16_t* bias, uint16_t* y,
+              int64_t N) {
+  if constexpr (Rows > 1) {
+    if (rows < Rows) return dot_rows<Rows - 1>(rows, x, K, w, bias, y, N);
+  }
+  DotTile::run<Rows>(x, K, w, bias, y, N);
+}
+
+at::Tensor linear_dot(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0) * kBlock;
+  at::Tensor y = at::empty({M, N}, x.options());
+  const uint16_t *xp = elements<uint16_t>(x), *wp = elements<uint16_t>(weight);
+  const uint16_t* bp = bias.has_value() ? elements<uint16_t>(*bias) : nullptr;
+  uint16_t* yp = static_cast<uint16_t*>(y.data_ptr());
+  for_each_block(weight.size(0), [&](int64_t b, std::vector<float>&) {
+    for (int64_t m = 0; m < M; m += kTile) {
+      dot_rows(static_cast<int>(std::min<int64_t>(kTile, M - m)), xp + m * K, K, wp + b * K * kBlock,
+               bp ? bp + b * kBlock : nullptr, yp + m * N + b * kBlock, N);
+    }
+  });
+  return y;
+}
+#endif
+
+// x [M, K] float32 with weight [N / B, K, B], or x bfloat16 with weight [N / B, K / 2, B, 2].
 at::Tensor blocked_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.dim() == 2 && weight.scalar_type() == x.scalar_type(), "x must be 2-D, of the weight's dtype");
+  TORCH_CHECK(weight.is_contiguous() && weight.size(0) * kBlock * x.size(1) == weight.numel(),
+              "weight must be contiguous blocks of ", kBlock, " columns by x.size(1)");
+  TORCH_CHECK(!bias.has_value() || (bias->numel() == weight.size(0) * kBlock &&
+                                    bias->scalar_type() == x.scalar_type() && bias->is_contiguous()),
+              "bias must be a contiguous tensor of N elements, of x's dtype");
+  const at::Tensor rows = x.contiguous();
   if (x.scalar_type() == at::kFloat) {
     TORCH_CHECK(weight.dim() == 3 && weight.size(1) == x.size(1) && weight.size(2) == kBlock,
-                "a float32 weight must be [N / 64, K, 64] with K = x.size(1)");
-    return run_blocks<float>(x, weight, bias, &tile_rows<kTile>);
+                "a float32 weight must be [N / ", kBlock, ", K, ", kBlock, "] with K = x.size(1)");
+    return linear_float(rows, weight, bias);
   }
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && weight.dim() == 4 && weight.size(1) * 2 == x.size(1) &&
                   weight.size(2) == kBlock && weight.size(3) == 2,
-              "x must be float32 or bfloat16; a bfloat16 weight [N / 64, K / 2, 64, 2] with K = x.size(1)");
-  return run_blocks<uint16_t>(x, weight, bias, &tile_rows_bf16<kTile>);
+              "x must be float32 or bfloat16; a bfloat16 weight [N / ", kBlock, ", K / 2, ", kBlock,
+              ", 2] with K = x.size(1)");
+#if LOUPE_BF16_DOT
+  return linear_dot(rows, weight, bias);
+#else
+  return linear_widened(rows, weight, bias);
+#endif
 }
 
 }  // namespace
 
-TORCH_LIBRARY(loupe, m) { m.def("blocked_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor"); }
+LOUPE_LIBRARY_FRAGMENT(LOUPE_NS, m) {
+  m.def("blocked_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("block_width() -> int", [] { return kBlock; });
+}
 
-TORCH_LIBRARY_IMPL(loupe, CPU, m) { m.impl("blocked_linear", &blocked_linear); }
+LOUPE_LIBRARY_IMPL(LOUPE_NS, m) { m.impl("blocked_linear", &blocked_linear); }

@@ -5,10 +5,12 @@
 // value is read twice, in blocks sized for long queries; for one token it read them at about a third
 // of the machine's bandwidth. Here one task per (sequence, key-value head) reads its keys once for
 // all the query heads that share them (scores), then its values once (weighted sum), in float32.
-// Built beside blocked_linear.cpp with -mavx512f; plain GCC vector types, so no intrinsics.
+// Built beside blocked_linear.cpp for each variant; plain GCC vector types of 16 floats, so no
+// intrinsics: with AVX2 each is two registers, with AVX-512 one.
+#include "loupe_build.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <cmath>
 #include <cstdint>
@@ -133,8 +135,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(loupe, m) {
+LOUPE_LIBRARY_FRAGMENT(LOUPE_NS, m) {
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(loupe, CPU, m) { m.impl("decode_attention", &decode_attention); }
+LOUPE_LIBRARY_IMPL(LOUPE_NS, m) { m.impl("decode_attention", &decode_attention); }

@@ -6,9 +6,10 @@
 // and the dispatcher: 25 ms of a 240 ms float32 step was spent outside the matrix products, against
 // 12 ms with the weight reads taken away. These do the same arithmetic in one call each, rounding a
 // bfloat16 result where transformers' own operations round it.
+#include "loupe_build.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <torch/library.h>
 
 #include <cmath>
 #include <cstdint>
@@ -116,12 +117,12 @@ at::Tensor head_norm_rope(const at::Tensor& x, const at::Tensor& weight, const a
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(loupe, m) {
+LOUPE_LIBRARY_FRAGMENT(LOUPE_NS, m) {
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("head_norm_rope(Tensor x, Tensor weight, Tensor cos, Tensor sin, float eps) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(loupe, CPU, m) {
+LOUPE_LIBRARY_IMPL(LOUPE_NS, m) {
   m.impl("rms_norm", &rms_norm);
   m.impl("head_norm_rope", &head_norm_rope);
 }
