@@ -53,8 +53,16 @@ class Settings:
     )
     kernel_cache_dir: str = _setting(
         "~/.cache/loupe/kernels",
-        "Where the compiled `native` kernels are kept (one small file per source, flags and torch version; "
-        "the three newest), so only the first start on a machine compiles them.",
+        "Where the compiled `native` kernels are kept (a small file per variant, source and torch version; "
+        "the three newest of each), so only the first start on a machine compiles them; and the prepared "
+        "weights (`PREPARED_WEIGHTS`).",
+    )
+    prepared_weights: bool = _setting(
+        True,
+        "With `native` kernels: keep the weights as the kernels want them (converted to `DTYPE`, rearranged "
+        "into blocks) in `KERNEL_CACHE_DIR` after the first start, and map them from there on later starts, "
+        "which then read and convert nothing. The file is as large as the weights in memory (8.5 GB for "
+        "the 2B model in float32, 4.3 GB in bfloat16; the two newest are kept). `off`: prepare at every start.",
     )
     torch_threads: int = _setting(0, "Threads torch uses for one generation; 0 leaves torch's default (one per core).")
     max_new_tokens: int = _setting(512, "Tokens generated when a request does not say `max_tokens`.")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from loupe.runtime import native_kernel
 from loupe.runtime.memory import return_free_memory
+from loupe.runtime.native_kernel import NativeLinear
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,12 @@ def use_linear_kernel(
         if target:
             moved[target] += 1
     return moved
+
+
+def kernel_counts(model: torch.nn.Module) -> Counter[str]:
+    """How many linear layers each kernel computes (torch's default ones are not counted)."""
+    names = {NativeLinear: "native", PackedLinear: "packed", OneDnnLinear: "onednn"}
+    return Counter(names[type(m)] for m in model.modules() if type(m) in names)
 
 
 def _layer_kernel(kernel: str, weight: torch.nn.Parameter, shared: set[int]) -> str | None:

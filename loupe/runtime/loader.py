@@ -9,12 +9,13 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from loupe.runtime import native_kernel, prepared
 from loupe.runtime.attention import use_native_attention
 from loupe.runtime.backend import QwenBackend
-from loupe.runtime.kernels import use_linear_kernel
+from loupe.runtime.kernels import kernel_counts, use_linear_kernel
 from loupe.runtime.memory import map_large_allocations
 from loupe.runtime.native_kernel import variant_of
-from loupe.runtime.weights import load_advice, load_model, local_directory
+from loupe.runtime.weights import load_advice, load_model, local_directory, weight_files
 from loupe.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,25 @@ log = logging.getLogger(__name__)
 
 class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message says what to do about it."""
+
+
+def _weights(directory: Path, settings: Settings) -> torch.nn.Module:
+    """The model on its kernels: mapped from prepared weights where there are some, else read and prepared."""
+    dtype = getattr(torch, settings.dtype)
+    name = None
+    if settings.prepared_weights and settings.linear_kernel == "native" and settings.device == "cpu":
+        variant, _ = native_kernel.choose(settings.kernel_cache_dir)  # None: use_linear_kernel says why
+        files = weight_files(directory)
+        if variant is not None and files:
+            name = prepared.key(directory, files, dtype, variant)
+            mapped = prepared.load(directory, dtype, settings.kernel_cache_dir, name)
+            if mapped is not None:
+                return mapped
+    model = load_model(directory, dtype).to(settings.device).eval()
+    use_linear_kernel(model, settings.linear_kernel, settings.kernel_cache_dir)
+    if name is not None and variant_of(model) is not None:
+        prepared.save(model, settings.kernel_cache_dir, name)
+    return model
 
 
 def load(settings: Settings) -> QwenBackend:
@@ -36,12 +56,10 @@ def load(settings: Settings) -> QwenBackend:
         if tokenizer.chat_template is None:  # before the weights: refused in a second, not after the load
             raise ModelLoadError(f"The tokenizer of {source!r} has no chat template.")
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(directory)
-        model = load_model(directory, getattr(torch, settings.dtype))
+        model = _weights(directory, settings)
         generation_config = GenerationConfig.from_pretrained(directory)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(load_advice(source, exc)) from exc
-    model.to(settings.device).eval()
-    moved = use_linear_kernel(model, settings.linear_kernel, settings.kernel_cache_dir)
     variant = variant_of(model)
     if variant is not None:
         use_native_attention(model, variant)
@@ -49,7 +67,7 @@ def load(settings: Settings) -> QwenBackend:
         "model %s loaded in %s; linear layers: %s; one-token attention: %s",
         source,
         settings.dtype,
-        ", ".join(f"{count} {kernel}" for kernel, count in moved.items()) or "torch's default kernel",
+        ", ".join(f"{count} {kernel}" for kernel, count in kernel_counts(model).items()) or "torch's default kernel",
         f"native ({variant})" if variant else "sdpa",
     )
     eos = generation_config.eos_token_id
