@@ -110,9 +110,17 @@ def _numel(shape: list[int]) -> int:
     return n
 
 
+# Environment variables that make torch, MKL and oneDNN use fewer of the CPU's instructions: a run
+# with ATEN_CPU_CAPABILITY=avx2 (and the others) takes every software path an AVX2-only CPU takes.
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
 def cpu_info() -> dict:
-    """The CPU model, core count and the ISA flags that matter for float32/bfloat16 matmuls."""
+    """The CPU model, core count, the vector features that matter for float32/bfloat16 matmuls, what torch
+    uses of them, and any limits set on that."""
     import os
+
+    import torch
 
     flags: set[str] = set()
     model = platform.processor()
@@ -126,8 +134,14 @@ def cpu_info() -> dict:
                     break
     except OSError:
         pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return {"model": model, "cores": os.cpu_count(), "isa": [f for f in wanted if f in flags]}
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve")
+    return {
+        "model": model,
+        "cores": os.cpu_count(),
+        "isa": [f for f in wanted if f in flags],
+        "torch_capability": torch.backends.cpu.get_cpu_capability(),
+        "limits": {name: os.environ[name] for name in ISA_LIMITS if name in os.environ},
+    }
 
 
 class CpuMeter:

@@ -6,13 +6,13 @@ A decode step multiplies a few rows (one per sequence in the batch) by every wei
 it is bound by how fast the kernel streams the weights. This cycles through twelve 2048x6144 layers
 (600 MB in float32, far beyond any L3 cache) with each LINEAR_KERNEL: torch's default (`blas`), oneDNN
 on the plain weights (`onednn`), the service's PackedLinear (`packed`: oneDNN on weights rearranged
-once into its blocked layout) and its NativeLinear (`native`: Loupe's own kernel, float32, and bfloat16
-on CPUs with AVX512-BF16; built into KERNEL_CACHE_DIR), interleaving them so noise hits all alike, and
-prints the best effective GB/s of each beside torch.sum over the same bytes. `--rows 600` shows a
-prompt's rate as GFLOP/s instead.
+once into its blocked layout) and its NativeLinear in every variant this CPU runs (`avx512_bf16`,
+`avx512`, `avx2`: Loupe's own kernel, built into KERNEL_CACHE_DIR), interleaving them so noise hits all
+alike, and prints the best effective GB/s of each beside torch.sum over the same bytes. `--rows 600`
+shows a prompt's rate as GFLOP/s instead.
 
 `--attention 1 4` measures one-token attention instead, for that many sequences: torch's SDPA (as
-transformers calls it) against loupe::decode_attention over 28 layers of a 480-token KV cache of
+transformers calls it) against each variant's decode_attention over 28 layers of a 480-token KV cache of
 Qwen3-VL-2B's shape (16 query heads, 8 key-value heads of 128), each pass after flushing the caches.
 """
 
@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from loupe.runtime import native_kernel
+from loupe.runtime import native_build, native_kernel
 from loupe.runtime.kernels import use_linear_kernel
 from loupe.settings import Settings
 
@@ -34,13 +35,19 @@ IN_FEATURES, OUT_FEATURES, LAYERS = 2048, 6144, 12
 PROMPT_ROWS = 64  # from this many rows on, a kernel's rate is given in GFLOP/s
 
 
-def served(weights: list[torch.Tensor], kernel: str) -> torch.nn.Sequential:
-    """The layers as the service holds them with LINEAR_KERNEL=`kernel`."""
+def variants() -> list[str]:
+    """The native variants this CPU runs that are built (or build) here."""
+    cache_dir = Settings().kernel_cache_dir
+    return [v for v in native_build.variants_here() if native_build.unavailable(cache_dir, v) is None]
+
+
+def served(weights: list[torch.Tensor], kernel: str, variant: str | None = None) -> torch.nn.Sequential:
+    """The layers as the service holds them with LINEAR_KERNEL=`kernel` (native: in `variant`)."""
     layers = torch.nn.Sequential(*(torch.nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta") for w in weights))
     for layer, w in zip(layers, weights, strict=True):
         # A copy each: native rearranges its weights in place, and `weights` must stay plain for blas/onednn.
         layer.weight = torch.nn.Parameter(w.clone(), requires_grad=False)
-    moved = use_linear_kernel(layers, kernel, Settings().kernel_cache_dir)
+    moved = use_linear_kernel(layers, kernel, Settings().kernel_cache_dir, variant)
     if moved[kernel] != len(weights):
         raise SystemExit(f"LINEAR_KERNEL={kernel} is not available here: {dict(moved)} (see the log)")
     return layers
@@ -49,13 +56,13 @@ def served(weights: list[torch.Tensor], kernel: str) -> torch.nn.Sequential:
 def kernels(x: torch.Tensor, weights: list[torch.Tensor], data: torch.Tensor) -> dict:
     """Name → one pass over every layer."""
     packed = served(weights, "packed")
-    native = served(weights, "native") if native_kernel.fits(weights[0]) else None
+    native = {v: served(weights, "native", v) for v in variants()} if native_kernel.fits(weights[0]) else {}
     return {
         "sum": lambda: data.sum(),
         "blas": lambda: [F.linear(x, w) for w in weights],
         "onednn": lambda: [torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "") for w in weights],
         "packed": lambda: [layer(x) for layer in packed],
-        **({"native": lambda: [layer(x) for layer in native]} if native else {}),
+        **{v: (lambda layers=layers: [layer(x) for layer in layers]) for v, layers in native.items()},
     }
 
 
@@ -80,9 +87,14 @@ def measure(dtype: torch.dtype, rows: int, repeats: int) -> dict[str, float]:
     return {name: work[name] / seconds / 1e9 for name, seconds in best.items()}
 
 
+def decode_passes(ops, query: torch.Tensor, caches: list) -> list[torch.Tensor]:
+    """One pass of a variant's decode_attention over every layer's cache."""
+    return [ops.decode_attention(query, k, v, None, 0.088) for k, v in caches]
+
+
 def attention(dtype: torch.dtype, sequences: int, repeats: int, length: int = 480) -> dict[str, float]:
-    """Best effective GB/s of the KV cache read by SDPA and by the native kernel, interleaved."""
-    if native_kernel.unavailable(Settings().kernel_cache_dir):
+    """Best effective GB/s of the KV cache read by SDPA and by each native variant's kernel, interleaved."""
+    if not variants():
         raise SystemExit("the native kernels are not available here (see the log)")
     query = torch.randn(sequences, 16, 1, 128, dtype=dtype)
     caches = [
@@ -91,7 +103,7 @@ def attention(dtype: torch.dtype, sequences: int, repeats: int, length: int = 48
     flush = torch.ones(2**26)  # 256 MB: the cache comes from memory, as in a decode step
     passes = {
         "sdpa": lambda: [F.scaled_dot_product_attention(query, k, v, scale=0.088, enable_gqa=True) for k, v in caches],
-        "native": lambda: [torch.ops.loupe.decode_attention(query, k, v, None, 0.088) for k, v in caches],
+        **{name: partial(decode_passes, native_kernel.ops(name), query, caches) for name in variants()},
     }
     best = dict.fromkeys(passes, float("inf"))
     with torch.inference_mode():
@@ -116,35 +128,37 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    names = variants()
     if args.attention:
-        log.info("| dtype | sequences | sdpa ms | native ms | sdpa GB/s | native GB/s | native/sdpa |")
-        log.info("| --- | --- | --- | --- | --- | --- | --- |")
+        log.info("| dtype | sequences | sdpa ms | %s |", " | ".join(f"{n} ms | {n}/sdpa" for n in names))
+        log.info("|%s", " --- |" * (3 + 2 * len(names)))
         for dtype in (torch.float32, torch.bfloat16):
             for sequences in args.attention:
-                r = attention(dtype, sequences, args.repeats)
+                ms = attention(dtype, sequences, args.repeats)["ms"]
+                cells = [f"{ms[n] * 1e3:.1f} | {ms['sdpa'] / ms[n]:.2f}" for n in names]
                 log.info(
-                    "| %s | %d | %.1f | %.1f | %.1f | %.1f | %.2f |",
+                    "| %s | %d | %.1f | %s |",
                     str(dtype).removeprefix("torch."),
                     sequences,
-                    r["ms"]["sdpa"] * 1e3,
-                    r["ms"]["native"] * 1e3,
-                    r["sdpa"],
-                    r["native"],
-                    r["native"] / r["sdpa"],
+                    ms["sdpa"] * 1e3,
+                    " | ".join(cells),
                 )
         return
+    kernels = ["sum", "blas", "onednn", "packed", *names]
     log.info(
-        "threads: %d\n\n| dtype | rows | unit | torch.sum GB/s | blas | onednn | packed | native "
-        "| packed/onednn | native/packed |",
+        "threads: %d; torch uses %s\n\n| dtype | rows | unit | %s | packed/onednn | best native/packed |",
         torch.get_num_threads(),
+        torch.backends.cpu.get_cpu_capability(),
+        " | ".join(kernels),
     )
-    log.info("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    log.info("|%s", " --- |" * (len(kernels) + 5))
     for dtype in (torch.float32, torch.bfloat16):
         for rows in args.rows:
             r = measure(dtype, rows, args.repeats)
             cells = [str(dtype).removeprefix("torch."), str(rows), "GFLOP/s" if rows >= PROMPT_ROWS else "GB/s"]
-            cells += [f"{r[name]:.1f}" if name in r else "-" for name in ("sum", "blas", "onednn", "packed", "native")]
-            cells += [f"{r['packed'] / r['onednn']:.2f}", f"{r['native'] / r['packed']:.2f}" if "native" in r else "-"]
+            cells += [f"{r[name]:.1f}" if name in r else "-" for name in kernels]
+            best = max((r[n] for n in names if n in r), default=None)
+            cells += [f"{r['packed'] / r['onednn']:.2f}", f"{best / r['packed']:.2f}" if best else "-"]
             log.info("| %s |", " | ".join(cells))
 
 

@@ -155,8 +155,14 @@ def run_server(
     idle: Callable[[], None] = lambda: None,
     pairing: Pairing | None = None,
 ) -> dict:
-    """Start the server with this dtype, measure every scenario (`idle` between some), stop it."""
+    """Start the server with this dtype, measure every scenario (`idle` between some), stop it.
+
+    A first start before it prepares the weights (PREPARED_WEIGHTS) where they are not yet kept; its time is
+    `first_start_s`, and the measured server's `load_s` is then a later start's, as users restart.
+    """
     log_path = args.log_dir / f"server-{dtype}.log"
+    with Server(server_env(model_dir, dtype, args, env), log_path, args.root) as first:
+        first_start_s = first.start()
     with Server(server_env(model_dir, dtype, args, env), log_path, args.root) as server:
         load_s = server.start()
         master, workers = server.pids()
@@ -164,7 +170,13 @@ def run_server(
         before, meter = hardware.process_jiffies(ours), hardware.CpuMeter()
         raw = server_scenarios(server.url, image_url, args.max_tokens, args.clients, idle, pairing)
         cpu = meter.result(hardware.process_jiffies(ours) - before)
-        raw.update(load_s=load_s, memory=server.memory(), cpu=cpu)
+        raw.update(
+            load_s=load_s,
+            first_start_s=first_start_s,
+            kernels=server.health.get("kernels"),
+            memory=server.memory(),
+            cpu=cpu,
+        )
     return raw
 
 
@@ -241,6 +253,7 @@ def summarise(raw: dict, peak_rss: int, bytes_per_token: int, bandwidth: float) 
     memory = raw.get("memory")  # the server's (the baseline has none): what it holds at rest after the run
     out["rest_rss_gb"] = (memory["worker_rss_bytes"] + memory["master_rss_bytes"]) / report.GB if memory else None
     out["prefix_cache_tokens"] = raw.get("prefix_cache_tokens")
+    out["first_start_s"] = raw.get("first_start_s")
     return out
 
 
@@ -288,6 +301,7 @@ def bench_variant(model_dir: Path, spec: str, args: argparse.Namespace, image_ur
     return {
         "dtype": dtype,
         "env": env,
+        "kernels": server.health.get("kernels"),
         "threads": threads,
         "load_s": load_s,
         "peak_rss_gb": memory["peak_rss_bytes"] / 1e9,
@@ -413,7 +427,8 @@ def render(document: dict) -> str:
     results = document["results"]
     lines = [
         f"Loupe benchmark, {document['started']}, {document['duration_s'] / 60:.1f} min; "
-        f"CPU {document['cpu']['model']} x{document['cpu']['cores']} {' '.join(document['cpu']['isa'])}; "
+        f"CPU {document['cpu']['model']} x{document['cpu']['cores']} {' '.join(document['cpu']['isa'])} "
+        f"(torch uses {document['cpu'].get('torch_capability')}; limits {document['cpu'].get('limits') or 'none'}); "
         f"{document['max_tokens']} tokens per request; image {document['image']['sent'][0]}x"
         f"{document['image']['sent'][1]} sent"
     ]
@@ -422,6 +437,7 @@ def render(document: dict) -> str:
             f"{system} {raw['cpu']['others_share']:.0%}" for system, raw in result["raw"].items() if raw.get("cpu")
         )
         lines.append(f"{dtype}: other processes' share of the CPU while measuring: {noise}")
+        lines.append(f"{dtype}: the server's kernels: {result['raw'].get('server', {}).get('kernels')}")
         samples = ", ".join(f"{s['read_bytes_per_s'] / 1e9:.1f}" for s in result["bandwidth"].get("samples", []))
         lines.append(
             f"{dtype}: read bandwidth {result['bandwidth']['read_bytes_per_s'] / 1e9:.1f} GB/s, the "
@@ -439,7 +455,7 @@ def render(document: dict) -> str:
             )
     for v in document.get("variants", []):
         lines.append(
-            f"variant {v['env']} ({v['dtype']}): image tokens {v['image_tokens']}, TTFT "
+            f"variant {v['env']} ({v['dtype']}, kernels {v.get('kernels')}): image tokens {v['image_tokens']}, TTFT "
             f"{report.fmt(v['ttft_s'])} s, decode {report.fmt(v['decode_tps'])} tok/s, "
             f"peak RSS {report.fmt(v['peak_rss_gb'])} GB, load {report.fmt(v['load_s'])} s"
         )

@@ -42,6 +42,7 @@ class Server:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
         self.load_s: float | None = None
+        self.health: dict = {}
 
     def start(self) -> float:
         """Start gunicorn and wait until /health says ok; returns seconds from launch to ready."""
@@ -65,8 +66,8 @@ class Server:
                 raise RuntimeError(f"server exited with {self.process.returncode}; see {self.log_path}")
             status, body = health(self.url)
             if status == 200 and body.get("status") == "ok":
-                self.load_s = time.perf_counter() - begin
-                log.info("server ready in %.1f s", self.load_s)
+                self.load_s, self.health = time.perf_counter() - begin, body
+                log.info("server ready in %.1f s (%s)", self.load_s, body.get("kernels"))
                 return self.load_s
             if body.get("status") == "error":
                 raise RuntimeError(f"server failed to load: {body.get('error')}")

@@ -10,6 +10,7 @@ from app import create_app
 from loupe.errors import SERVER_BUSY_RETRY_AFTER
 from loupe.web.services import services
 from tests.support.chat import ask, data_url, png, sse_chunks
+from tests.support.cpu import VARIANTS_HERE
 from tests.support.engines import wait_ready
 from tests.support.fakes import ScriptedBackend
 from tests.support.waiting import wait_until
@@ -83,6 +84,7 @@ def test_health_and_models(client, backend):
         "model": backend.name,
         "device": "cpu",
         "dtype": "float32",
+        "kernels": f"native {VARIANTS_HERE[0]}" if VARIANTS_HERE else "packed",
         "queue_depth": 0,
     }
     models = client.get("/v1/models").get_json()

@@ -37,6 +37,7 @@ class Backend(Protocol[PromptT, SequenceT]):
     name: str
     device: str
     dtype: str
+    kernels: str  # what computes it, for /health: e.g. "native avx2", "packed", "torch"
 
     @property
     def cached_tokens(self) -> int:

@@ -41,8 +41,18 @@ class QwenSequence:
 class QwenBackend:
     """Qwen3-VL behind the engine's Backend interface."""
 
-    def __init__(self, model, tokenizer, image_processor, eos_ids: set[int], name: str, settings: Settings):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        image_processor,
+        eos_ids: set[int],
+        name: str,
+        settings: Settings,
+        kernels: str = "torch",
+    ):
         self.model = model
+        self.kernels = kernels
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.eos_ids = eos_ids

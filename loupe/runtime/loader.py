@@ -60,17 +60,18 @@ def load(settings: Settings) -> QwenBackend:
         generation_config = GenerationConfig.from_pretrained(directory)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(load_advice(source, exc)) from exc
-    variant = variant_of(model)
+    variant, counts = variant_of(model), kernel_counts(model)
     if variant is not None:
         use_native_attention(model, variant)
     log.info(
         "model %s loaded in %s; linear layers: %s; one-token attention: %s",
         source,
         settings.dtype,
-        ", ".join(f"{count} {kernel}" for kernel, count in kernel_counts(model).items()) or "torch's default kernel",
+        ", ".join(f"{count} {kernel}" for kernel, count in counts.items()) or "torch's default kernel",
         f"native ({variant})" if variant else "sdpa",
     )
+    kernels = f"native {variant}" if variant else (counts.most_common(1)[0][0] if counts else "torch")
     eos = generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
     name = Path(source).name if Path(source).is_dir() else source
-    return QwenBackend(model, tokenizer, image_processor, eos_ids, name, settings)
+    return QwenBackend(model, tokenizer, image_processor, eos_ids, name, settings, kernels)

@@ -3,7 +3,7 @@
 The same sources are compiled once per instruction set (a `Variant`): the vector width and the op
 namespace are -D flags (csrc/loupe_build.h), so every variant a CPU runs can be loaded into one
 process side by side, under torch.ops.loupe_<variant>. The system's C++ compiler builds one in
-about 15 s (the three sources in parallel); the library is named by a hash of the sources, flags and
+under a minute (the three sources side by side); the library is named by a hash of the sources, flags and
 torch version, so a build is found, not redone, by every later start.
 """
 
@@ -137,7 +137,7 @@ def build(compiler: str, cache_dir: Path, variant: Variant) -> Path:
     if library.is_file():
         return library
     cache_dir.mkdir(parents=True, exist_ok=True)
-    log.info("compiling the %s kernels into %s (once; about 15 s)", variant.name, cache_dir)
+    log.info("compiling the %s kernels into %s (once; under a minute)", variant.name, cache_dir)
     begin = time.perf_counter()
     includes = [f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}"]
     abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"

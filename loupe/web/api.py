@@ -52,6 +52,7 @@ def health():
                 "model": backend.name,
                 "device": backend.device,
                 "dtype": backend.dtype,
+                "kernels": backend.kernels,
                 "queue_depth": engine.queue_depth,
             }
         )

@@ -20,7 +20,7 @@ class ScriptedBackend:
     long as it needs; a test opens it before it ends, and the 30 s wait is only a backstop.
     """
 
-    device, dtype, cached_tokens = "cpu", "float32", 0
+    device, dtype, kernels, cached_tokens = "cpu", "float32", "scripted", 0
 
     def __init__(
         self, texts=(), eos_at_end=True, gate=None, fail_after=None, name="scripted", prompt=None, prefill_gate=None

@@ -35,12 +35,12 @@ constexpr int kLanes = LOUPE_VECTOR_BYTES / 4;
 constexpr int kVectors = 4;
 constexpr int64_t kBlock = kVectors * kLanes;  // columns per block
 // Rows per tile: their 4 accumulators each plus 4 weight vectors fit the registers (32 with AVX-512,
-// 16 with AVX2). Widened bfloat16 holds 8 weight vectors (both halves of each word).
+// 16 with AVX2). Each can be set with -D to measure another (python -m bench.kernel_rates).
 #ifndef LOUPE_TILE
 #define LOUPE_TILE (LOUPE_VECTOR_BYTES == 64 ? 6 : 3)
 #endif
 #ifndef LOUPE_WIDE_TILE
-#define LOUPE_WIDE_TILE (LOUPE_VECTOR_BYTES == 64 ? 4 : 2)
+#define LOUPE_WIDE_TILE 4  // with AVX2 some accumulators spill, yet one pass of four rows beat two of two
 #endif
 #ifndef LOUPE_WIDE_ROWS
 #define LOUPE_WIDE_ROWS 8
@@ -48,6 +48,20 @@ constexpr int64_t kBlock = kVectors * kLanes;  // columns per block
 constexpr int kTile = LOUPE_TILE;
 constexpr int kWideTile = LOUPE_WIDE_TILE;
 constexpr int kWideRows = LOUPE_WIDE_ROWS;
+#ifndef LOUPE_PREFETCH
+#define LOUPE_PREFETCH 4096
+#endif
+// How far ahead of its loads each step asks for weights (bytes). The hardware's prefetchers stop at
+// every 4 KB page; asking ahead keeps a core's reads going where the arithmetic between them grows
+// (widened bfloat16, several rows): bench/README.md has what it bought.
+constexpr int64_t kAhead = LOUPE_PREFETCH;
+
+// Asks for the cache lines of one step's weights (kBlock x 4 bytes either way), kAhead bytes on.
+inline void prefetch_ahead(const void* step) {
+  if constexpr (kAhead > 0) {
+    for (int64_t line = 0; line < kBlock * 4; line += 64) __builtin_prefetch(static_cast<const char*>(step) + kAhead + line);
+  }
+}
 
 template <typename V>
 inline V load(const void* p) {
@@ -77,6 +91,7 @@ struct FloatTile {
     for (int m = 0; m < Rows; ++m)
       for (int v = 0; v < kVectors; ++v) acc[m][v] = vecf{};
     for (int64_t k = 0; k < K; ++k) {
+      prefetch_ahead(w + k * kBlock);
       vecf wk[kVectors];
       for (int v = 0; v < kVectors; ++v) wk[v] = load<vecf>(w + k * kBlock + v * kLanes);
       for (int m = 0; m < Rows; ++m) {
@@ -104,6 +119,7 @@ struct WideTile {
     for (int m = 0; m < Rows; ++m)
       for (int v = 0; v < kVectors; ++v) acc[m][v] = vecf{};
     for (int64_t k = 0; k < K; k += 2) {
+      prefetch_ahead(w + k * kBlock);
       float x0[Rows], x1[Rows];
       for (int m = 0; m < Rows; ++m) x0[m] = x[m * K + k], x1[m] = x[m * K + k + 1];
       for (int v = 0; v < kVectors; ++v) {  // a vector at a time: 2 weight registers, not 8
