@@ -1,4 +1,5 @@
-"""Prepared weights: the first load keeps them, later loads map them, and the mapped model is the same model."""
+"""Loading onto the kernels: prepared weights (kept by the first load, mapped by later ones, the same model) and
+the warning for bfloat16 left to torch."""
 
 import logging
 import os
@@ -87,3 +88,13 @@ def test_a_changed_checkpoint_gets_new_prepared_weights(settings, cache_dir, tin
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     load(settings.replace(model_id=str(changed), kernel_cache_dir=str(cache_dir)))
     assert prepared_files(cache_dir) == [".bin", ".bin", ".json", ".json"]
+
+
+def test_bfloat16_on_torchs_default_kernel_is_warned_about(settings, cache_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="loupe.runtime.loader"):
+        loaded(settings, cache_dir, "bfloat16", linear_kernel="blas")
+    assert "bfloat16 linear layers run on torch's default kernel" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="loupe.runtime.loader"):
+        loaded(settings, cache_dir, "bfloat16")  # native: nothing to warn about
+    assert "torch's default kernel" not in caplog.text

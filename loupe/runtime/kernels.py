@@ -101,6 +101,14 @@ def use_linear_kernel(
     return moved
 
 
+def default_bfloat16_layers(model: torch.nn.Module) -> int:
+    """bfloat16 linear layers left to torch's default CPU kernel: slow on CPUs without bfloat16 arithmetic."""
+    return sum(
+        type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16 and m.weight.device.type == "cpu"
+        for m in model.modules()
+    )
+
+
 def kernel_counts(model: torch.nn.Module) -> Counter[str]:
     """How many linear layers each kernel computes (torch's default ones are not counted)."""
     names = {NativeLinear: "native", PackedLinear: "packed", OneDnnLinear: "onednn"}

@@ -12,7 +12,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from loupe.runtime import native_kernel, prepared
 from loupe.runtime.attention import use_native_attention
 from loupe.runtime.backend import QwenBackend
-from loupe.runtime.kernels import kernel_counts, use_linear_kernel
+from loupe.runtime.kernels import default_bfloat16_layers, kernel_counts, use_linear_kernel
 from loupe.runtime.memory import map_large_allocations
 from loupe.runtime.native_kernel import variant_of
 from loupe.runtime.weights import load_advice, load_model, local_directory, weight_files
@@ -70,6 +70,12 @@ def load(settings: Settings) -> QwenBackend:
         ", ".join(f"{count} {kernel}" for kernel, count in counts.items()) or "torch's default kernel",
         f"native ({variant})" if variant else "sdpa",
     )
+    if slow := default_bfloat16_layers(model):
+        log.warning(
+            "%d bfloat16 linear layers run on torch's default kernel, which can be several times slower than "
+            "float32 on a CPU without bfloat16 arithmetic: DTYPE=float32 may answer sooner here",
+            slow,
+        )
     kernels = f"native {variant}" if variant else (counts.most_common(1)[0][0] if counts else "torch")
     eos = generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
