@@ -9,6 +9,7 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from loupe.runtime import device
 from loupe.runtime.attention import use_native_attention
 from loupe.runtime.backend import QwenBackend
 from loupe.runtime.kernels import use_linear_kernel
@@ -24,7 +25,10 @@ class ModelLoadError(RuntimeError):
 
 
 def load(settings: Settings) -> QwenBackend:
-    """Load tokenizer, image processor and weights (straight into their final dtype, one copy)."""
+    """Load tokenizer, image processor and weights (straight into their final dtype, one copy) onto DEVICE."""
+    problem = device.unavailable(settings.device)
+    if problem:  # before anything is read: refused in a second, with what to do
+        raise ModelLoadError(problem)
     map_large_allocations()  # before the weights: the load's own transient blocks go back too
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
@@ -39,17 +43,33 @@ def load(settings: Settings) -> QwenBackend:
         generation_config = GenerationConfig.from_pretrained(directory)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(load_advice(source, exc)) from exc
-    model.to(settings.device).eval()
-    moved = use_linear_kernel(model, settings.linear_kernel, settings.kernel_cache_dir)
-    native = settings.linear_kernel == "native" and use_native_attention(model, settings.kernel_cache_dir)
-    log.info(
-        "model %s loaded in %s; linear layers: %s; one-token attention: %s",
-        source,
-        settings.dtype,
-        ", ".join(f"{count} {kernel}" for kernel, count in moved.items()) or "torch's default kernel",
-        "native" if native else "sdpa",
-    )
+    _move(model, settings)
+    log.info("model %s loaded in %s on %s; %s", source, settings.dtype, settings.device, _kernels(model, settings))
+    if advice := device.dtype_advice(settings.device, settings.dtype):
+        log.warning(advice)
     eos = generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
     name = Path(source).name if Path(source).is_dir() else source
-    return QwenBackend(model, tokenizer, image_processor, eos_ids, name, settings)
+    backend = QwenBackend(model, tokenizer, image_processor, eos_ids, name, settings)
+    if not device.on_cpu(settings.device):
+        backend.warm_up()
+    return backend
+
+
+def _move(model: torch.nn.Module, settings: Settings) -> None:
+    """The model onto DEVICE, in eval mode; a GPU without room for it is a load error that says what to do."""
+    try:
+        model.to(settings.device).eval()
+    except torch.cuda.OutOfMemoryError:
+        model.to("cpu")  # what did fit goes back, so the advice sees the GPU's memory as others leave it
+        raise ModelLoadError(device.out_of_memory_advice(settings.device, settings.dtype)) from None
+
+
+def _kernels(model: torch.nn.Module, settings: Settings) -> str:
+    """Route the model to Loupe's kernels on a CPU (LINEAR_KERNEL); torch's own elsewhere. Says which."""
+    if not device.on_cpu(settings.device):
+        return "linear layers and attention: torch's own (cuBLAS, SDPA); LINEAR_KERNEL applies to CPUs only"
+    moved = use_linear_kernel(model, settings.linear_kernel, settings.kernel_cache_dir)
+    native = settings.linear_kernel == "native" and use_native_attention(model, settings.kernel_cache_dir)
+    layers = ", ".join(f"{count} {kernel}" for kernel, count in moved.items()) or "torch's default kernel"
+    return f"linear layers: {layers}; one-token attention: {'native' if native else 'sdpa'}"
