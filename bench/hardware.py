@@ -110,6 +110,22 @@ def _numel(shape: list[int]) -> int:
     return n
 
 
+def gpu_info() -> str:
+    """The GPUs' names and memory, as nvidia-smi gives them ('' where it is missing)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return "; ".join(line.strip() for line in done.stdout.splitlines() if line.strip())
+
+
 def cpu_info() -> dict:
     """The CPU model, core count and the ISA flags that matter for float32/bfloat16 matmuls."""
     import os

@@ -86,10 +86,10 @@ def backend(settings):
 
 
 @pytest.fixture(scope="session", params=DEVICES)
-def device_backend(request, settings, backend):
+def device_backend(request, settings):
     """The tiny model on each device (tests/support/devices.py): the CPU's is `backend`, a GPU's its own."""
     if request.param == "cpu":
-        return backend
+        return request.getfixturevalue("backend")
     import model_loader
 
     return model_loader.load_backend(settings.replace(device=request.param))
