@@ -6,7 +6,10 @@ Loads the model through Loupe's loader (as the server does), starts `rows` seque
 `--context` text tokens each, and times `backend.advance()` (one forward pass for every row, then every
 row's next token picked, with one copy to the host) over `--steps` steps: with the service's decode
 step, then with transformers' forward in its place. Then a torch.profiler table of a few passes of
-the largest batch: where the time of a step goes, on the host and on the device.
+the largest batch: where the time of a step goes, on the host and on the device. Last, a first
+question's way to its first token on the server's side: the image read as a request's is (decoded,
+scaled to IMAGE_MAX_EDGE), the prompt built (`prepare`), the prompt read (`start`), each timed, and a
+profile of one reading.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import time
 
 import torch
 
+from bench import inputs
 from loupe.inference import Message, SamplingParams, TextPart
+from loupe.protocol.images import read_image
 from loupe.runtime.decode_step import TransformersDecodeStep
 from loupe.runtime.loader import load
 from loupe.settings import Settings
@@ -54,6 +59,28 @@ def step_seconds(backend, rows: int, context: int, steps: int, around=contextlib
             backend.finish(sequence)
 
 
+def first_question(backend, settings: Settings, activities: list) -> None:
+    """Time the server's side of a first question up to its first token (median of 5), then profile the prefill."""
+    jpeg = inputs.jpeg_bytes(inputs.photo())
+    times: dict[str, list[float]] = {"image": [], "prepare": [], "start": []}
+    for _ in range(5):
+        begin = time.perf_counter()
+        part = read_image(jpeg, settings)
+        image_done = time.perf_counter()
+        prompt = backend.prepare([Message("user", (part, TextPart(inputs.FIRST_QUESTION)))], 32)
+        prepared = time.perf_counter()
+        backend.finish(backend.start(prompt, SAMPLING))  # start ends with the first token on the host
+        times["image"].append(image_done - begin)
+        times["prepare"].append(prepared - image_done)
+        times["start"].append(time.perf_counter() - prepared)
+    medians = ", ".join(f"{name} {sorted(values)[2] * 1000:.1f} ms" for name, values in times.items())
+    print(f"first question ({prompt.prompt_tokens} tokens, {prompt.image_tokens} of the image): {medians}")
+    with torch.profiler.profile(activities=activities) as profiler:
+        backend.finish(backend.start(prompt, SAMPLING))
+    print("one prompt read (start):")
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=48))
+
+
 def main() -> None:
     """Time each batch size with both steps, print a table, then the profile of the largest batch."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -66,7 +93,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     env = {"MODEL_ID": args.model, "DEVICE": args.device, "DTYPE": args.dtype, "PREFIX_CACHE_TOKENS": "0"}
-    backend = load(Settings.from_mapping(env))
+    settings = Settings.from_mapping(env)
+    backend = load(settings)
     steps = {"service": backend.decode_step, "transformers": TransformersDecodeStep(backend.model)}
     print(f"| rows | {' | '.join(f'{name} ms/step | {name} tok/s' for name in steps)} |")
     print("|---|" + "---|---|" * len(steps))
@@ -85,6 +113,7 @@ def main() -> None:
     step_seconds(backend, max(args.rows), args.context, 3, around=lambda: profiler)
     print(f"three passes of {max(args.rows)} rows:")
     print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=48))
+    first_question(backend, settings, activities)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ import torch
 from loupe.inference import SamplingParams
 from loupe.runtime import device
 from loupe.runtime.backend import QwenBackend
+from loupe.runtime.graphed_step import GraphedDecodeStep
 from loupe.runtime.loader import ModelLoadError, _move, load
-from loupe.runtime.torch_step import TorchDecodeStep
 from loupe.settings import Settings
 from loupe.web.services import services
 from tests.support.devices import needs_cuda
@@ -85,7 +85,7 @@ def test_the_gpu_load_logs_its_kernels_and_the_dtype_advice(settings, caplog):
         backend = load(settings.replace(device="cuda"))
     assert "torch's own (cuBLAS, SDPA)" in caplog.text and "bfloat16 is recommended" in caplog.text
     assert "native" not in caplog.text
-    assert isinstance(backend.decode_step, TorchDecodeStep)
+    assert isinstance(backend.decode_step, GraphedDecodeStep)
     assert all(type(m) is not torch.nn.Linear or m.weight.is_cuda for m in backend.model.modules())
     assert backend.model.config.text_config._attn_implementation != "loupe_decode"
 

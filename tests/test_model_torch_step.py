@@ -5,6 +5,7 @@ import torch
 
 from loupe.runtime.cache import new_cache
 from loupe.runtime.decode_step import TransformersDecodeStep, decode_step
+from loupe.runtime.graphed_step import GraphedDecodeStep
 from loupe.runtime.torch_step import TorchDecodeStep, fuse
 from loupe.runtime.weights import load_model
 from tests.support.devices import DEVICES, needs_cuda
@@ -58,5 +59,35 @@ def test_a_plain_model_on_the_cpu_decodes_through_transformers(tiny_model_dir):
 
 
 @needs_cuda
-def test_a_model_on_a_gpu_decodes_with_the_torch_step(tiny_model_dir):
-    assert isinstance(decode_step(load_model(tiny_model_dir, torch.float32).to("cuda")), TorchDecodeStep)
+def test_a_model_on_a_gpu_decodes_with_the_graphed_torch_step(tiny_model_dir):
+    assert isinstance(decode_step(load_model(tiny_model_dir, torch.float32).to("cuda")), GraphedDecodeStep)
+
+
+@needs_cuda
+def test_the_graphed_step_replays_what_the_eager_step_computes_across_reallocations(tiny_model_dir):
+    from loupe.runtime.cache import ROOM
+
+    model = load_model(tiny_model_dir, torch.float32).to("cuda").eval()
+    graphed = GraphedDecodeStep(model)
+    eager = graphed.eager  # the same fused weights
+    ids = torch.randint(0, model.config.text_config.vocab_size, (2, 9), device="cuda")
+    mask = torch.ones(2, 9, dtype=torch.long, device="cuda")
+    mask[1, :4] = 0  # a left-padded row
+    caches, keys = {}, set()
+    with torch.inference_mode():
+        for name in ("graphed", "eager"):
+            caches[name] = new_cache(model.config)
+            model(input_ids=ids, attention_mask=mask, cache=caches[name])
+        for step in range(ROOM + 20):  # past the buffers' room: they are reallocated, the graph captured anew
+            mask = torch.cat([mask, mask.new_ones(2, 1)], dim=1)
+            tokens = torch.randint(0, 100, (2, 1), device="cuda")
+            at = torch.tensor([9 + step, 5 + step], device="cuda").expand(4, 2).reshape(4, 2, 1)
+            ours = graphed(tokens, at, mask, caches["graphed"]).clone()
+            theirs = eager(tokens, at, mask, caches["eager"])
+            torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+            keys.add(graphed.key)
+    assert not graphed.broken and graphed.graph is not None
+    assert len(keys - {None}) == 2  # one graph per buffer, each replayed for over a hundred steps
+    for ours, theirs in zip(caches["graphed"].layers, caches["eager"].layers, strict=True):
+        assert ours.keys.shape == theirs.keys.shape == (2, 2, 9 + ROOM + 20, 16)
+        torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-4, rtol=1e-4)

@@ -22,6 +22,7 @@ from transformers import DynamicCache
 
 from loupe.runtime import torch_step
 from loupe.runtime.attention import NAME
+from loupe.runtime.graphed_step import GraphedDecodeStep
 from loupe.runtime.native_kernel import NativeLinear
 from loupe.runtime.torch_step import TorchDecodeStep
 
@@ -115,13 +116,16 @@ class TransformersDecodeStep:
         return output.logits[:, -1]
 
 
-def decode_step(model: torch.nn.Module) -> NativeDecodeStep | TorchDecodeStep | TransformersDecodeStep:
-    """The native step where it computes this model's decoder on a CPU, torch's few operations on a GPU,
-    else (saying why) transformers' forward."""
-    if next(model.parameters()).device.type != "cpu":
+def decode_step(
+    model: torch.nn.Module,
+) -> NativeDecodeStep | GraphedDecodeStep | TorchDecodeStep | TransformersDecodeStep:
+    """The native step where it computes this model's decoder on a CPU, torch's few operations on a GPU
+    (replayed from CUDA graphs on CUDA), else (saying why) transformers' forward."""
+    device = next(model.parameters()).device
+    if device.type != "cpu":
         problem = torch_step.unfit(model)
         if problem is None:
-            return TorchDecodeStep(model)
+            return GraphedDecodeStep(model) if device.type == "cuda" else TorchDecodeStep(model)
     else:
         problem = _unfit(model)
         if problem is None:

@@ -55,41 +55,46 @@ class Sampler:
             logits = logits.masked_fill(before >= s.top_p, float("-inf"))
         return torch.softmax(logits, dim=-1), candidates
 
-    def note(self, token: torch.Tensor, vocab: int) -> None:
-        """Remember a generated token (a 0-d tensor on the logits' device) for the penalties."""
-        if self.seen is None:  # made once per sequence: a step then copies nothing to the device for them
-            self.seen = torch.zeros(vocab, dtype=torch.bool, device=token.device)
-            penalties = [self.sampling.repetition_penalty, self.sampling.presence_penalty]
-            self.penalties = torch.tensor(penalties, dtype=torch.float32, device=token.device)
-        self.seen.index_fill_(0, token.view(1), True)
+    def start_penalties(self, vocab: int, device: torch.device) -> None:
+        """Make the penalties' state on the logits' device, once per sequence: no step copies it there."""
+        self.seen = torch.zeros(vocab, dtype=torch.bool, device=device)
+        penalties = [self.sampling.repetition_penalty, self.sampling.presence_penalty]
+        self.penalties = torch.tensor(penalties, dtype=torch.float32, device=device)
 
 
 def pick_tokens(samplers: Sequence[Sampler], logits: torch.Tensor) -> list[int]:
-    """The next token of each row of (rows, vocab) logits, row i chosen by samplers[i]; one copy to the host."""
+    """The next token of each row of (rows, vocab) logits, row i chosen by samplers[i]; one copy to the host.
+
+    A step's work does not grow with its rows but for sampled ones (temperature > 0), drawn one by one.
+    """
     logits = logits.to(torch.float32, copy=True)  # the penalties write into it
-    _penalise(samplers, logits)
+    penalised = [i for i, s in enumerate(samplers) if s.penalised]
+    for i in penalised:
+        if samplers[i].seen is None:
+            samplers[i].start_penalties(logits.shape[-1], logits.device)
+    index = None if len(penalised) == len(samplers) else torch.tensor(penalised, device=logits.device)
+    seen = torch.stack([samplers[i].seen for i in penalised]) if penalised else None
+    if seen is not None:
+        _penalise(logits, seen, torch.stack([samplers[i].penalties for i in penalised]), index)
     tokens = torch.argmax(logits, dim=-1)  # every row at once; the sampled rows are drawn over it
     for row, sampler in enumerate(samplers):
         if sampler.sampling.temperature != 0:
             tokens[row] = sampler.draw(logits[row])
-        if sampler.penalised:
-            sampler.note(tokens[row], logits.shape[-1])
+    if seen is not None:  # mark each row's token in one launch; the rows keep views of the stack
+        chosen = tokens if index is None else tokens[index]
+        seen[torch.arange(len(penalised), device=seen.device), chosen] = True
+        for i, row_seen in zip(penalised, seen.unbind(0), strict=True):
+            samplers[i].seen = row_seen
     return tokens.tolist()
 
 
-def _penalise(samplers: Sequence[Sampler], logits: torch.Tensor) -> None:
-    """Penalise in place, on the device, the logits of tokens each row has generated (rows with penalties)."""
-    rows = [i for i, s in enumerate(samplers) if s.penalised and s.seen is not None]
-    if not rows:
-        return
-    every = len(rows) == len(samplers)  # the usual case: no index to copy to the device
-    index = None if every else torch.tensor(rows, device=logits.device)
+def _penalise(logits: torch.Tensor, seen: torch.Tensor, penalties: torch.Tensor, index: torch.Tensor | None) -> None:
+    """Penalise in place the logits of the tokens each penalised row has generated (`index`: those rows, None: all)."""
     values = logits if index is None else logits[index]
-    penalties = torch.stack([samplers[i].penalties for i in rows])
     repetition, presence = penalties[:, :1], penalties[:, 1:]
     # OpenAI's presence penalty is additive, once per token; the repetition penalty divides what is positive.
     penalised = torch.where(values > 0, values / repetition, values * repetition) - presence
-    chosen = torch.where(torch.stack([samplers[i].seen for i in rows]), penalised, values)
+    chosen = torch.where(seen, penalised, values)
     if index is None:
         logits.copy_(chosen)
     else:

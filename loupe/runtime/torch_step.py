@@ -12,11 +12,15 @@ without copying the cache). Prompts still run through transformers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
+
+# write(layer index, new keys, new values) -> (keys, values) to attend to, each (rows, kv_heads, keys, head_dim)
+Write = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -70,18 +74,24 @@ class TorchDecodeStep:
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache
     ) -> torch.Tensor:
         """input_ids (rows, 1); position_ids (4, rows, 1): text, then M-RoPE's t, h, w; mask (rows, keys)."""
+        return self.run(input_ids, position_ids, mask.bool(), lambda index, k, v: cache.layers[index].update(k, v))
+
+    def run(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor, write: Write
+    ) -> torch.Tensor:
+        """The step, with `write(layer, k, v)` storing a layer's new keys and values and returning what to
+        attend to; `keep` (rows, keys) is True where a row may look. Launches work only: a CUDA graph records it."""
         rows, heads, kv_heads, dim = input_ids.shape[0], self.heads, self.kv_heads, self.head_dim
         h = self.embed(input_ids).view(rows, -1)
         cos, sin = (t.view(rows, 1, dim) for t in self.rotary(h, position_ids[1:]))
-        keep = mask.bool()[:, None, None, :]  # (rows, 1, 1, keys): broadcast over heads and queries
-        for layer, cached in zip(self.layers, cache.layers, strict=True):
+        keep = keep[:, None, None, :]  # (rows, 1, 1, keys): broadcast over heads and queries
+        for index, layer in enumerate(self.layers):
             x = F.rms_norm(h, (h.shape[-1],), layer.input_norm, self.eps)
             qkv = F.linear(x, layer.qkv).view(rows, heads + 2 * kv_heads, dim)
             qk = F.rms_norm(qkv[:, : heads + kv_heads], (dim,), None, self.eps) * layer.head_norms
             qk = qk * cos + _rotate_half(qk) * sin
             q = qk[:, :heads].reshape(rows, kv_heads, heads // kv_heads, dim)  # a key-value head's queries
-            k = qk[:, heads:].unsqueeze(2)
-            keys, values = cached.update(k, qkv[:, heads + kv_heads :].unsqueeze(2))
+            keys, values = write(index, qk[:, heads:].unsqueeze(2), qkv[:, heads + kv_heads :].unsqueeze(2))
             attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=keep, scale=self.scale)
             h = h + F.linear(attended.reshape(rows, -1), layer.o)
             x = F.rms_norm(h, (h.shape[-1],), layer.post_norm, self.eps)
