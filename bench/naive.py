@@ -1,6 +1,6 @@
 """The naive baseline: the plain transformers recipe a tutorial shows, on the benchmark's inputs.
 
-Per request: chat template + image processor on the full-resolution image (no image budget),
+Per request: the image file opened, chat template + image processor on the full-resolution image (no image budget),
 then `model.generate`, the whole conversation re-encoded every time, no cache kept between
 requests, requests one after another. transformers' Qwen3VLProcessor cannot be built without
 torchvision (its video processor), so the tutorial's `processor.apply_chat_template` is done by
@@ -12,6 +12,7 @@ Usage: python -m bench.naive --model DIR --dtype float32 --image photo.jpg --max
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import resource
@@ -87,10 +88,13 @@ class NaiveModel:
         return {name: value.to(self.device) for name, value in batch.items()}  # the tutorial's .to(model.device)
 
     @torch.inference_mode()
-    def ask(self, messages: list[dict], image: Image.Image, max_tokens: int) -> dict:
-        """One request, timed: encode, generate greedily exactly `max_tokens` tokens, decode."""
+    def ask(self, messages: list[dict], image_file: bytes, max_tokens: int) -> dict:
+        """One request, timed: open the image, encode, generate greedily exactly `max_tokens` tokens, decode.
+
+        The image is opened per request, from its file's bytes, as the server decodes each request's.
+        """
         start = time.perf_counter()
-        batch = self.encode(messages, image)
+        batch = self.encode(messages, Image.open(io.BytesIO(image_file)).convert("RGB"))
         clock = TokenClock()
         output = self.model.generate(
             **batch, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False, streamer=clock
@@ -115,9 +119,9 @@ def timing(start: float, token_times: list[float], batch: dict, tokens: int, tex
     }
 
 
-def run(model: NaiveModel, image: Image.Image, max_tokens: int, clients: int, measured: int) -> dict:
+def run(model: NaiveModel, image: bytes, max_tokens: int, clients: int, measured: int) -> dict:
     """First turn, follow-up, and `clients` requests served one after another (`measured` of them run)."""
-    result: dict = {"load_s": model.load_s, "image_size": list(image.size)}
+    result: dict = {"load_s": model.load_s, "image_size": list(Image.open(io.BytesIO(image)).size)}
     if model.device != "cpu":  # the GPU's lazy start (kernels, cuBLAS) stays out of the figures, as the server's
         model.ask(inputs.first_turn("image"), image, 2)  # warm-up at load keeps it out of its own
     log.info("naive: first turn")
@@ -130,7 +134,7 @@ def run(model: NaiveModel, image: Image.Image, max_tokens: int, clients: int, me
 
 
 def sequential_clients(
-    model: NaiveModel, image: Image.Image, max_tokens: int, clients: int, measured: int, first: dict
+    model: NaiveModel, image: bytes, max_tokens: int, clients: int, measured: int, first: dict
 ) -> dict:
     """All clients arrive at 0 and are served in turn; unmeasured ones repeat the first turn's timing."""
     log.info("naive: %d clients one after another, %d of them run", clients, measured)
@@ -177,7 +181,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    image = Image.open(args.image).convert("RGB")
+    image = args.image.read_bytes()
     model = NaiveModel(args.model, args.dtype, args.device)
     if args.launched_at:  # like the server's load time: from launch (imports included) to ready
         model.load_s = time.time() - args.launched_at

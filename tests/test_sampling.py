@@ -34,3 +34,15 @@ def test_penalties_apply_to_generated_tokens_on_the_device(device):
     assert [greedy.pick(logits) for _ in range(3)] == [1, 2, 1]  # 3 - 1.5 = 1.5 > 2 - 1.5 and > 1
     assert greedy.seen.device.type == device and greedy.seen.tolist() == [False, True, True, False]
     assert logits.tolist() == [[1.0, 3.0, 2.0, 0.5]]  # the caller's logits are left alone
+
+
+def test_the_incremental_text_is_what_the_tokenizer_decodes(backend):
+    from loupe.runtime.sampling import IncrementalDecoder
+
+    tokenizer = backend.tokenizer
+    ids = torch.randint(0, len(tokenizer), (300,), generator=torch.Generator().manual_seed(9)).tolist()
+    decoder = IncrementalDecoder(tokenizer)
+    assert decoder._decode != tokenizer.decode  # the Rust tokenizer's own, for this (BPE, no clean-up) tokenizer
+    text = "".join(decoder.add(token) for token in ids)
+    whole = tokenizer.decode(ids, skip_special_tokens=True)
+    assert whole.startswith(text) and len(whole) - len(text) <= 4  # at most a character's bytes held back

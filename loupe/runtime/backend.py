@@ -54,6 +54,7 @@ class QwenBackend:
         self.on_device = torch.device(settings.device)
         self.on_cpu = self.on_device.type == "cpu"
         self.max_context = settings.max_context_tokens
+        self.image_max_edge = settings.image_max_edge
         self.prompts = PromptBuilder(tokenizer, image_processor, model.config.image_token_id, self.max_context)
         self.prefix_cache = PrefixCache(settings.prefix_cache_tokens) if settings.prefix_cache_tokens else None
         self.batch = DecodeBatch(model.config)  # used by the engine's thread only
@@ -122,9 +123,10 @@ class QwenBackend:
             return_free_memory()
 
     def warm_up(self) -> None:
-        """A short question about a small image, forgotten after: the first request then does not pay for
-        the GPU's lazy start (loading its kernels, cuBLAS and cuDNN), which took ~1 s of its TTFT on an H200."""
-        image = Image.new("RGB", (64, 64), (128, 128, 128))
+        """A short question about an image of IMAGE_MAX_EDGE, forgotten after: the first request then does not
+        pay for the GPU's lazy start (loading its kernels, cuBLAS and cuDNN), ~1 s of its TTFT on an H200."""
+        edge = self.image_max_edge  # the size most images arrive at: their kernels warm too
+        image = Image.new("RGB", (edge, edge * 3 // 4), (128, 128, 128))
         prompt = self.prepare([Message("user", (ImagePart(image=image), TextPart("Hello")))], WARM_UP.max_tokens)
         for _ in self.generate(prompt, WARM_UP, lambda: False):
             pass

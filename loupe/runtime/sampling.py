@@ -82,7 +82,8 @@ def pick_tokens(samplers: Sequence[Sampler], logits: torch.Tensor) -> list[int]:
             tokens[row] = sampler.draw(logits[row])
     if seen is not None:  # mark each row's token in one launch; the rows keep views of the stack
         chosen = tokens if index is None else tokens[index]
-        seen[torch.arange(len(penalised), device=seen.device), chosen] = True
+        rows = torch.arange(len(penalised), device=seen.device)
+        seen.index_put_((rows, chosen), torch.ones((), dtype=torch.bool, device=seen.device))  # no host value
         for i, row_seen in zip(penalised, seen.unbind(0), strict=True):
             samplers[i].seen = row_seen
     return tokens.tolist()
@@ -106,6 +107,11 @@ class IncrementalDecoder:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        # The Rust tokenizer itself where transformers' decode would add nothing to it (no clean-up): two
+        # decodes a token for every running sequence, and the wrapper's checks cost more than the decoding.
+        fast = getattr(tokenizer, "backend_tokenizer", None)
+        plain = fast is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True)
+        self._decode = fast.decode if plain else tokenizer.decode
         self.ids: list[int] = []
         self.prefix = 0
         self.read = 0
@@ -113,8 +119,8 @@ class IncrementalDecoder:
     def add(self, token: int) -> str:
         """Text that this token completes (may be empty)."""
         self.ids.append(token)
-        before = self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
-        after = self.tokenizer.decode(self.ids[self.prefix :], skip_special_tokens=True)
+        before = self._decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        after = self._decode(self.ids[self.prefix :], skip_special_tokens=True)
         if len(after) > len(before) and not after.endswith("\ufffd"):
             self.prefix, self.read = self.read, len(self.ids)
             return after[len(before) :]
