@@ -124,7 +124,7 @@ class QwenBackend:
 
     def warm_up(self) -> None:
         """A short question about an image of IMAGE_MAX_EDGE, forgotten after: the first request then does not
-        pay for the GPU's lazy start (loading its kernels, cuBLAS and cuDNN), ~1 s of its TTFT on an H200."""
+        pay for the GPU's lazy start (loading the kernels a prompt and a step use, cuBLAS's and cuDNN's set-up)."""
         edge = self.image_max_edge  # the size most images arrive at: their kernels warm too
         image = Image.new("RGB", (edge, edge * 3 // 4), (128, 128, 128))
         prompt = self.prepare([Message("user", (ImagePart(image=image), TextPart("Hello")))], WARM_UP.max_tokens)

@@ -1,13 +1,14 @@
 """A decode step of Qwen3-VL's text decoder in a few torch operations per layer: what a GPU runs.
 
 On a GPU a one-token step is bound by launching work, not by doing it: the weights stream in about
-a millisecond, and transformers' forward launches some 60 small kernels per layer from Python (module
-calls, its RMSNorm's six operations, the rotary embedding's slices, the 4D mask it builds each step).
-This step computes the same function with about 20: one matrix product for q, k and v and one for
-gate and up (each layer's weights laid side by side once, the modules keeping views of them, so no
-memory is added), one norm for all query and key heads, one rotary embedding for both, and SDPA with
-the query heads that share a key-value head folded into its query axis (grouped-query attention
-without copying the cache). Prompts still run through transformers.
+a millisecond, and transformers' forward launches several times as many small kernels per layer as
+needed, from Python (module calls, its RMSNorm's six operations, the rotary embedding's slices, the
+4D mask it builds each step). This step computes the same function with about 20: one matrix
+product for q, k and v and one for gate and up (each layer's weights laid side by side once, the
+modules keeping views of them, so no memory is added), one norm for all query and key heads, one
+rotary embedding for both, and SDPA with the query heads that share a key-value head folded into
+its query axis (grouped-query attention without copying the cache). Prompts still run through
+transformers; graphed_step.py replays this step from CUDA graphs.
 """
 
 from __future__ import annotations
