@@ -110,6 +110,22 @@ def _numel(shape: list[int]) -> int:
     return n
 
 
+def gpu_info() -> str:
+    """The GPUs' names and memory, as nvidia-smi gives them ('' where it is missing)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return "; ".join(line.strip() for line in done.stdout.splitlines() if line.strip())
+
+
 # Environment variables that make torch, MKL and oneDNN use fewer of the CPU's instructions: a run
 # with ATEN_CPU_CAPABILITY=avx2 (and the others) takes every software path an AVX2-only CPU takes.
 ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")

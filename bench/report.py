@@ -140,7 +140,7 @@ def figures(
     load_s: float,
     peak_rss_bytes: int,
     bytes_per_token: int,
-    bandwidth: float,
+    bandwidth: float | None,
 ) -> dict:
     """Every figure of one system (server or naive) from its measurements in the common shape."""
     decode = first.get("decode_tps")
@@ -153,7 +153,7 @@ def figures(
         "server_ttft_s": first.get("server_ttft_s"),
         "decode_tps": decode,
         "client_decode_tps": first.get("client_decode_tps"),
-        "decode_efficiency": decode * bytes_per_token / bandwidth if decode else None,
+        "decode_efficiency": decode * bytes_per_token / bandwidth if decode and bandwidth else None,
         "follow_up_prompt_tokens": follow.get("prompt_tokens"),
         "follow_up_ttft_s": follow.get("ttft_s"),
     }

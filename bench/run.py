@@ -38,13 +38,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import hardware, inputs, report
+from bench import hardware, inputs, report, sweep
 from bench.build_checkpoint import build_checkpoint
 from bench.client import Measurement, concurrent_chats, decode_steps, settled_gauge, stream_chat
 from bench.server import ROOT, Server
 
 log = logging.getLogger("bench.run")
 BENCH = Path(__file__).resolve().parent
+GPU_PREFIX_CACHE_TOKENS = 131072  # 14 GiB in bfloat16: room for the sweep's 64 running conversations and more
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,7 @@ def run_server(
         ours = [master, *workers, os.getpid()]
         before, meter = hardware.process_jiffies(ours), hardware.CpuMeter()
         raw = server_scenarios(server.url, image_url, args.max_tokens, args.clients, idle, pairing)
+        raw["sweep"] = sweep.sweep(server.url, image_url, args.sweep, args.sweep_tokens) if args.sweep else []
         cpu = meter.result(hardware.process_jiffies(ours) - before)
         raw.update(
             load_s=load_s,
@@ -184,16 +186,22 @@ def server_env(model_dir: Path, dtype: str, args: argparse.Namespace, extra: dic
     """The server's settings; its history (if it keeps one) goes to the log folder, not the project.
 
     No rate limit: the benchmark is one client sending about 40 requests a minute in bfloat16, past the
-    default 30, and the limit is a policy for clients, not part of what a request costs.
+    default 30, and the limit is a policy for clients, not part of what a request costs. On a GPU, the
+    settings the README gives for one: a batch for the sweep's largest size, threads for its streams.
     """
-    return {
+    env = {
         "MODEL_ID": str(model_dir),
         "DTYPE": dtype,
+        "DEVICE": args.device,
         "TORCH_THREADS": str(args.threads),
         "DATA_DIR": str(args.log_dir / "server-data"),
         "RATE_LIMIT": "off",
-        **extra,
     }
+    if args.device != "cpu":
+        batch = max([64, *args.sweep])
+        env.update(MAX_BATCH=str(batch), QUEUE_SIZE=str(batch), THREADS=str(2 * batch + 16))
+        env.update(PREFIX_CACHE_TOKENS=str(GPU_PREFIX_CACHE_TOKENS))
+    return {**env, **extra}
 
 
 def run_naive(model_dir: Path, dtype: str, args: argparse.Namespace, image_path: Path) -> dict:
@@ -217,6 +225,8 @@ def run_naive(model_dir: Path, dtype: str, args: argparse.Namespace, image_path:
         str(args.clients if args.naive_measured_clients is None else args.naive_measured_clients),
         "--threads",
         str(args.threads),
+        "--device",
+        args.device,
         "--launched-at",
         repr(time.time()),
         "--out",
@@ -260,14 +270,16 @@ def summarise(raw: dict, peak_rss: int, bytes_per_token: int, bandwidth: float) 
 def bench_dtype(model_dir: Path, dtype: str, args: argparse.Namespace, image: tuple[str, Path], params: dict) -> dict:
     """Bandwidth samples, server and (unless skipped) naive baseline for one dtype."""
     samples: list[dict] = []
+    on_cpu = args.device == "cpu"  # the CPU's memory bandwidth says nothing about a GPU's decoding
 
     def sample() -> None:
-        samples.append(hardware.read_bandwidth(threads=args.threads))
+        if on_cpu:
+            samples.append(hardware.read_bandwidth(threads=args.threads))
 
     sample()
     bytes_per_token = params["per_token"] * hardware.DTYPE_BYTES[dtype]
     result: dict = {"bytes_per_token": bytes_per_token, "raw": {}}
-    meter = hardware.ReadMeter(threads=args.threads) if args.paired_rounds else None
+    meter = hardware.ReadMeter(threads=args.threads) if args.paired_rounds and on_cpu else None
     pairing = (
         Pairing(args.paired_rounds, args.paired_tokens, meter.sample, args.batch_rounds, args.batch_tokens)
         if meter
@@ -278,7 +290,7 @@ def bench_dtype(model_dir: Path, dtype: str, args: argparse.Namespace, image: tu
     if not args.skip_naive:
         result["raw"]["naive"] = run_naive(model_dir, dtype, args, image[1])
         sample()
-    best = max(s["read_bytes_per_s"] for s in samples)
+    best = max((s["read_bytes_per_s"] for s in samples), default=None)
     result["bandwidth"] = {"read_bytes_per_s": best, "samples": samples}
     for system, raw in result["raw"].items():
         peak = raw["memory"]["peak_rss_bytes"] if system == "server" else raw["peak_rss_bytes"]
@@ -362,6 +374,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-tokens", type=int, default=32, help="tokens generated per client in those rounds")
     parser.add_argument("--threads", type=int, default=0, help="TORCH_THREADS for server, baseline, bandwidth")
     parser.add_argument(
+        "--device",
+        default="cpu",
+        help="DEVICE for server and baseline, e.g. cuda; off the CPU there are no bandwidth samples or paired rounds",
+    )
+    parser.add_argument(
+        "--sweep",
+        type=int,
+        nargs="*",
+        default=[],
+        help="clients at once on the cached image, one size after another, e.g. 1 4 16 64 (bench/sweep.py)",
+    )
+    parser.add_argument("--sweep-tokens", type=int, default=256, help="tokens generated per client in the sweep")
+    parser.add_argument(
         "--variants",
         nargs="*",
         default=[],
@@ -408,6 +433,8 @@ def main() -> None:
         "started": started,
         "duration_s": time.perf_counter() - begin,
         "cpu": hardware.cpu_info(),
+        "device": args.device,
+        "gpu": hardware.gpu_info() if args.device != "cpu" else None,
         "checkpoint": str(model_dir),
         "parameters": params,
         "image": {"sent": list(photo.size), "bytes": len(jpeg)},
@@ -425,8 +452,9 @@ def main() -> None:
 def render(document: dict) -> str:
     """The human-readable summary: context, the table, the clients' TTFTs, the variants."""
     results = document["results"]
+    gpu = f"; GPU {document['gpu']}" if document.get("gpu") else ""
     lines = [
-        f"Loupe benchmark, {document['started']}, {document['duration_s'] / 60:.1f} min; "
+        f"Loupe benchmark, {document['started']}, {document['duration_s'] / 60:.1f} min{gpu}; "
         f"CPU {document['cpu']['model']} x{document['cpu']['cores']} {' '.join(document['cpu']['isa'])} "
         f"(torch uses {document['cpu'].get('torch_capability')}; limits {document['cpu'].get('limits') or 'none'}); "
         f"{document['max_tokens']} tokens per request; image {document['image']['sent'][0]}x"
@@ -439,12 +467,17 @@ def render(document: dict) -> str:
         lines.append(f"{dtype}: other processes' share of the CPU while measuring: {noise}")
         lines.append(f"{dtype}: the server's kernels: {result['raw'].get('server', {}).get('kernels')}")
         samples = ", ".join(f"{s['read_bytes_per_s'] / 1e9:.1f}" for s in result["bandwidth"].get("samples", []))
-        lines.append(
-            f"{dtype}: read bandwidth {result['bandwidth']['read_bytes_per_s'] / 1e9:.1f} GB/s, the "
-            f"highest of the run's samples ({samples}); {result['bytes_per_token'] / 1e9:.2f} GB of "
-            "weights read per token"
-        )
+        if samples:
+            lines.append(
+                f"{dtype}: read bandwidth {result['bandwidth']['read_bytes_per_s'] / 1e9:.1f} GB/s, the "
+                f"highest of the run's samples ({samples}); {result['bytes_per_token'] / 1e9:.2f} GB of "
+                "weights read per token"
+            )
     lines += ["", report.table(results), "", report.client_ttft_lines(results)]
+    for dtype, result in results.items():
+        if result["raw"]["server"].get("sweep"):
+            naive = result.get("naive")
+            lines += ["", f"{dtype}: the concurrency sweep", "", sweep.table(result["raw"]["server"]["sweep"], naive)]
     lines += report.error_lines(results)
     for dtype, result in results.items():
         naive = result.get("raw", {}).get("naive", {}).get("concurrent", {})

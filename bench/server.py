@@ -27,8 +27,8 @@ def free_port() -> int:
 
 
 def gunicorn_command() -> list[str]:
-    """gunicorn from the same environment as this Python."""
-    return [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "app:create_app()"]
+    """gunicorn from the same environment as this Python (as a module: also where it was installed without scripts)."""
+    return [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:create_app()"]
 
 
 class Server:

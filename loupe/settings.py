@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +40,17 @@ class Settings:
         "Hugging Face model id, or a local directory holding the model (config, weights, tokenizer, "
         "chat template, preprocessor config). Use a local directory on machines without network.",
     )
-    dtype: str = _setting("float32", "Weights and compute type: `float32` or `bfloat16`.")
-    device: str = _setting("cpu", "Torch device the model runs on, e.g. `cpu`.")
+    dtype: str = _setting(
+        "float32",
+        "Weights and compute type: `float32` or `bfloat16`. On a GPU choose `bfloat16` (half the memory, faster); "
+        "the start-up log says so when float32 is chosen there.",
+    )
+    device: str = _setting(
+        "cpu",
+        "Torch device the model runs on: `cpu`, or `cuda` (`cuda:N` for the Nth GPU) for an NVIDIA GPU, with a "
+        "CUDA build of torch. Loupe's own kernels (`LINEAR_KERNEL`) are for CPUs; on a GPU torch's run it. "
+        "Without a usable GPU the server starts, and `/health` says why it cannot load and what to do.",
+    )
     linear_kernel: str = _setting(
         "native",
         "What computes the model's linear layers on a CPU: `native` (Loupe's own kernels, float32 and, on "
@@ -87,12 +97,14 @@ class Settings:
         "Tokens of earlier conversations whose model state is kept so follow-up questions skip "
         "re-reading them (the image above all); least recently used first out, also to make room for "
         "running generations: kept and running together stay within it. Each token costs 224 KiB in "
-        "float32 (112 KiB in bfloat16) for Qwen3-VL-2B. 0 turns the cache off.",
+        "float32 (112 KiB in bfloat16) for Qwen3-VL-2B, in the memory of DEVICE. 0 turns the cache off. "
+        "On a GPU with memory to spare, raise it with MAX_BATCH (about 700 tokens per running image chat).",
     )
     max_batch: int = _setting(
         4,
         "Generations decoded together: each step reads the weights once for all of them, so "
-        "concurrent users share the cost. 1 generates one request at a time.",
+        "concurrent users share the cost. 1 generates one request at a time. On a GPU, 64 "
+        "(with THREADS and QUEUE_SIZE raised to match).",
     )
     queue_size: int = _setting(
         8,
@@ -200,6 +212,8 @@ class Settings:
         """Refuse settings that cannot work, with a message naming the variable."""
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"DTYPE must be float32 or bfloat16, not {self.dtype!r}")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"DEVICE must be cpu, cuda or cuda:N, not {self.device!r}")
         if self.linear_kernel not in LINEAR_KERNELS:
             raise ValueError(f"LINEAR_KERNEL must be {' or '.join(LINEAR_KERNELS)}, not {self.linear_kernel!r}")
         positive = (

@@ -16,6 +16,7 @@ import redis
 from loupe.settings import Settings
 from loupe.web.services import services
 from tests.support.cpu import VARIANT_PARAMS
+from tests.support.devices import DEVICES
 from tests.support.engines import Engines, running_engines, wait_ready
 from tests.support.live_server import KERNEL_CACHE_DIR, ROOT, LiveServer
 from tests.support.tiny_model import build_tiny_model
@@ -83,6 +84,16 @@ def backend(settings):
     import model_loader
 
     return model_loader.load_backend(settings)
+
+
+@pytest.fixture(scope="session", params=DEVICES)
+def device_backend(request, settings):
+    """The tiny model on each device (tests/support/devices.py): the CPU's is `backend`, a GPU's its own."""
+    if request.param == "cpu":
+        return request.getfixturevalue("backend")
+    import model_loader
+
+    return model_loader.load_backend(settings.replace(device=request.param))
 
 
 @pytest.fixture(scope="session", params=VARIANT_PARAMS)

@@ -113,3 +113,18 @@ def test_a_failed_paired_round_is_listed_with_its_reason():
     assert error_lines({"bfloat16": {"raw": {"server": raw}}}) == [
         "ERROR bfloat16 server paired batch 2: HTTP 429: too many"
     ]
+
+
+def test_the_sweep_sets_each_size_against_one_client_and_the_naive_baseline():
+    from bench.sweep import questions, size_figures, table
+
+    def measured(ttft, finished, chunks):
+        return {**client(ttft, finished, chunks), "completion_tokens": len(chunks), "client_decode_tps": 2.0}
+
+    one = size_figures(1, [measured(0.5, 2.5, [0.5, 1.0, 1.5, 2.0, 2.5])], wall_s=2.5)
+    assert one["batched_decode_tps"] == 2.0  # a lone client's own rate
+    four = size_figures(4, [measured(0.5 + i, 6.0, [0.5 + i, 4.0, 5.0, 6.0]) for i in range(4)], wall_s=6.0)
+    assert four["batched_decode_tps"] == 4 * 3 / (6.0 - 3.5) and four["failures"] == 0
+    rendered = table([one, four], {"decode_tps": 1.0}).splitlines()
+    assert rendered[3].startswith("| 4 | 4.8 | 2.4x |") and rendered[3].endswith("| 1 | 4.8x |")
+    assert len(set(questions(64))) == 64

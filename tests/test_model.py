@@ -14,6 +14,7 @@ from loupe.runtime.decode_step import TransformersDecodeStep
 from loupe.runtime.loader import ModelLoadError, load
 from loupe.runtime.sampling import Sampler
 from model_loader import load_backend
+from tests.support.devices import DEVICES
 from tests.support.reference_processor import reference_inputs
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, top_p=1.0, top_k=0, presence_penalty=0.0, ignore_eos=True)
@@ -77,9 +78,9 @@ def test_prepared_inputs_equal_transformers_own_processor(backend, messages):
     assert (prompt.image_grid_thw is None) == (image_count == 0)
 
 
-def test_image_positions_differ_across_height_and_width(backend):
-    prompt = backend.prepare([image_turn(photo(128, 64))], max_tokens=8)
-    positions, delta = backend.prompt_positions(prompt)
+def test_image_positions_differ_across_height_and_width(device_backend):
+    prompt = device_backend.prepare([image_turn(photo(128, 64))], max_tokens=8)
+    positions, delta = device_backend.prompt_positions(prompt)
     on_image = prompt.mm_token_type_ids[0].bool()
     temporal, height, width = positions[1, 0, on_image], positions[2, 0, on_image], positions[3, 0, on_image]
     assert not torch.equal(height, width)  # a 2D grid, not text positions
@@ -101,22 +102,24 @@ def test_image_positions_differ_across_height_and_width(backend):
     ],
     ids=["image", "multi-turn text"],
 )
-def test_greedy_tokens_equal_model_generate(backend, messages):
-    assert tokens(backend, backend.prepare(messages, max_tokens=12)) == generate_reference(backend, messages)
+def test_greedy_tokens_equal_model_generate(device_backend, messages):
+    assert tokens(device_backend, device_backend.prepare(messages, max_tokens=12)) == generate_reference(
+        device_backend, messages
+    )
 
 
-def test_same_seed_same_tokens_other_seed_other_tokens(backend):
-    prompt = backend.prepare([image_turn(photo())], max_tokens=12)
+def test_same_seed_same_tokens_other_seed_other_tokens(device_backend):
+    prompt = device_backend.prepare([image_turn(photo())], max_tokens=12)
     sampled = SamplingParams(12, 1.0, 1.0, 0, 0.0, seed=5, ignore_eos=True)
-    first = tokens(backend, prompt, sampled)
-    assert first == tokens(backend, prompt, sampled)
-    assert first != tokens(backend, prompt, SamplingParams(12, 1.0, 1.0, 0, 0.0, seed=6, ignore_eos=True))
+    first = tokens(device_backend, prompt, sampled)
+    assert first == tokens(device_backend, prompt, sampled)
+    assert first != tokens(device_backend, prompt, SamplingParams(12, 1.0, 1.0, 0, 0.0, seed=6, ignore_eos=True))
 
 
-def test_cancel_stops_the_loop(backend):
-    prompt = backend.prepare([image_turn(photo())], max_tokens=12)
+def test_cancel_stops_the_loop(device_backend):
+    prompt = device_backend.prepare([image_turn(photo())], max_tokens=12)
     made = []
-    for token in backend.generate(prompt, GREEDY, lambda: len(made) >= 3):
+    for token in device_backend.generate(prompt, GREEDY, lambda: len(made) >= 3):
         made.append(token)
     assert len(made) == 3
 
@@ -182,27 +185,27 @@ def first_token_and_ids(backend, prompt, sampling=GREEDY):
 
 
 def generate_reference(backend, messages, count=12):
-    inputs = reference_inputs(backend, messages)
+    inputs = {name: value.to(backend.model.device) for name, value in reference_inputs(backend, messages).items()}
     output = backend.model.generate(**inputs, max_new_tokens=count, do_sample=False, eos_token_id=None, pad_token_id=0)
     return output[0, inputs["input_ids"].shape[1] :].tolist()
 
 
-def test_a_follow_up_reuses_the_conversation_and_answers_as_without_the_cache(backend):
+def test_a_follow_up_reuses_the_conversation_and_answers_as_without_the_cache(device_backend):
     first_turn = [image_turn(photo(80, 80, seed=11), text="What is it?")]
-    cached, first_ids = first_token_and_ids(backend, backend.prepare(first_turn, 12))
+    cached, first_ids = first_token_and_ids(device_backend, device_backend.prepare(first_turn, 12))
     assert cached == 0
-    answer = backend.tokenizer.decode(first_ids, skip_special_tokens=True)
+    answer = device_backend.tokenizer.decode(first_ids, skip_special_tokens=True)
     follow_up = [*first_turn, Message("assistant", (TextPart(answer),)), Message("user", (TextPart("Why?"),))]
-    prompt = backend.prepare(follow_up, 12)
-    cached, ids = first_token_and_ids(backend, prompt)
+    prompt = device_backend.prepare(follow_up, 12)
+    cached, ids = first_token_and_ids(device_backend, prompt)
     assert cached > prompt.image_spans[0][1]  # the image was not read again
-    assert ids == generate_reference(backend, follow_up)
+    assert ids == generate_reference(device_backend, follow_up)
 
 
-def test_a_kept_conversation_holds_its_tokens_and_no_spare_room(backend):
-    prompt = backend.prepare([image_turn(photo(64, 64, seed=15), text="Kept?")], 12)
-    tokens(backend, prompt)
-    kept = backend.prefix_cache.get(backend.prefix_cache.find(prompt.keys))
+def test_a_kept_conversation_holds_its_tokens_and_no_spare_room(device_backend):
+    prompt = device_backend.prepare([image_turn(photo(64, 64, seed=15), text="Kept?")], 12)
+    tokens(device_backend, prompt)
+    kept = device_backend.prefix_cache.get(device_backend.prefix_cache.find(prompt.keys))
     length = prompt.prompt_tokens + GREEDY.max_tokens - 1  # the last token is sampled, never fed
     for layer in kept.layers:
         for states in (layer.keys, layer.values):
@@ -210,22 +213,24 @@ def test_a_kept_conversation_holds_its_tokens_and_no_spare_room(backend):
             assert states.untyped_storage().nbytes() == states.numel() * states.element_size()
 
 
-def test_regenerating_copies_the_cached_prefix_and_keeps_the_original(backend):
+def test_regenerating_copies_the_cached_prefix_and_keeps_the_original(device_backend):
     messages = [image_turn(photo(80, 64, seed=12), text="Again?")]
-    prompt = backend.prepare(messages, 12)
-    _, first = first_token_and_ids(backend, prompt)
-    cached, second = first_token_and_ids(backend, prompt)
+    prompt = device_backend.prepare(messages, 12)
+    _, first = first_token_and_ids(device_backend, prompt)
+    cached, second = first_token_and_ids(device_backend, prompt)
     assert cached == prompt.prompt_tokens - 1 and second == first
-    cached, third = first_token_and_ids(backend, prompt)
+    cached, third = first_token_and_ids(device_backend, prompt)
     assert cached == prompt.prompt_tokens - 1 and third == first
 
 
-def test_the_same_words_about_another_image_reuse_nothing(backend):
-    first_token_and_ids(backend, backend.prepare([image_turn(photo(80, 64, seed=13), text="Same words")], 12))
-    other = backend.prepare([image_turn(photo(80, 64, seed=14), text="Same words")], 12)
-    cached, ids = first_token_and_ids(backend, other)
+def test_the_same_words_about_another_image_reuse_nothing(device_backend):
+    first_token_and_ids(
+        device_backend, device_backend.prepare([image_turn(photo(80, 64, seed=13), text="Same words")], 12)
+    )
+    other = device_backend.prepare([image_turn(photo(80, 64, seed=14), text="Same words")], 12)
+    cached, ids = first_token_and_ids(device_backend, other)
     assert cached == 0
-    assert ids == generate_reference(backend, [image_turn(photo(80, 64, seed=14), text="Same words")])
+    assert ids == generate_reference(device_backend, [image_turn(photo(80, 64, seed=14), text="Same words")])
 
 
 def test_image_tokens_are_keyed_by_their_pixels(backend):
@@ -237,21 +242,19 @@ def test_image_tokens_are_keyed_by_their_pixels(backend):
     assert not set(one.keys[start:end]) & set(two.keys[start:end])  # ...but not the same keys
 
 
-def own_backend(settings, **changes):
-    """A backend of its own (its own batch and prefix cache) on the loaded tiny model, with changed settings."""
+def own_backend(shared, settings, **changes):
+    """A backend of its own (its own batch and prefix cache) on a loaded tiny model, with changed settings."""
     from loupe.runtime.backend import QwenBackend
 
-    shared = load_backend(settings)
-    return QwenBackend(
-        shared.model, shared.tokenizer, shared.image_processor, shared.eos_ids, "own", settings.replace(**changes)
-    )
+    changed = settings.replace(device=shared.device, **changes)
+    return QwenBackend(shared.model, shared.tokenizer, shared.image_processor, shared.eos_ids, "own", changed)
 
 
-def test_kept_conversations_give_way_to_running_sequences_within_the_bound(settings):
+def test_kept_conversations_give_way_to_running_sequences_within_the_bound(device_backend, settings):
     from loupe.runtime.cache import ROOM
 
     bound = 2 * ROOM + 200
-    backend = own_backend(settings, prefix_cache_tokens=bound)
+    backend = own_backend(device_backend, settings, prefix_cache_tokens=bound)
     short = backend.prepare([Message("user", (TextPart("Keep me"),))], 8)
     tokens(backend, short, replace(GREEDY, max_tokens=8))
     kept = backend.prefix_cache.tokens
@@ -271,9 +274,9 @@ def test_kept_conversations_give_way_to_running_sequences_within_the_bound(setti
     assert backend.prefix_cache.tokens <= bound
 
 
-def test_sequences_decoded_together_give_the_tokens_each_gives_alone(settings):
+def test_sequences_decoded_together_give_the_tokens_each_gives_alone(device_backend, settings):
     # Without the prefix cache, so every sequence reads its whole prompt.
-    backend = own_backend(settings, prefix_cache_tokens=0)
+    backend = own_backend(device_backend, settings, prefix_cache_tokens=0)
     conversations = [
         [image_turn(photo(96, 64, seed=21), text="What is it?")],
         [Message("user", (TextPart("A much longer question about nothing in particular at all"),))],
@@ -301,10 +304,12 @@ def test_sequences_decoded_together_give_the_tokens_each_gives_alone(settings):
     assert len(backend.batch) == 0
 
 
-def test_bfloat16_loads_in_bfloat16_and_answers(settings):
-    backend = load_backend(settings.replace(dtype="bfloat16"))
+@pytest.mark.parametrize("device", DEVICES)
+def test_bfloat16_loads_in_bfloat16_and_answers(settings, device):
+    backend = load_backend(settings.replace(dtype="bfloat16", device=device))
     assert backend.dtype == "bfloat16"
     assert {p.dtype for p in backend.model.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in backend.model.parameters()} == {device}
     prompt = backend.prepare([image_turn(photo())], max_tokens=4)
     made = tokens(backend, prompt, replace(GREEDY, max_tokens=4))
     assert len(made) == 4 and all(0 <= t < backend.model.config.text_config.vocab_size for t in made)

@@ -7,19 +7,21 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from PIL import Image
 from transformers import DynamicCache
 
-from loupe.inference import Message, SamplingParams, Token
+from loupe.inference import ImagePart, Message, SamplingParams, TextPart, Token
 from loupe.runtime.batch import DecodeBatch
 from loupe.runtime.cache import ROOM, fit_cache, new_cache
 from loupe.runtime.decode_step import decode_step
 from loupe.runtime.memory import return_free_memory
 from loupe.runtime.prefix_cache import PrefixCache
 from loupe.runtime.prompts import PromptBuilder, QwenPrompt
-from loupe.runtime.sampling import IncrementalDecoder, Sampler
+from loupe.runtime.sampling import IncrementalDecoder, Sampler, pick_tokens
 from loupe.settings import Settings
 
 MIN_SHARED_TO_COPY = 32  # a shorter shared prefix (a system prompt, say) is cheaper to recompute than copy
+WARM_UP = SamplingParams(max_tokens=3, temperature=0.0, top_p=1.0, top_k=0, presence_penalty=1.0, ignore_eos=True)
 
 
 @dataclass(eq=False)  # identity, not value: a sequence is a row of the decode batch
@@ -32,7 +34,7 @@ class QwenSequence:
     decoder: IncrementalDecoder
     delta: int  # M-RoPE: decoding positions run this far from the token count
     fed: list[int]  # prefix-cache keys of everything in the KV cache
-    logits: torch.Tensor
+    chosen: int  # the next token, picked from the latest logits (on the device, with the batch's)
     cached_prompt_tokens: int
     pending: int | None = None
     intact: bool = True
@@ -59,7 +61,10 @@ class QwenBackend:
         self.name = name
         self.device = settings.device
         self.dtype = settings.dtype
+        self.on_device = torch.device(settings.device)
+        self.on_cpu = self.on_device.type == "cpu"
         self.max_context = settings.max_context_tokens
+        self.image_max_edge = settings.image_max_edge
         self.prompts = PromptBuilder(tokenizer, image_processor, model.config.image_token_id, self.max_context)
         self.prefix_cache = PrefixCache(settings.prefix_cache_tokens) if settings.prefix_cache_tokens else None
         self.batch = DecodeBatch(model.config)  # used by the engine's thread only
@@ -78,23 +83,17 @@ class QwenBackend:
     def start(self, prompt: QwenPrompt, sampling: SamplingParams) -> QwenSequence:
         """Read a prompt (reusing a cached prefix) and add it to the decode batch."""
         cache, cached, logits, delta = self._prefill(prompt)
-        sequence = QwenSequence(
-            prompt,
-            sampling,
-            Sampler(sampling),
-            IncrementalDecoder(self.tokenizer),
-            delta,
-            list(prompt.keys),
-            logits,
-            cached,
-        )
+        sampler = Sampler(sampling)
+        (token,) = pick_tokens([sampler], logits)
+        decoder = IncrementalDecoder(self.tokenizer)
+        sequence = QwenSequence(prompt, sampling, sampler, decoder, delta, list(prompt.keys), token, cached)
         self.batch.add(sequence, cache)
-        return_free_memory()  # the prefill's activations and the batch's old layers
+        self._release()  # the prefill's activations and the batch's old layers
         return sequence
 
     def sample(self, sequence: QwenSequence) -> Token:
-        """Pick the sequence's next token from its latest logits; `advance` feeds it to the model."""
-        token = sequence.sampler.pick(sequence.logits)
+        """The sequence's next token (picked with its batch's after the last pass); `advance` feeds it to the model."""
+        token = sequence.chosen
         sequence.pending = token
         eos = token in self.eos_ids and not sequence.sampling.ignore_eos
         cached, sequence.cached_prompt_tokens = sequence.cached_prompt_tokens, 0
@@ -102,15 +101,16 @@ class QwenBackend:
 
     @torch.inference_mode()
     def advance(self) -> None:
-        """One forward pass feeding every sequence in the batch its pending token."""
+        """One forward pass feeding every sequence in the batch its pending token, then every row's next pick."""
         rows: list[QwenSequence] = self.batch.rows
         positions = [[len(s.fed)] + [len(s.fed) + s.delta] * 3 for s in rows]
         for sequence in rows:
             sequence.intact = False  # a failure inside the pass leaves every cache half-written
         logits = self.batch.forward(self.decode_step, [s.pending for s in rows], positions)
-        for index, sequence in enumerate(rows):
+        chosen = pick_tokens([s.sampler for s in rows], logits)  # the step's one copy from the device
+        for sequence, token in zip(rows, chosen, strict=True):
             sequence.fed.append(sequence.pending)
-            sequence.logits, sequence.pending, sequence.intact = logits[index : index + 1], None, True
+            sequence.chosen, sequence.pending, sequence.intact = token, None, True
         self._make_room(0)  # the batch may have grown new room
 
     def _make_room(self, joining: int) -> None:
@@ -125,7 +125,23 @@ class QwenBackend:
             self.prefix_cache.put(sequence.fed, fit_cache(own))  # no spare room: its bound is its memory
             self._make_room(0)
         del own
-        return_free_memory()
+        self._release()
+
+    def _release(self) -> None:
+        """Hand the C heap's free memory back to the system on a CPU (a GPU's caching allocator keeps its own)."""
+        if self.on_cpu:
+            return_free_memory()
+
+    def warm_up(self) -> None:
+        """A short question about an image of IMAGE_MAX_EDGE, forgotten after: the first request then does not
+        pay for the GPU's lazy start (loading the kernels a prompt and a step use, cuBLAS's and cuDNN's set-up)."""
+        edge = self.image_max_edge  # the size most images arrive at: their kernels warm too
+        image = Image.new("RGB", (edge, edge * 3 // 4), (128, 128, 128))
+        prompt = self.prepare([Message("user", (ImagePart(image=image), TextPart("Hello")))], WARM_UP.max_tokens)
+        for _ in self.generate(prompt, WARM_UP, lambda: False):
+            pass
+        if self.prefix_cache is not None:
+            self.prefix_cache.shrink(0)
 
     def generate(self, prompt: QwenPrompt, sampling: SamplingParams, cancelled: Callable[[], bool]) -> Iterator[Token]:
         """One sequence on its own: tokens until an end, the limit, or `cancelled()`."""
@@ -153,12 +169,13 @@ class QwenBackend:
             offsets = [sum(rows[:i]) for i in range(len(rows) + 1)]
             pixel_values = torch.cat([prompt.pixel_values[offsets[i] : offsets[i + 1]] for i in new_images])
             grid = prompt.image_grid_thw[new_images]
+        device = self.on_device  # the prompt is built on the CPU, by the request's thread
         logits = self.model(
-            input_ids=prompt.input_ids[:, start:],
-            pixel_values=pixel_values,
-            image_grid_thw=grid,
-            mm_token_type_ids=prompt.mm_token_type_ids[:, start:],
-            position_ids=positions[:, :, start:],
+            input_ids=prompt.input_ids[:, start:].to(device),
+            pixel_values=None if pixel_values is None else pixel_values.to(device),
+            image_grid_thw=None if grid is None else grid.to(device),
+            mm_token_type_ids=prompt.mm_token_type_ids[:, start:].to(device),
+            position_ids=positions[:, :, start:].to(device),
             cache=cache,
             use_cache=True,
             logits_to_keep=1,
@@ -186,7 +203,7 @@ class QwenBackend:
         return cache, start
 
     def prompt_positions(self, prompt: QwenPrompt) -> tuple[torch.Tensor, int]:
-        """(4, 1, L) position ids (text row + M-RoPE t/h/w rows) and the offset decoding continues from."""
+        """(4, 1, L) position ids (text row + M-RoPE t/h/w rows), on the CPU, and the offset decoding continues from."""
         length = prompt.prompt_tokens
         text_row = torch.arange(length).view(1, 1, length)
         if prompt.image_grid_thw is None:

@@ -46,9 +46,10 @@ class DecodeBatch:
         own_length = cache.get_seq_length()
         if self.cache is None:
             self.rows, self.cache = [row], cache  # alone, the batch decodes into the sequence's own cache
-            self.mask = torch.ones(1, own_length, dtype=torch.long)
+            self.mask = torch.ones(1, own_length, dtype=torch.long, device=cache.layers[0].keys.device)
             return
         length = max(own_length, self.mask.shape[1])
+        device = self.mask.device
         # Layer by layer, releasing each old layer as its successor is made: the join costs one
         # layer's worth of memory beside the batch, not a second copy of every cache.
         for layer, own in zip(self.cache.layers, cache.layers, strict=True):
@@ -58,10 +59,15 @@ class DecodeBatch:
             )
             own.reset()
         own_mask = torch.cat(
-            [torch.zeros(1, length - own_length, dtype=torch.long), torch.ones(1, own_length, dtype=torch.long)], dim=1
+            [
+                torch.zeros(1, length - own_length, dtype=torch.long, device=device),
+                torch.ones(1, own_length, dtype=torch.long, device=device),
+            ],
+            dim=1,
         )
         old_mask = torch.cat(
-            [torch.zeros(len(self.rows), length - self.mask.shape[1], dtype=torch.long), self.mask], dim=1
+            [torch.zeros(len(self.rows), length - self.mask.shape[1], dtype=torch.long, device=device), self.mask],
+            dim=1,
         )
         self.mask = torch.cat([old_mask, own_mask])
         self.rows.append(row)
@@ -92,7 +98,8 @@ class DecodeBatch:
 
         `step(input_ids, position_ids, mask, cache)` is the model's decode step (model_decode_step).
         """
-        input_ids = torch.tensor(tokens, dtype=torch.long).view(-1, 1)
-        position_ids = torch.tensor(positions, dtype=torch.long).T.reshape(4, -1, 1)
-        self.mask = torch.cat([self.mask, torch.ones(len(self.rows), 1, dtype=torch.long)], dim=1)
+        device = self.mask.device  # the cache's: tokens and positions go there, the mask grows there
+        input_ids = torch.tensor(tokens, dtype=torch.long, device=device).view(-1, 1)
+        position_ids = torch.tensor(positions, dtype=torch.long, device=device).T.reshape(4, -1, 1)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
         return step(input_ids, position_ids, self.mask, self.cache)

@@ -50,6 +50,20 @@ class GrowingLayer(DynamicLayer):
         self.reset()
         self.update(keys, values)
 
+    def reserve(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The buffers, with room for `count` more positions (reallocated if need be), for a writer that
+        bypasses update() (a CUDA graph writes in place); `filled` then says how far they hold states."""
+        length = self.get_seq_length()
+        if not self._views_are_current(self.keys) or length + count > self.capacity:
+            self._reallocate(self.keys, self.values, length, length + count + self.room)
+            self.filled(length)
+        return self._key_buffer, self._value_buffer
+
+    def filled(self, end: int) -> None:
+        """The buffers' first `end` positions hold states: `keys` and `values` are views of them."""
+        self.keys = self._key_buffer[..., :end, :]
+        self.values = self._value_buffer[..., :end, :]
+
     def fit(self) -> None:
         """Let go of the spare room: buffers exactly as long as the cache (to be kept, not extended)."""
         if self.capacity > self.get_seq_length():
@@ -76,8 +90,11 @@ class GrowingLayer(DynamicLayer):
     def _reallocate(self, key_states: torch.Tensor, value_states: torch.Tensor, length: int, capacity: int) -> None:
         """New buffers with room for `capacity` positions, holding the `length` already cached."""
         *lead, _, key_dim = key_states.shape
-        keys = key_states.new_empty(*lead, capacity, key_dim)
-        values = value_states.new_empty(*lead, capacity, value_states.shape[-1])
+        # Zeros on a GPU: a graphed step attends over the whole buffer, masking the room, and a masked
+        # NaN left in memory would still reach its output (0 x NaN). On a CPU zeros would cost page faults.
+        make = key_states.new_empty if key_states.device.type == "cpu" else key_states.new_zeros
+        keys = make(*lead, capacity, key_dim)
+        values = make(*lead, capacity, value_states.shape[-1])
         if length:
             keys[..., :length, :].copy_(self.keys)
             values[..., :length, :].copy_(self.values)

@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from loupe.runtime import native_kernel
+from loupe.runtime import native_kernel, torch_step
 from loupe.runtime.attention import name
+from loupe.runtime.graphed_step import GraphedDecodeStep
 from loupe.runtime.native_kernel import NativeLinear
+from loupe.runtime.torch_step import TorchDecodeStep
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +117,22 @@ class TransformersDecodeStep:
         return output.logits[:, -1]
 
 
-def decode_step(model: torch.nn.Module) -> NativeDecodeStep | TransformersDecodeStep:
-    """The native step where it computes this model's decoder, else (saying why) transformers' forward."""
-    problem = _unfit(model)
-    if problem:
-        log.info("decode steps run through transformers: %s", problem)
-        return TransformersDecodeStep(model)
-    return NativeDecodeStep(model)
+def decode_step(
+    model: torch.nn.Module,
+) -> NativeDecodeStep | GraphedDecodeStep | TorchDecodeStep | TransformersDecodeStep:
+    """The native step where it computes this model's decoder on a CPU, torch's few operations on a GPU
+    (replayed from CUDA graphs on CUDA), else (saying why) transformers' forward."""
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        problem = torch_step.unfit(model)
+        if problem is None:
+            return GraphedDecodeStep(model) if device.type == "cuda" else TorchDecodeStep(model)
+    else:
+        problem = _unfit(model)
+        if problem is None:
+            return NativeDecodeStep(model)
+    log.info("decode steps run through transformers: %s", problem)
+    return TransformersDecodeStep(model)
 
 
 def _unfit(model: torch.nn.Module) -> str | None:

@@ -78,7 +78,7 @@ class PromptBuilder:
                 param="messages",
             )
         token_types = (input_ids == self.image_token_id).to(torch.int32)
-        keys, spans = _content_keys(input_ids, token_types, pixel_values, grid, self.image_processor.merge_size)
+        keys, spans = _content_keys(input_ids, token_types, images, grid, self.image_processor.merge_size)
         return QwenPrompt(input_ids, token_types, pixel_values, grid, keys, spans)
 
     def _conversation(self, messages: Sequence[Message]) -> tuple[list[dict], list]:
@@ -101,24 +101,23 @@ class PromptBuilder:
 
 
 def _content_keys(
-    input_ids: torch.Tensor,
-    token_types: torch.Tensor,
-    pixel_values: torch.Tensor | None,
-    grid: torch.Tensor | None,
-    merge_size: int,
+    input_ids: torch.Tensor, token_types: torch.Tensor, images: list, grid: torch.Tensor | None, merge_size: int
 ) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
-    """Per-position prefix-cache keys (image tokens keyed by their pixels) and each image's token span."""
+    """Per-position prefix-cache keys (image tokens keyed by their pixels) and each image's token span.
+
+    The digest is of the image the processor was given, not of its pixel_values (a function of it): an
+    eighth of the bytes (RGB bytes against float32 patches), 20-40 ms less before a first token.
+    """
     keys = input_ids[0].tolist()
     if grid is None:
         return tuple(keys), ()
     starts = [i for i, t in enumerate(token_types[0].tolist()) if t and (i == 0 or not token_types[0, i - 1])]
-    spans, row = [], 0
-    for start, thw in zip(starts, grid, strict=True):
-        rows = int(thw.prod())
-        digest = hashlib.blake2b(pixel_values[row : row + rows].numpy().tobytes(), digest_size=7).digest()
-        base = int.from_bytes(digest, "big") << 16
-        count = rows // merge_size**2
+    spans = []
+    for start, thw, image in zip(starts, grid, images, strict=True):
+        digest = hashlib.blake2b(f"{image.mode} {image.size}".encode(), digest_size=7)
+        digest.update(image.tobytes())
+        base = int.from_bytes(digest.digest(), "big") << 16
+        count = int(thw.prod()) // merge_size**2
         keys[start : start + count] = [-(base + k) for k in range(count)]  # negative: never a token id
         spans.append((start, start + count))
-        row += rows
     return tuple(keys), tuple(spans)

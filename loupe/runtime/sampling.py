@@ -2,41 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from loupe.inference import SamplingParams
 
 
 class Sampler:
-    """Turns logits into a token: penalties on what was generated, then greedy or top-k/top-p sampling."""
+    """One sequence's choice of tokens: penalties on what it generated, then greedy or top-k/top-p sampling.
+
+    `pick_tokens` chooses for every row of a batch at once, on the logits' device: the rows' tokens
+    come to the host in one copy per step, not one (or a whole row of logits) per sequence.
+    """
 
     def __init__(self, sampling: SamplingParams):
         self.sampling = sampling
-        self.generated: list[int] = []
-        self.generator = None
-        if sampling.seed is not None:
-            self.generator = torch.Generator().manual_seed(sampling.seed)
+        self.seen: torch.Tensor | None = None  # (vocab,) bool on the logits' device: tokens generated so far
+        self.generator: torch.Generator | None = None  # made on the logits' device at the first draw
+        self.penalties: torch.Tensor | None = None  # (repetition, presence) on that device, with `seen`
+
+    @property
+    def penalised(self) -> bool:
+        """Whether tokens already generated are penalised."""
+        return bool(self.sampling.presence_penalty) or self.sampling.repetition_penalty != 1.0
 
     def pick(self, logits: torch.Tensor) -> int:
-        """The next token id from (1, vocab) logits."""
-        s = self.sampling
-        logits = logits[0].to(torch.float32, copy=True)  # penalties below write into it
-        if self.generated and (s.presence_penalty or s.repetition_penalty != 1.0):
-            seen = torch.tensor(sorted(set(self.generated)))
-            values = logits[seen]
-            values = torch.where(values > 0, values / s.repetition_penalty, values * s.repetition_penalty)
-            logits[seen] = values - s.presence_penalty  # OpenAI's presence penalty: additive, once per token
-        if s.temperature == 0:
-            token = int(torch.argmax(logits))
-        else:
-            token = self._sample(logits / s.temperature)
-        self.generated.append(token)
-        return token
+        """The next token id from (1, vocab) logits (the caller's logits are left alone)."""
+        return pick_tokens([self], logits)[0]
 
-    def _sample(self, logits: torch.Tensor) -> int:
-        """Top-k, then top-p (nucleus), then a draw."""
-        probs, candidates = self.distribution(logits)
-        return int(candidates[torch.multinomial(probs, 1, generator=self.generator)])
+    def draw(self, logits: torch.Tensor) -> torch.Tensor:
+        """A token drawn from one row's penalised (vocab,) logits after temperature, top-k, top-p; stays on device."""
+        if self.generator is None and self.sampling.seed is not None:
+            self.generator = torch.Generator(logits.device).manual_seed(self.sampling.seed)
+        probs, candidates = self.distribution(logits / self.sampling.temperature)
+        return candidates[torch.multinomial(probs, 1, generator=self.generator)][0]  # indexed by a tensor: no sync
 
     def distribution(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(probabilities, token ids) of the candidates left after top-k and top-p."""
@@ -48,12 +48,58 @@ class Sampler:
         elif s.top_p < 1.0:
             logits, candidates = torch.sort(logits, descending=True)
         else:
-            return torch.softmax(logits, dim=-1), torch.arange(logits.numel())
+            return torch.softmax(logits, dim=-1), torch.arange(logits.numel(), device=logits.device)
         if s.top_p < 1.0:
             probs = torch.softmax(logits, dim=-1)
             before = probs.cumsum(-1) - probs  # mass of the better candidates: keep the one crossing top_p
             logits = logits.masked_fill(before >= s.top_p, float("-inf"))
         return torch.softmax(logits, dim=-1), candidates
+
+    def start_penalties(self, vocab: int, device: torch.device) -> None:
+        """Make the penalties' state on the logits' device, once per sequence: no step copies it there."""
+        self.seen = torch.zeros(vocab, dtype=torch.bool, device=device)
+        penalties = [self.sampling.repetition_penalty, self.sampling.presence_penalty]
+        self.penalties = torch.tensor(penalties, dtype=torch.float32, device=device)
+
+
+def pick_tokens(samplers: Sequence[Sampler], logits: torch.Tensor) -> list[int]:
+    """The next token of each row of (rows, vocab) logits, row i chosen by samplers[i]; one copy to the host.
+
+    A step's work does not grow with its rows but for sampled ones (temperature > 0), drawn one by one.
+    """
+    logits = logits.to(torch.float32, copy=True)  # the penalties write into it
+    penalised = [i for i, s in enumerate(samplers) if s.penalised]
+    for i in penalised:
+        if samplers[i].seen is None:
+            samplers[i].start_penalties(logits.shape[-1], logits.device)
+    index = None if len(penalised) == len(samplers) else torch.tensor(penalised, device=logits.device)
+    seen = torch.stack([samplers[i].seen for i in penalised]) if penalised else None
+    if seen is not None:
+        _penalise(logits, seen, torch.stack([samplers[i].penalties for i in penalised]), index)
+    tokens = torch.argmax(logits, dim=-1)  # every row at once; the sampled rows are drawn over it
+    for row, sampler in enumerate(samplers):
+        if sampler.sampling.temperature != 0:
+            tokens[row] = sampler.draw(logits[row])
+    if seen is not None:  # mark each row's token in one launch; the rows keep views of the stack
+        chosen = tokens if index is None else tokens[index]
+        rows = torch.arange(len(penalised), device=seen.device)
+        seen.index_put_((rows, chosen), torch.ones((), dtype=torch.bool, device=seen.device))  # no host value
+        for i, row_seen in zip(penalised, seen.unbind(0), strict=True):
+            samplers[i].seen = row_seen
+    return tokens.tolist()
+
+
+def _penalise(logits: torch.Tensor, seen: torch.Tensor, penalties: torch.Tensor, index: torch.Tensor | None) -> None:
+    """Penalise in place the logits of the tokens each penalised row has generated (`index`: those rows, None: all)."""
+    values = logits if index is None else logits[index]
+    repetition, presence = penalties[:, :1], penalties[:, 1:]
+    # OpenAI's presence penalty is additive, once per token; the repetition penalty divides what is positive.
+    penalised = torch.where(values > 0, values / repetition, values * repetition) - presence
+    chosen = torch.where(seen, penalised, values)
+    if index is None:
+        logits.copy_(chosen)
+    else:
+        logits[index] = chosen
 
 
 class IncrementalDecoder:
@@ -61,6 +107,11 @@ class IncrementalDecoder:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        # The Rust tokenizer itself where transformers' decode would add nothing to it (no clean-up): two
+        # decodes a token for every running sequence, and the wrapper's checks cost more than the decoding.
+        fast = getattr(tokenizer, "backend_tokenizer", None)
+        plain = fast is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True)
+        self._decode = fast.decode if plain else tokenizer.decode
         self.ids: list[int] = []
         self.prefix = 0
         self.read = 0
@@ -68,8 +119,8 @@ class IncrementalDecoder:
     def add(self, token: int) -> str:
         """Text that this token completes (may be empty)."""
         self.ids.append(token)
-        before = self.tokenizer.decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
-        after = self.tokenizer.decode(self.ids[self.prefix :], skip_special_tokens=True)
+        before = self._decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        after = self._decode(self.ids[self.prefix :], skip_special_tokens=True)
         if len(after) > len(before) and not after.endswith("\ufffd"):
             self.prefix, self.read = self.read, len(self.ids)
             return after[len(before) :]
