@@ -1,11 +1,15 @@
 """bench/ is a package run from the project folder (`python -m bench.run`): nothing there shadows an installed one."""
 
+import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from tests.support.live_server import ROOT
+from loupe.runtime.native_build import no_variant_reason
+from tests.support.cpu import VARIANTS_HERE
+from tests.support.live_server import KERNEL_CACHE_DIR, ROOT
 
 # Which of the project's files a process running from its folder has imported once transformers' Qwen3-VL is.
 IMPORTED = """
@@ -25,3 +29,23 @@ def test_no_project_module_shadows_a_package_transformers_looks_for():
         [sys.executable, "-c", IMPORTED, str(ROOT)], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120
     )
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.slow  # a fresh interpreter loads the model
+def test_the_prefill_profile_runs_and_measures_a_peak(tiny_model_dir, tmp_path):
+    if not VARIANTS_HERE:
+        pytest.skip(no_variant_reason())
+    env = {**os.environ, "KERNEL_CACHE_DIR": str(KERNEL_CACHE_DIR)}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.prefill", "--model", str(tiny_model_dir), "--repeats", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    assert f"kernels {VARIANTS_HERE[0]}" in done.stdout
+    peak = re.search(r"peak, measured: (\d+) GFLOP/s", done.stdout)
+    efficiency = re.search(r"prefill time / peak = ([\d.]+)", done.stdout)
+    assert peak and int(peak.group(1)) > 0 and efficiency and 0 < float(efficiency.group(1)) < 1

@@ -23,6 +23,7 @@
 #endif
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -272,6 +273,30 @@ at::Tensor linear_dot(const at::Tensor& x, const at::Tensor& weight, const c10::
 }
 #endif
 
+// The float32 multiply-add rate (GFLOP/s) of this build's vectors on every torch thread: independent
+// chains of fused multiply-adds held in registers, nothing read from memory. The peak a prompt's
+// arithmetic is measured against (bench.kernel_rates --peak).
+double fma_peak(int64_t iterations) {
+  constexpr int kChains = LOUPE_VECTOR_BYTES == 64 ? 16 : 10;  // > latency x ports, within the registers
+  const int64_t threads = at::get_num_threads();
+  std::vector<float> sinks(threads * 16);  // a cache line per thread
+  const auto begin = std::chrono::steady_clock::now();
+  at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t) {
+      vecf acc[kChains];
+      const vecf scale = vecf{} + 0.999999f, add = vecf{} + 1e-7f;
+      for (int c = 0; c < kChains; ++c) acc[c] = vecf{} + static_cast<float>(c);
+      for (int64_t i = 0; i < iterations; ++i)
+        for (int c = 0; c < kChains; ++c) acc[c] = acc[c] * scale + add;
+      vecf total{};
+      for (int c = 0; c < kChains; ++c) total += acc[c];
+      static_cast<volatile float&>(sinks[t * 16]) = total[0];  // a store that stays: the loop is not optimised away
+    }
+  });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  return 2.0 * kLanes * kChains * static_cast<double>(iterations) * static_cast<double>(threads) / seconds / 1e9;
+}
+
 // x [M, K] float32 with weight [N / B, K, B], or x bfloat16 with weight [N / B, K / 2, B, 2].
 at::Tensor blocked_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.dim() == 2 && weight.scalar_type() == x.scalar_type(), "x must be 2-D, of the weight's dtype");
@@ -302,6 +327,7 @@ at::Tensor blocked_linear(const at::Tensor& x, const at::Tensor& weight, const c
 LOUPE_LIBRARY_FRAGMENT(LOUPE_NS, m) {
   m.def("blocked_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("block_width() -> int", [] { return kBlock; });
+  m.def("fma_peak(int iterations) -> float", &fma_peak);
 }
 
 LOUPE_LIBRARY_IMPL(LOUPE_NS, m) { m.impl("blocked_linear", &blocked_linear); }
