@@ -53,13 +53,14 @@ class Settings:
     )
     linear_kernel: str = _setting(
         "native",
-        "What computes the model's linear layers on a CPU: `native` (Loupe's own kernels, float32 and, on "
-        "CPUs with AVX512-BF16, bfloat16, plus the text decoder's one-token attention and decode step; "
-        "compiled with the system's C++ compiler on first start and cached; on a CPU without AVX-512 or a "
-        "machine without a compiler, `packed` instead, with SDPA and transformers' decode step), `packed` "
-        "(oneDNN, on weights rearranged at load into its blocked layout; float32, and bfloat16 where the CPU "
-        "supports it), `onednn` (oneDNN on the plain float32 weights) or `blas` (torch's default matrix "
-        "multiply). See `python -m bench.kernel_rates` for what each reads per second on your machine.",
+        "What computes the model's linear layers on a CPU: `native` (Loupe's own kernels, float32 and bfloat16, "
+        "plus the text decoder's one-token attention and decode step, in the fastest variant the CPU runs: "
+        "`avx512_bf16`, `avx512` or `avx2`; compiled with the system's C++ compiler on first start and cached; "
+        "on a CPU with neither AVX2 nor AVX-512, or a machine without a compiler, `packed` instead, with SDPA and "
+        "transformers' decode step, and the log says why), `packed` (oneDNN, on weights rearranged at load into "
+        "its blocked layout; float32, and bfloat16 where the CPU supports it), `onednn` (oneDNN on the plain "
+        "float32 weights) or `blas` (torch's default matrix multiply). See `python -m bench.kernel_rates` for "
+        "what each reads per second on your machine.",
     )
     kernel_cache_dir: str = _setting(
         "~/.cache/loupe/kernels",
