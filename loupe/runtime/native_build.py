@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +177,12 @@ def _run_all(commands: list[list[str]]) -> None:
 
 def prune(cache_dir: Path, name: str, keep: int = KEPT_BUILDS) -> None:
     """Delete all but the `keep` newest builds of one variant (a process that loaded one keeps its copy)."""
+    for stale in all_but_newest(cache_dir.glob(f"loupe_kernels-{name}-*.so"), keep):
+        stale.unlink(missing_ok=True)
+
+
+def all_but_newest(paths: Iterable[Path], keep: int) -> list[Path]:
+    """The files of `paths` beyond the `keep` most recently modified: what a cache folder prunes."""
 
     def modified(path: Path) -> int:
         try:
@@ -183,6 +190,4 @@ def prune(cache_dir: Path, name: str, keep: int = KEPT_BUILDS) -> None:
         except FileNotFoundError:  # another process pruned it meanwhile
             return 0
 
-    builds = sorted(cache_dir.glob(f"loupe_kernels-{name}-*.so"), key=modified, reverse=True)
-    for stale in builds[keep:]:
-        stale.unlink(missing_ok=True)
+    return sorted(paths, key=modified, reverse=True)[keep:]

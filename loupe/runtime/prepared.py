@@ -172,13 +172,6 @@ def _assign(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 def _prune(folder: Path, keep: int = KEPT) -> None:
     """Delete all but the `keep` newest prepared models (a process that mapped one keeps its pages)."""
-
-    def modified(path: Path) -> int:
-        try:
-            return path.stat().st_mtime_ns
-        except FileNotFoundError:  # another process pruned it meanwhile
-            return 0
-
-    for stale in sorted(folder.glob("weights-*.bin"), key=modified, reverse=True)[keep:]:
+    for stale in native_build.all_but_newest(folder.glob("weights-*.bin"), keep):
         stale.with_suffix(".json").unlink(missing_ok=True)
         stale.unlink(missing_ok=True)
