@@ -22,8 +22,8 @@ class TextPart:
 class ImagePart:
     """An image in a message: bytes or a URL until loaded; then also the normalised RGB image.
 
-    A loaded part keeps the original bytes with their MIME type and size, so the history can store
-    exactly what the client sent.
+    A loaded part keeps the original bytes with their MIME type and size (as displayed: EXIF
+    orientation applied), so the history can store exactly what the client sent.
     """
 
     data: bytes | None = None
@@ -76,6 +76,10 @@ class ChatRequest:
     def image_parts(self) -> list[ImagePart]:
         """Every image of the conversation, in order."""
         return [p for m in self.messages for p in m.images()]
+
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """The original (width, height) of every loaded image, in order: what boxes are given in."""
+        return [(p.width, p.height) for p in self.image_parts() if p.width is not None and p.height is not None]
 
 
 @dataclass(frozen=True)

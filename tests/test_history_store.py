@@ -193,7 +193,7 @@ def test_migrations_from_an_empty_file(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'new.db'}")
     assert current_revision(engine) is None
     migrate(engine)
-    assert current_revision(engine) == head_revision() == "0002"
+    assert current_revision(engine) == head_revision() == "0003"
     assert {"inferences", "images", "inference_images", "alembic_version"} <= set(sa.inspect(engine).get_table_names())
     migrate(engine)  # idempotent at every start
     engine.dispose()
@@ -216,9 +216,14 @@ def test_migration_from_the_previous_schema_keeps_the_records(tmp_path):
         connection.exec_driver_sql("INSERT INTO inference_images VALUES (?, 0, ?)", (old["id"], sha))
     engine.dispose()
     store = open_store(tmp_path)
-    assert current_revision(store.engine) == "0002"
+    assert current_revision(store.engine) == "0003"
     got = store.get(old["id"])
-    assert got["client"] is None and got["answer"] == "hello" and got["images"][0]["sha256"] == sha
+    assert (
+        got["client"] is None
+        and got["boxes"] is None
+        and got["answer"] == "hello"
+        and got["images"][0]["sha256"] == sha
+    )
     assert {i["name"] for i in sa.inspect(store.engine).get_indexes("inferences")} >= {"ix_inferences_created"}
     assert store.images.read(sha) == image.data
 

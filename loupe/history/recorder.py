@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from loupe.errors import ClientClosedRequest, GenerationFailed, LoupeError
 from loupe.history.store import HistoryStore, NewImage, utcnow
 from loupe.inference import ChatRequest, Event, Finished, ImagePart, TextDelta
+from loupe.protocol.grounding import answer_boxes
 from loupe.protocol.responses import usage_dict
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class Recording:
         self.saved = True
         try:
             messages, new_images = messages_and_images(self._chat)
+            answer = "".join(self._pieces)
             self._store.add(
                 {
                     "id": self.id,
@@ -75,7 +77,8 @@ class Recording:
                     "messages": messages,
                     "sampling": _jsonable(dataclasses.asdict(self._chat.sampling)),
                     "stream": self._chat.stream,
-                    "answer": "".join(self._pieces),
+                    "answer": answer,
+                    "boxes": answer_boxes(answer, self._chat.image_sizes()),
                     "finish_reason": finished.finish_reason if finished else None,
                     "usage": usage_dict(finished) if finished else None,
                     "timings": finished.timings.to_dict() if finished else None,

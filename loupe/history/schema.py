@@ -35,6 +35,7 @@ inferences = sa.Table(
     sa.Column("usage", sa.JSON(), nullable=True),
     sa.Column("timings", sa.JSON(), nullable=True),
     sa.Column("error", sa.JSON(), nullable=True),
+    sa.Column("boxes", sa.JSON(), nullable=True),
     sa.Index("ix_inferences_created", "created_at", "id"),
     sa.Index("ix_inferences_status_created", "status", "created_at", "id"),
 )

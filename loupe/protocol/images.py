@@ -100,6 +100,7 @@ def read_image(data: bytes, settings: Settings, param: str = "image") -> ImagePa
         image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
         raise InvalidRequest("The image could not be decoded (it may be truncated or corrupt).", param=param) from None
+    width, height = image.size  # as displayed: a photo turned by its EXIF orientation has its sides swapped
     return ImagePart(
         data=data, image=fit_to_edges(to_rgb(image), settings.image_max_edge), mime=mime, width=width, height=height
     )

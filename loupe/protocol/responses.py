@@ -6,11 +6,12 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from loupe.errors import LoupeError, server_error_body
 from loupe.inference import Event, Finished, Started, TextDelta
+from loupe.protocol.grounding import answer_boxes
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,14 @@ def usage_dict(finished: Finished) -> dict:
     }
 
 
-def completion_body(meta: CompletionMeta, text: str, finished: Finished) -> dict:
-    """A whole `chat.completion` object."""
+def completion_body(
+    meta: CompletionMeta, text: str, finished: Finished, image_sizes: Sequence[tuple[int, int]] = ()
+) -> dict:
+    """A whole `chat.completion` object; the message has `boxes` when the answer located something."""
+    message: dict = {"role": "assistant", "content": text}
+    boxes = answer_boxes(text, list(image_sizes))
+    if boxes:
+        message["boxes"] = boxes
     return {
         "id": meta.id,
         "object": "chat.completion",
@@ -47,7 +54,7 @@ def completion_body(meta: CompletionMeta, text: str, finished: Finished) -> dict
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": finished.finish_reason,
             }
@@ -84,9 +91,12 @@ def collect(events: Iterable[Event]) -> tuple[str, Finished]:
     raise RuntimeError("generation ended without a Finished event")
 
 
-def stream_frames(events: Iterable[Event], meta: CompletionMeta, include_usage: bool) -> Iterator[str]:
+def stream_frames(
+    events: Iterable[Event], meta: CompletionMeta, include_usage: bool, image_sizes: Sequence[tuple[int, int]] = ()
+) -> Iterator[str]:
     """SSE frames in OpenAI's chunk format; an error after the start becomes an error frame."""
     role_sent = False
+    pieces: list[str] = []
     yield SSE_ACCEPTED
     try:
         for event in events:
@@ -95,9 +105,11 @@ def stream_frames(events: Iterable[Event], meta: CompletionMeta, include_usage: 
                 role_sent = True
                 yield sse_frame(chunk_body(meta, {"role": "assistant", "content": ""}))
             if isinstance(event, TextDelta):
+                pieces.append(event.text)
                 yield sse_frame(chunk_body(meta, {"content": event.text}))
             elif isinstance(event, Finished):
-                yield from _final_frames(meta, event, include_usage)
+                boxes = answer_boxes("".join(pieces), list(image_sizes))
+                yield from _final_frames(meta, event, include_usage, boxes)
                 return
     except LoupeError as error:
         if error.internal:
@@ -108,9 +120,9 @@ def stream_frames(events: Iterable[Event], meta: CompletionMeta, include_usage: 
         yield sse_frame(server_error_body())
 
 
-def _final_frames(meta: CompletionMeta, finished: Finished, include_usage: bool) -> Iterator[str]:
-    """The finish_reason chunk (with timings), the usage chunk if asked for, and [DONE]."""
-    last = chunk_body(meta, {}, finished.finish_reason)
+def _final_frames(meta: CompletionMeta, finished: Finished, include_usage: bool, boxes: list[dict]) -> Iterator[str]:
+    """The finish_reason chunk (with timings, and the answer's boxes in its delta), usage if asked for, [DONE]."""
+    last = chunk_body(meta, {"boxes": boxes} if boxes else {}, finished.finish_reason)
     last["timings"] = finished.timings.to_dict()
     yield sse_frame(last)
     if include_usage:

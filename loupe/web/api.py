@@ -22,12 +22,12 @@ def chat_completions():
     meta = CompletionMeta(model=served_model_name(), id=f"chatcmpl-{request_id()}")
     if chat.stream:
         return Response(
-            close_at_end(stream_frames(run.events, meta, chat.include_usage), run),
+            close_at_end(stream_frames(run.events, meta, chat.include_usage, chat.image_sizes()), run),
             mimetype="text/event-stream",
             headers=SSE_HEADERS,
         )
     text, finished = collect_answer(run)
-    return jsonify(completion_body(meta, text, finished))
+    return jsonify(completion_body(meta, text, finished, chat.image_sizes()))
 
 
 @bp.get("/v1/models")

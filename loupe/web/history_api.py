@@ -218,6 +218,7 @@ def record_body(record: dict) -> dict:
         "messages": messages,
         "sampling": record["sampling"],
         "answer": record["answer"],
+        "boxes": record["boxes"] or [],
         "finish_reason": record["finish_reason"],
         "usage": record["usage"],
         "timings": record["timings"],
@@ -252,6 +253,7 @@ def summary_body(record: dict) -> dict:
         "answer_preview": record["answer"][:PREVIEW_CHARS],
         "finish_reason": record["finish_reason"],
         "image_count": len(record["images"]),
+        "box_count": len(record["boxes"] or []),
         "thumbnail_url": image_url(record["id"], 0) if record["images"] else None,
         "url": record_url(record["id"]),
     }

@@ -1,0 +1,23 @@
+"""The boxes and points an answer located, in its last image's pixels (loupe/protocol/grounding.py).
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("inferences") as batch:
+        batch.add_column(sa.Column("boxes", sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("inferences") as batch:
+        batch.drop_column("boxes")
