@@ -32,6 +32,11 @@ class ImagePart:
     mime: str | None = None
     width: int | None = None
     height: int | None = None
+    # The image budget (loupe/protocol/image_budget.py): the detail asked for, and the pixel bounds
+    # handed to the model's image processor (None: the processor's own).
+    detail: str | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
 
 
 Part = TextPart | ImagePart

@@ -86,7 +86,18 @@ class Settings:
     image_max_edge: int = _setting(
         768,
         "Images are downscaled so their longest edge is at most this many pixels before the model "
-        "sees them. The main speed lever on a CPU: fewer pixels, fewer image tokens.",
+        "sees them. The main speed lever on a CPU: fewer pixels, fewer image tokens. Also the ceiling "
+        "of a request's own image budget (`detail`, `max_pixels`): `detail: high` is this size.",
+    )
+    image_low_pixels: int = _setting(
+        65536,
+        "Pixels an image has at most with `detail: low` (65536: 256x256, 64 image tokens; never more than "
+        "`IMAGE_MAX_EDGE` allows); fewer tokens, a faster first word, less legible detail.",
+    )
+    image_detail: str = _setting(
+        "high",
+        "What `detail: auto` (and an image without `detail`) means: `high` (up to `IMAGE_MAX_EDGE`) or `low` "
+        "(up to `IMAGE_LOW_PIXELS`).",
     )
     max_image_bytes: int = _setting(10 * MiB, "Largest accepted image file, in bytes (10 MiB).")
     max_images: int = _setting(8, "Most images in one request (across all its messages).")
@@ -258,6 +269,10 @@ class Settings:
             raise ValueError(f"API_KEY_FILE={self.api_key_file!r} holds no keys")
         if self.image_max_edge < 32:
             raise ValueError("IMAGE_MAX_EDGE must be at least 32 (the model's smallest image side)")
+        if self.image_low_pixels < 1024:
+            raise ValueError("IMAGE_LOW_PIXELS must be at least 1024 (32x32, the model's smallest image)")
+        if self.image_detail not in ("high", "low"):
+            raise ValueError(f"IMAGE_DETAIL must be high or low, not {self.image_detail!r}")
 
     @property
     def history_database_url(self) -> str:

@@ -54,7 +54,7 @@ def test_a_chat_with_an_image_is_recorded_with_its_original_bytes(history_client
         {
             "role": "user",
             "content": [
-                {"type": "image", "image": 0, "url": f"/inferences/{record['id']}/images/0"},
+                {"type": "image", "image": 0, "detail": "high", "url": f"/inferences/{record['id']}/images/0"},
                 {"type": "text", "text": "What is it?"},
             ],
         }

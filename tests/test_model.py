@@ -78,6 +78,56 @@ def test_prepared_inputs_equal_transformers_own_processor(backend, messages):
     assert (prompt.image_grid_thw is None) == (image_count == 0)
 
 
+def budget(image, min_pixels=None, max_pixels=None):
+    return ImagePart(image=image, min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+@pytest.mark.parametrize(
+    "min_pixels, max_pixels",
+    [(None, 64 * 64), (None, 32 * 32), (128 * 128, None), (40 * 40, 96 * 96)],
+)
+def test_an_image_budget_gives_transformers_own_inputs_for_that_size(backend, min_pixels, max_pixels):
+    image = photo(300, 200, seed=5)
+    messages = [Message("user", (budget(image, min_pixels, max_pixels), TextPart("What is this?")))]
+    prompt = backend.prepare(messages, max_tokens=8)
+    default = backend.image_processor.size
+    longest = max_pixels or default["longest_edge"]
+    size = {"shortest_edge": min(min_pixels or default["shortest_edge"], longest), "longest_edge": longest}
+    expected = reference_inputs(backend, messages, size=size)
+    assert torch.equal(prompt.input_ids, expected["input_ids"])
+    assert torch.equal(prompt.image_grid_thw, expected["image_grid_thw"])
+    assert torch.allclose(prompt.pixel_values, expected["pixel_values"])
+    height, width = (int(n) * 16 for n in prompt.image_grid_thw[0, 1:])
+    if max_pixels:
+        assert height * width <= max_pixels
+    if min_pixels:
+        assert height * width >= min_pixels
+
+
+def test_images_with_their_own_budgets_are_each_processed_as_transformers_would(backend):
+    low, high = photo(300, 200, seed=6), photo(120, 160, seed=7)
+    messages = [Message("user", (budget(low, max_pixels=64 * 64), budget(high), TextPart("Compare.")))]
+    prompt = backend.prepare(messages, max_tokens=8)
+    low_size = {"shortest_edge": 64 * 64, "longest_edge": 64 * 64}
+    alone = [
+        reference_inputs(backend, [Message("user", (budget(low),))], size=low_size),
+        reference_inputs(backend, [Message("user", (budget(high),))]),  # the processor's own bounds
+    ]
+    assert torch.equal(prompt.image_grid_thw, torch.cat([r["image_grid_thw"] for r in alone]))
+    assert torch.allclose(prompt.pixel_values, torch.cat([r["pixel_values"] for r in alone]))
+    merge = backend.image_processor.merge_size**2
+    assert prompt.image_tokens == sum(int(r["image_grid_thw"].prod()) // merge for r in alone)
+
+
+def test_one_image_at_two_budgets_shares_no_cached_prefix(backend):
+    image = photo(300, 200, seed=8)
+    small = backend.prepare([Message("user", (budget(image, max_pixels=64 * 64), TextPart("Hi")))], 8)
+    large = backend.prepare([Message("user", (budget(image), TextPart("Hi")))], 8)
+    first_image_token = small.image_spans[0][0]
+    assert small.keys[:first_image_token] == large.keys[:first_image_token]
+    assert small.keys[first_image_token] != large.keys[first_image_token]
+
+
 def test_image_positions_differ_across_height_and_width(device_backend):
     prompt = device_backend.prepare([image_turn(photo(128, 64))], max_tokens=8)
     positions, delta = device_backend.prompt_positions(prompt)

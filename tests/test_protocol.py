@@ -37,7 +37,8 @@ def test_image_parts_in_either_url_shape_and_vision_preset():
         ),
         SETTINGS,
     )
-    assert request.messages[0].parts == (ImagePart(url=IMAGE_URL), ImagePart(url=IMAGE_URL), TextPart("compare"))
+    seen = ImagePart(url=IMAGE_URL, detail="high")  # the server's budget when the request names none
+    assert request.messages[0].parts == (seen, seen, TextPart("compare"))
     sampling = request.sampling
     assert (sampling.temperature, sampling.top_p, sampling.top_k, sampling.presence_penalty) == (0.7, 0.8, 20, 1.5)
 
@@ -111,7 +112,7 @@ def test_bad_json_requests_name_the_field(body, param):
 
 def test_form_with_image_and_no_prompt_asks_for_a_description():
     request = parse_form_request({}, [b"png-bytes"], SETTINGS)
-    assert request.messages[-1].parts == (ImagePart(data=b"png-bytes"), TextPart(DEFAULT_IMAGE_PROMPT))
+    assert request.messages[-1].parts == (ImagePart(data=b"png-bytes", detail="high"), TextPart(DEFAULT_IMAGE_PROMPT))
     assert request.sampling.temperature == 0.7
 
 

@@ -105,7 +105,8 @@ def messages_and_images(chat: ChatRequest) -> tuple[list[dict], list[NewImage]]:
         content = []
         for part in message.parts:
             if isinstance(part, ImagePart):
-                content.append({"type": "image", "image": len(new_images)})
+                budget = {"detail": part.detail, "min_pixels": part.min_pixels, "max_pixels": part.max_pixels}
+                content.append({"type": "image", "image": len(new_images), **_present(budget)})
                 new_images.append(_new_image(part))
             else:
                 content.append({"type": "text", "text": part.text})
@@ -118,6 +119,11 @@ def _new_image(part: ImagePart) -> NewImage:
     if part.data is None or part.mime is None or part.width is None or part.height is None:
         raise ValueError("an image part must be loaded (images.load_request_images) before it is recorded")
     return NewImage(part.data, part.mime, part.width, part.height)
+
+
+def _present(values: dict) -> dict:
+    """The entries that have a value."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _jsonable(values: dict) -> dict:

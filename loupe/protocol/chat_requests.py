@@ -10,6 +10,7 @@ from typing import Any
 
 from loupe.errors import InvalidRequest
 from loupe.inference import TEXT_PRESET, VISION_PRESET, ChatRequest, ImagePart, Message, Part, SamplingParams, TextPart
+from loupe.protocol.image_budget import Budget, apply_budget, read_budget
 from loupe.settings import Settings
 
 DEFAULT_IMAGE_PROMPT = "Describe this image."
@@ -98,11 +99,12 @@ def _parse_content(content: Any, where: str) -> list[Part]:
         if kind == "text" and isinstance(part.get("text"), str):
             parts.append(TextPart(part["text"]))
         elif kind == "image_url":
-            url = part.get("image_url")
-            url = url.get("url") if isinstance(url, dict) else url
+            image_url = part.get("image_url")
+            url = image_url.get("url") if isinstance(image_url, dict) else image_url
             if not isinstance(url, str) or not url:
                 raise InvalidRequest(f"`{here}.image_url.url` must be a URL string.", param=here)
-            parts.append(ImagePart(url=url))
+            own = read_budget(image_url, f"{here}.image_url.") if isinstance(image_url, dict) else Budget()
+            parts.append(ImagePart(url=url, detail=own.detail, min_pixels=own.min_pixels, max_pixels=own.max_pixels))
         else:
             raise InvalidRequest(f"`{here}` must be a text or image_url part.", param=here)
     return parts
@@ -115,6 +117,7 @@ def _build_request(
     image_count = sum(len(m.images()) for m in messages)
     if image_count > settings.max_images:
         raise InvalidRequest(f"At most {settings.max_images} images per request.", param="messages")
+    messages = _with_budgets(messages, read_budget(fields, "", from_form), settings)
     sampling = parse_sampling(fields, image_count > 0, settings, from_form=from_form)
     options = fields.get("stream_options")
     if from_form:
@@ -126,6 +129,21 @@ def _build_request(
         include_usage = _boolean(options.get("include_usage", False), "stream_options.include_usage")
     stream = _boolean(fields.get("stream", False), "stream")
     return ChatRequest(tuple(messages), sampling, stream=stream, include_usage=include_usage)
+
+
+def _with_budgets(messages: list[Message], request: Budget, settings: Settings) -> list[Message]:
+    """Every image part with its pixel bounds resolved: its own budget, else the request's, else the server's."""
+    resolved, index = [], 0
+    for message in messages:
+        parts: list[Part] = []
+        for part in message.parts:
+            if isinstance(part, ImagePart):
+                own = Budget(part.detail, part.min_pixels, part.max_pixels)
+                part = apply_budget(part, own, request, settings, f"image[{index}]")
+                index += 1
+            parts.append(part)
+        resolved.append(Message(message.role, tuple(parts)))
+    return resolved
 
 
 def parse_sampling(

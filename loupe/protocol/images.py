@@ -34,7 +34,8 @@ def load_request_images(request: ChatRequest, settings: Settings, fetch: Fetcher
         for part in message.parts:
             if isinstance(part, ImagePart) and part.image is None:
                 data = part.data if part.data is not None else _bytes_from_url(part.url or "", settings, fetch)
-                part = read_image(data, settings, param=f"image[{index}]")
+                loaded = read_image(data, settings, param=f"image[{index}]")
+                part = replace(loaded, detail=part.detail, min_pixels=part.min_pixels, max_pixels=part.max_pixels)
                 index += 1
             parts.append(part)
         messages.append(Message(message.role, tuple(parts)))

@@ -62,8 +62,7 @@ class PromptBuilder:
         text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         pixel_values = grid = None
         if images:
-            processed = self.image_processor(images=images, return_tensors="pt")
-            pixel_values, grid = processed["pixel_values"], processed["image_grid_thw"]
+            pixel_values, grid = self._pixels(images)
             merge = self.image_processor.merge_size**2
             pieces = text.split(IMAGE_PAD)
             expanded = [pieces[0]]
@@ -78,18 +77,36 @@ class PromptBuilder:
                 param="messages",
             )
         token_types = (input_ids == self.image_token_id).to(torch.int32)
-        keys, spans = _content_keys(input_ids, token_types, images, grid, self.image_processor.merge_size)
+        pil_images = [part.image for part in images]
+        keys, spans = _content_keys(input_ids, token_types, pil_images, grid, self.image_processor.merge_size)
         return QwenPrompt(input_ids, token_types, pixel_values, grid, keys, spans)
 
-    def _conversation(self, messages: Sequence[Message]) -> tuple[list[dict], list]:
-        """Messages in the chat template's format, and their images in order."""
-        conversation, images = [], []
+    def _pixels(self, images: list[ImagePart]) -> tuple[torch.Tensor, torch.Tensor]:
+        """pixel_values and image_grid_thw of the images, each resized within its own budget.
+
+        One processor call per image, as each may have its own pixel bounds: the processor handles
+        images one by one anyway, so the tensors are those of one call for all of them.
+        """
+        default = self.image_processor.size
+        values, grids = [], []
+        for part in images:
+            longest = part.max_pixels or default["longest_edge"]
+            size = {"shortest_edge": min(part.min_pixels or default["shortest_edge"], longest), "longest_edge": longest}
+            processed = self.image_processor(images=[part.image], size=size, return_tensors="pt")
+            values.append(processed["pixel_values"])
+            grids.append(processed["image_grid_thw"])
+        return torch.cat(values), torch.cat(grids)
+
+    def _conversation(self, messages: Sequence[Message]) -> tuple[list[dict], list[ImagePart]]:
+        """Messages in the chat template's format, and their image parts in order."""
+        conversation: list[dict] = []
+        images: list[ImagePart] = []
         for message in messages:
             content = []
             for part in message.parts:
                 if isinstance(part, ImagePart):
                     content.append({"type": "image"})
-                    images.append(part.image)
+                    images.append(part)
                 else:
                     if any(special in part.text for special in self._specials):
                         raise InvalidRequest(
@@ -114,7 +131,8 @@ def _content_keys(
     starts = [i for i, t in enumerate(token_types[0].tolist()) if t and (i == 0 or not token_types[0, i - 1])]
     spans = []
     for start, thw, image in zip(starts, grid, images, strict=True):
-        digest = hashlib.blake2b(f"{image.mode} {image.size}".encode(), digest_size=7)
+        # The grid too: one image seen at two budgets is two different inputs (a follow-up may change it).
+        digest = hashlib.blake2b(f"{image.mode} {image.size} {thw.tolist()}".encode(), digest_size=7)
         digest.update(image.tobytes())
         base = int.from_bytes(digest.digest(), "big") << 16
         count = int(thw.prod()) // merge_size**2

@@ -17,8 +17,8 @@ class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
         return super().check_argument_for_proper_class(argument_name, argument)
 
 
-def reference_inputs(backend, messages: list[Message]) -> dict:
-    """The tutorial path: processor.apply_chat_template with the PIL images inline."""
+def reference_inputs(backend, messages: list[Message], size: dict | None = None) -> dict:
+    """The tutorial path: processor.apply_chat_template with the PIL images inline (resized within `size`)."""
     processor = ImageOnlyQwen3VLProcessor(
         image_processor=backend.image_processor,
         tokenizer=backend.tokenizer,
@@ -35,8 +35,9 @@ def reference_inputs(backend, messages: list[Message]) -> dict:
         }
         for m in messages
     ]
+    options = {} if size is None else {"size": size}
     return dict(
         processor.apply_chat_template(
-            conversation, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+            conversation, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt", **options
         )
     )
