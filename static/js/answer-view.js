@@ -3,6 +3,7 @@
  * writing), the streamed answer rendered as Markdown, and afterwards its numbers and actions.
  */
 import { addCodeCopyButtons, renderMarkdown } from "./markdown.js";
+import { renderBoxes } from "./boxes.js";
 import { copyWithFeedback } from "./clipboard.js";
 import { describeTimings, formatSeconds } from "./format.js";
 
@@ -53,7 +54,9 @@ export class AnswerView {
     this.actions = element("span", "turn-actions");
     this.footer.append(this.stats, this.actions);
 
-    body.append(this.answer, this.error, this.progress, this.footer);
+    this.boxes = element("div", "answer-boxes");
+    this.boxes.hidden = true;
+    body.append(this.answer, this.boxes, this.error, this.progress, this.footer);
     this.root.append(body);
     this.setPhase("queued");
     this.timer = setInterval(() => this.tick(), 1000);
@@ -131,6 +134,18 @@ export class AnswerView {
     this.stats.textContent = [words, ...notes].filter(Boolean).join(" · ");
     this.addActions();
     this.options.announce("The answer is complete.");
+  }
+
+  /**
+   * Draw the boxes and points the answer located over the image they are in (nothing when there are none).
+   * @param {object[]} regions  the response's `boxes`
+   * @param {{dataUrl: string, name?: string, width?: number, height?: number}|undefined} image
+   */
+  showBoxes(regions, image) {
+    if (!Array.isArray(regions) || !regions.length || !image) return;
+    this.boxes.replaceChildren(renderBoxes(image, regions));
+    this.boxes.hidden = false;
+    this.options.onChange();
   }
 
   stopped() {

@@ -52,7 +52,7 @@ async function errorFromResponse(response) {
  * Stream one chat completion. Yields events:
  *   {kind: "started"}                      the model began on this request (it was queued until then)
  *   {kind: "text", text}                   answer text
- *   {kind: "finish", reason, timings}      the end of the answer
+ *   {kind: "finish", reason, timings, boxes}  the end of the answer; boxes: what it located (often none)
  *   {kind: "usage", usage}                 token counts
  * Throws ApiError for anything the person should read; an aborted request throws the AbortError.
  * @param {string} url
@@ -105,7 +105,8 @@ export async function* streamChat(url, body, signal) {
         }
         if (choice.finish_reason) {
           finished = true;
-          yield { kind: "finish", reason: choice.finish_reason, timings: chunk.timings || null };
+          const boxes = Array.isArray(delta.boxes) ? delta.boxes : [];
+          yield { kind: "finish", reason: choice.finish_reason, timings: chunk.timings || null, boxes };
         }
       }
       if (chunk.usage) yield { kind: "usage", usage: chunk.usage };

@@ -12,6 +12,12 @@ export const TASK_PROMPTS = {
   explain: "Explain this image: what it shows, what it means, and anything notable about it.",
 };
 
+/** Qwen3-VL's own grounding prompt: it answers with JSON boxes, which the server turns into `boxes`. */
+export function findPrompt(what) {
+  return `Locate every instance that belongs to the following categories: "${what}". `
+    + "Report bbox coordinates in JSON format.";
+}
+
 const STICK_TO_BOTTOM_PX = 96;
 
 export class ChatController {
@@ -46,7 +52,10 @@ export class ChatController {
     stop.addEventListener("click", () => this.stop());
     newChat.addEventListener("click", () => this.newChat());
     for (const button of tasks) {
-      button.addEventListener("click", () => this.sendFromComposer(TASK_PROMPTS[button.dataset.task]));
+      button.addEventListener("click", () => {
+        if (button.dataset.task === "find") this.find();
+        else this.sendFromComposer(TASK_PROMPTS[button.dataset.task]);
+      });
     }
     scroller.addEventListener("scroll", () => {
       const gap = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight;
@@ -94,15 +103,15 @@ export class ChatController {
 
   /** Send what is in the message box (and the attached images); a task button adds its prompt. */
   async sendFromComposer(taskPrompt = "") {
-    if (this.generating || this.waiting || !this.health.ready) return;
-    if (this.tray.busy && !(await this.waitForImages())) return;
+    if (this.generating || this.waiting || !this.health.ready) return false;
+    if (this.tray.busy && !(await this.waitForImages())) return false;
     const typed = this.el.prompt.value.trim();
     if (taskPrompt && this.tray.count === 0 && !this.conversation.hasImages()) {
       this.tray.showProblems(["Attach an image first: the tasks are about an image."]);
       this.el.attachButton.focus();
-      return;
+      return false;
     }
-    if (!typed && !taskPrompt && this.tray.count === 0) return;
+    if (!typed && !taskPrompt && this.tray.count === 0) return false;
     let text = taskPrompt ? [taskPrompt, typed].filter(Boolean).join("\n\n") : typed;
     const images = this.tray.take();
     if (!text) text = TASK_PROMPTS.describe;
@@ -111,6 +120,21 @@ export class ChatController {
     const exchange = this.conversation.addExchange(text, images);
     this.stickToBottom = true;
     this.run(exchange);
+    return true;
+  }
+
+  /** "Find": what is typed in the message box is what to find; the answer's boxes are drawn on the image. */
+  find() {
+    const what = this.el.prompt.value.trim().replace(/\s+/g, " ");
+    if (!what) {
+      this.tray.showProblems(["Type what to find (for example: cars, faces, the price), then press Find."]);
+      this.el.prompt.focus();
+      return;
+    }
+    this.el.prompt.value = "";
+    this.sendFromComposer(findPrompt(what)).then((sent) => {
+      if (!sent && !this.el.prompt.value) this.el.prompt.value = what;  // not sent: leave the words to try again
+    });
   }
 
   /**
@@ -155,6 +179,7 @@ export class ChatController {
     let reason = null;
     let timings = null;
     let usage = null;
+    let boxes = [];
     try {
       for await (const event of streamChat(this.config.urls.chat, body, abort.signal)) {
         if (event.kind === "started") view.setPhase("reading");
@@ -164,9 +189,12 @@ export class ChatController {
         } else if (event.kind === "finish") {
           reason = event.reason;
           timings = event.timings;
+          boxes = event.boxes;
         } else if (event.kind === "usage") usage = event.usage;
       }
       view.finish(reason, timings, usage);
+      // The server gives boxes in the pixels of one image of the request, by its index among them.
+      view.showBoxes(boxes, this.conversation.sentImages(exchange)[boxes[0]?.image]);
     } catch (error) {
       if (abort.signal.aborted) {
         view.stopped();
@@ -205,7 +233,7 @@ export class ChatController {
   /**
    * Show a conversation from the history in place of this one, ready to be continued.
    * @param {{text: string, images: object[], answer: {text: string, status: string, reason: string|null,
-   *          error: object|null, timings: object|null, usage: object|null}}[]} turns
+   *          error: object|null, timings: object|null, usage: object|null, boxes: object[]}}[]} turns
    */
   openConversation(turns) {
     this.stop();
@@ -232,6 +260,8 @@ export class ChatController {
       } else {
         view.finish(answer.reason, answer.timings, answer.usage);
       }
+      const boxes = answer.boxes || [];
+      view.showBoxes(boxes, turns.flatMap((t) => t.images)[boxes[0]?.image]);
     }
     this.updateControls();
     this.followStream(true);

@@ -109,6 +109,17 @@ export class Conversation {
     return messages;
   }
 
+  /** The images a request for `upTo` sends, in order: what the server's box `image` index counts. */
+  sentImages(upTo) {
+    const images = [];
+    for (const exchange of this.exchanges) {
+      if (exchange.left && exchange !== upTo) continue;
+      images.push(...exchange.user.images);
+      if (exchange === upTo) break;
+    }
+    return images;
+  }
+
   clear() {
     for (const exchange of this.exchanges) {
       if (exchange.answer) exchange.answer.dispose();

@@ -52,8 +52,8 @@ export async function recordTurns(record, signal) {
     const last = i === asked.length - 1;
     const answer = last
       ? { text: record.answer || "", status: record.status, reason: record.finish_reason, error: record.error,
-        timings: record.timings, usage: record.usage }
-      : { text: reply, status: "completed", reason: "stop", error: null, timings: null, usage: null };
+        timings: record.timings, usage: record.usage, boxes: record.boxes || [] }
+      : { text: reply, status: "completed", reason: "stop", error: null, timings: null, usage: null, boxes: [] };
     return { text: textOf(parts), images, answer };
   }));
 }
@@ -168,6 +168,7 @@ export class HistoryPanel {
     }
     const meta = [describeTime(summary.created_at)];
     if (summary.image_count > 1) meta.push(`${summary.image_count} images`);
+    if (summary.box_count) meta.push(`${summary.box_count} found`);
     if (STATUS_WORDS[summary.status]) meta.push(STATUS_WORDS[summary.status]);
     const time = element("time", "history-meta", meta.filter(Boolean).join(" · "));
     time.dateTime = summary.created_at || "";

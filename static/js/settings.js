@@ -1,9 +1,10 @@
 /**
- * Generation settings (max tokens, temperature, top_p, system prompt): a small dialog whose values
+ * Generation settings (max tokens, temperature, top_p, image detail, system prompt): a small dialog whose values
  * persist in localStorage, with a reset to the server's defaults.
  */
 
 const STORAGE_KEY = "loupe.settings.v1";
+const DETAILS = ["auto", "low", "high"];
 
 /** Saved values, or {} if there are none or storage is unavailable. */
 function loadSaved() {
@@ -56,6 +57,7 @@ export class SettingsPanel {
       maxTokens: dialog.querySelector("#setting-max-tokens"),
       temperature: dialog.querySelector("#setting-temperature"),
       topP: dialog.querySelector("#setting-top-p"),
+      detail: dialog.querySelector("#setting-detail"),
       systemPrompt: dialog.querySelector("#setting-system"),
     };
     this.errorBox = dialog.querySelector("#settings-error");
@@ -82,7 +84,7 @@ export class SettingsPanel {
   }
 
   get defaults() {
-    return { maxTokens: this.limits.maxNewTokens, temperature: null, topP: null, systemPrompt: "" };
+    return { maxTokens: this.limits.maxNewTokens, temperature: null, topP: null, detail: "auto", systemPrompt: "" };
   }
 
   /** Valid values from anything (saved data may be old or edited by hand). */
@@ -93,6 +95,7 @@ export class SettingsPanel {
       maxTokens: maxTokens ?? defaults.maxTokens,
       temperature: numberIn(raw.temperature, 0, 2, false),
       topP: numberIn(raw.topP, 0, 1, false),
+      detail: DETAILS.includes(raw.detail) ? raw.detail : defaults.detail,
       systemPrompt: typeof raw.systemPrompt === "string" ? raw.systemPrompt : "",
     };
   }
@@ -101,6 +104,7 @@ export class SettingsPanel {
     this.fields.maxTokens.value = String(values.maxTokens);
     this.fields.temperature.value = values.temperature === null ? "" : String(values.temperature);
     this.fields.topP.value = values.topP === null ? "" : String(values.topP);
+    this.fields.detail.value = values.detail;
     this.fields.systemPrompt.value = values.systemPrompt;
     this.showError("");
   }
@@ -124,6 +128,7 @@ export class SettingsPanel {
       maxTokens: this.fields.maxTokens.value,
       temperature: this.fields.temperature.value,
       topP: this.fields.topP.value,
+      detail: this.fields.detail.value,
       systemPrompt: this.fields.systemPrompt.value,
     });
     this.store();
@@ -159,11 +164,12 @@ export class SettingsPanel {
     this.fields.maxTokens.focus();
   }
 
-  /** The sampling fields of a request. */
+  /** The sampling fields of a request, and its image budget (`detail`, for every image it sends). */
   requestFields() {
     const fields = { max_tokens: this.values.maxTokens };
     if (this.values.temperature !== null) fields.temperature = this.values.temperature;
     if (this.values.topP !== null) fields.top_p = this.values.topP;
+    if (this.values.detail !== "auto") fields.detail = this.values.detail;
     return fields;
   }
 
