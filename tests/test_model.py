@@ -12,6 +12,7 @@ from loupe.errors import InvalidRequest
 from loupe.inference import ImagePart, Message, SamplingParams, TextPart
 from loupe.runtime.decode_step import TransformersDecodeStep
 from loupe.runtime.loader import ModelLoadError, load
+from loupe.runtime.prompts import pixel_bounds
 from loupe.runtime.sampling import Sampler
 from model_loader import load_backend
 from tests.support.devices import DEVICES
@@ -84,16 +85,15 @@ def budget(image, min_pixels=None, max_pixels=None):
 
 @pytest.mark.parametrize(
     "min_pixels, max_pixels",
-    [(None, 64 * 64), (None, 32 * 32), (128 * 128, None), (40 * 40, 96 * 96)],
+    [(None, 64 * 64), (None, 32 * 32), (128 * 128, None), (40 * 40, 96 * 96), (None, 256 * 256)],
 )
 def test_an_image_budget_gives_transformers_own_inputs_for_that_size(backend, min_pixels, max_pixels):
-    image = photo(300, 200, seed=5)
+    image = photo(120, 90, seed=5)  # smaller than the processor's minimum: scaled up, but within max_pixels
     messages = [Message("user", (budget(image, min_pixels, max_pixels), TextPart("What is this?")))]
     prompt = backend.prepare(messages, max_tokens=8)
     default = backend.image_processor.size
-    longest = max_pixels or default["longest_edge"]
-    size = {"shortest_edge": min(min_pixels or default["shortest_edge"], longest), "longest_edge": longest}
-    expected = reference_inputs(backend, messages, size=size)
+    shortest, longest = pixel_bounds(messages[0].parts[0], default["shortest_edge"], default["longest_edge"])
+    expected = reference_inputs(backend, messages, size={"shortest_edge": shortest, "longest_edge": longest})
     assert torch.equal(prompt.input_ids, expected["input_ids"])
     assert torch.equal(prompt.image_grid_thw, expected["image_grid_thw"])
     assert torch.allclose(prompt.pixel_values, expected["pixel_values"])
@@ -108,7 +108,7 @@ def test_images_with_their_own_budgets_are_each_processed_as_transformers_would(
     low, high = photo(300, 200, seed=6), photo(120, 160, seed=7)
     messages = [Message("user", (budget(low, max_pixels=64 * 64), budget(high), TextPart("Compare.")))]
     prompt = backend.prepare(messages, max_tokens=8)
-    low_size = {"shortest_edge": 64 * 64, "longest_edge": 64 * 64}
+    low_size = {"shortest_edge": 64 * 64 // 2, "longest_edge": 64 * 64}
     alone = [
         reference_inputs(backend, [Message("user", (budget(low),))], size=low_size),
         reference_inputs(backend, [Message("user", (budget(high),))]),  # the processor's own bounds

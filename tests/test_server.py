@@ -93,15 +93,25 @@ def doc_blocks(language, text):
 
 def test_readme_curl_examples_work_as_written(server, photo, docs_text):
     examples = [b for b in doc_blocks("bash", docs_text) if "localhost:8000/v1/chat/completions" in b]
-    assert len(examples) == 3
+    assert len(examples) == 6
     for example in examples:
         command = example.replace("localhost:8000", server.url.removeprefix("http://"))
         result = subprocess.run(["bash", "-c", command], cwd=photo.parent, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         if "stream=true" in example:
             assert result.stdout.rstrip().endswith("data: [DONE]")
-        else:
-            assert json.loads(result.stdout)["object"] == "chat.completion"
+            continue
+        body = json.loads(result.stdout)
+        assert body["object"] == "chat.completion", body
+        # The image budget examples: the photo is seen within the bounds they set.
+        if '"detail": "low"' in example:
+            assert 0 < body["timings"]["image_tokens"] <= 65536 // 1024
+        if "max_pixels=200704" in example:
+            assert 0 < body["timings"]["image_tokens"] <= 200704 // 1024
+        # Whatever random weights write, boxes, if any, are in the photo's pixels (120x90).
+        for box in body["choices"][0]["message"].get("boxes", []):
+            x1, y1, x2, y2 = box["bbox"] if "bbox" in box else box["point"] * 2
+            assert box["image"] == 0 and 0 <= x1 <= x2 <= 120 and 0 <= y1 <= y2 <= 90
 
 
 def test_readme_openai_example_works_as_written(server, photo, docs_text):

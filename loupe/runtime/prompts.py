@@ -90,8 +90,8 @@ class PromptBuilder:
         default = self.image_processor.size
         values, grids = [], []
         for part in images:
-            longest = part.max_pixels or default["longest_edge"]
-            size = {"shortest_edge": min(part.min_pixels or default["shortest_edge"], longest), "longest_edge": longest}
+            shortest, longest = pixel_bounds(part, default["shortest_edge"], default["longest_edge"])
+            size = {"shortest_edge": shortest, "longest_edge": longest}
             processed = self.image_processor(images=[part.image], size=size, return_tensors="pt")
             values.append(processed["pixel_values"])
             grids.append(processed["image_grid_thw"])
@@ -115,6 +115,18 @@ class PromptBuilder:
                     content.append({"type": "text", "text": part.text})
             conversation.append({"role": message.role, "content": content})
         return conversation, images
+
+
+def pixel_bounds(part: ImagePart, default_min: int, default_max: int) -> tuple[int, int]:
+    """The (min, max) pixels the processor resizes an image within: its budget, else the processor's own.
+
+    Below a `max_pixels` the processor's minimum becomes half of it: it scales a small image up with
+    its sides rounded up to the 32-pixel grid, which from a minimum equal to the maximum overshoots it.
+    """
+    longest = part.max_pixels or default_max
+    if part.min_pixels is not None:
+        return min(part.min_pixels, longest), longest
+    return (default_min, longest) if part.max_pixels is None else (min(default_min, longest // 2), longest)
 
 
 def _content_keys(
