@@ -1,9 +1,10 @@
 """Boxes on the page: Find, the image detail setting, and boxes drawn over their image from the history.
 
-Random weights locate nothing, so the drawing is tested on a stored record: a known grounding answer
+Random weights locate nothing, so the drawing is tested with a known grounding answer: a record
 written into the server's history by this test (its `model` says so), its boxes computed by the
-server's own parser. The live model is still asked through Find: whatever it writes, the page shows
-what the server found in it, no more and no less.
+server's own parser; and a stream the page receives for that answer, its frames made by the server's
+own protocol code (the route is answered by the test, and says so in its `model`). The live model is
+still asked through Find: whatever it writes, the page shows what the server found in it, no more, no less.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from playwright.sync_api import expect
 
 from loupe.history.recorder import messages_and_images
 from loupe.history.store import HistoryStore, utcnow
-from loupe.inference import ChatRequest, Message, SamplingParams, TextPart
+from loupe.inference import ChatRequest, Finished, Message, SamplingParams, Started, TextDelta, TextPart
 from loupe.protocol.grounding import answer_boxes
 from loupe.protocol.images import read_image
+from loupe.protocol.responses import CompletionMeta, stream_frames
 from loupe.settings import Settings
 from tests.e2e.page_actions import chat_requests, open_settings, wait_until_ready
 from tests.support.live_server import LiveServer
@@ -106,15 +108,15 @@ def open_stored(page, stored: dict):
     expect(page.get_by_role("dialog", name="History")).to_be_hidden()
 
 
-def assert_marks_on_their_objects(page, stored: dict):
-    """Each mark sits where its box is, in the image as shown (scaled from 1600x1200 to fit the page)."""
-    figure = page.locator(".turn.assistant .boxes")
+def assert_marks_on_their_objects(page, boxes: list[dict], size=(1600, 1200)):
+    """Each mark sits where its box is, in the image as shown (scaled from its `size` to fit the page)."""
+    figure = page.locator(".turn.assistant .boxes").last
     image = figure.locator(".boxes-frame img")
     expect(image).to_have_js_property("complete", True)
     shown = image.bounding_box()
-    scale_x, scale_y = shown["width"] / 1600, shown["height"] / 1200
-    assert shown["width"] < 1600 and abs(scale_x - scale_y) < 0.01  # scaled down, aspect kept
-    for index, region in enumerate(stored["boxes"]):
+    scale_x, scale_y = shown["width"] / size[0], shown["height"] / size[1]
+    assert abs(scale_x - scale_y) < 0.01  # the aspect ratio kept
+    for index, region in enumerate(boxes):
         mark = figure.locator(f'.box-mark[data-index="{index}"]').bounding_box()
         if "bbox" in region:
             x1, y1, x2, y2 = region["bbox"]
@@ -140,7 +142,7 @@ def test_a_stored_answer_draws_its_labelled_boxes_over_the_image(server, stored,
     expect(figure.locator(".box-mark")).to_have_count(3)
     expect(figure.locator(".box-label")).to_have_text(["sun", "grass", "centre"])
     expect(figure.locator(".boxes-summary")).to_have_text("Found 2 boxes and 1 point:")
-    assert_marks_on_their_objects(page, stored)
+    assert_marks_on_their_objects(page, stored["boxes"])
     figure.scroll_into_view_if_needed()
     screenshot(page, "desktop-boxes")
 
@@ -167,7 +169,7 @@ def test_boxes_stay_on_their_objects_on_a_phone(server, stored, open_page, scree
     wait_until_ready(page)
     open_stored(page, stored)
     expect(page.locator(".turn.assistant .box-mark")).to_have_count(3)
-    assert_marks_on_their_objects(page, stored)
+    assert_marks_on_their_objects(page, stored["boxes"])
     fits_a_phone(page, buttons=("Hide boxes",))
     page.locator(".turn.assistant .boxes").scroll_into_view_if_needed()
     screenshot(page, "phone-boxes")
@@ -198,3 +200,26 @@ def test_find_asks_qwens_grounding_question_and_shows_what_the_server_found(serv
     record = fetch_json(server, f"/inferences/{newest['id']}")
     assert record["messages"][-1]["content"][0]["detail"] == "low"
     expect(page.locator(".turn.assistant .box-mark")).to_have_count(len(record["boxes"]))
+
+
+def test_a_streamed_answer_with_boxes_is_drawn_over_the_image_it_sent(server, open_page, images):
+    """The page's stream path with a known answer: the chat route answers with frames the server's own
+    protocol code makes from that answer (as the server would for a model that wrote it)."""
+    sent_size = (256, 192)  # photo.jpg as the page sends it: scaled to the server's IMAGE_MAX_EDGE
+    events = [Started(), TextDelta(ANSWER), Finished("stop", prompt_tokens=70, completion_tokens=60)]
+    frames = stream_frames(events, CompletionMeta(model="known answer"), True, [sent_size])
+    body = "".join(frames)
+    boxes = answer_boxes(ANSWER, [sent_size])
+    page = open_page(server.url).page
+    wait_until_ready(page)
+    page.route(
+        "**/v1/chat/completions",
+        lambda route: route.fulfill(status=200, content_type="text/event-stream", body=body),
+    )
+    page.set_input_files("#file-input", str(images / "photo.jpg"))
+    expect(page.locator("#attachments .attachment-caption")).to_have_text("256×192")
+    page.get_by_label("Message").fill("sun")
+    page.get_by_role("button", name="Find").click()
+    expect(page.locator(".turn.assistant")).to_have_attribute("data-state", "done")
+    expect(page.locator(".turn.assistant .box-mark")).to_have_count(3)
+    assert_marks_on_their_objects(page, boxes, sent_size)
