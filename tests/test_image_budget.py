@@ -56,7 +56,7 @@ def test_the_requests_own_fields_apply_to_images_without_theirs():
 
 
 def test_form_data_fields_set_every_images_budget():
-    form = {"prompt": "Read it.", "detail": "low", "max_pixels": "30000"}
+    form = {"prompt": "Read it.", "detail": "low", "min_pixels": "", "max_pixels": "30000"}
     parts = parse_form_request(form, [b"a", b"b"], SETTINGS).image_parts()
     assert [(p.detail, p.min_pixels, p.max_pixels) for p in parts] == [("low", None, 30000)] * 2
 
@@ -65,6 +65,8 @@ def test_form_data_fields_set_every_images_budget():
     "budget, param",
     [
         ({"detail": "ultra"}, "messages[0].content[0].image_url.detail"),
+        ({"detail": ""}, "messages[0].content[0].image_url.detail"),
+        ({"max_pixels": ""}, "messages[0].content[0].image_url.max_pixels"),
         ({"max_pixels": 100}, "messages[0].content[0].image_url.max_pixels"),
         ({"min_pixels": "4096"}, "messages[0].content[0].image_url.min_pixels"),
         ({"max_pixels": 5000.5}, "messages[0].content[0].image_url.max_pixels"),

@@ -33,7 +33,7 @@ class Budget:
 def read_budget(fields: Mapping[str, Any], where: str, from_form: bool = False) -> Budget:
     """`detail`, `min_pixels` and `max_pixels` of an image_url object or a request, checked for type."""
     detail = fields.get("detail")
-    if detail in (None, ""):
+    if detail is None or (from_form and detail == ""):  # an HTML form sends every input, empty or not
         detail = None
     elif detail not in DETAILS:
         raise InvalidRequest(f"`{where}detail` must be one of {', '.join(DETAILS)}.", param=f"{where}detail")
@@ -45,8 +45,8 @@ def read_budget(fields: Mapping[str, Any], where: str, from_form: bool = False) 
 
 
 def _pixels(raw: Any, name: str, from_form: bool) -> int | None:
-    """A pixel count: a whole number of at least SMALLEST (form fields arrive as text)."""
-    if raw is None or raw == "":
+    """A pixel count: a whole number of at least SMALLEST (form fields arrive as text, empty when not set)."""
+    if raw is None or (from_form and raw == ""):
         return None
     if from_form and isinstance(raw, str) and raw.isdigit():
         raw = int(raw)

@@ -454,7 +454,7 @@ def test_keyboard_and_screen_reader_basics(server, open_page):
     page.keyboard.press("Tab")
     expect(page.get_by_role("link", name="Skip to the message box")).to_be_focused()
     order = []
-    for _ in range(7):
+    for _ in range(8):
         page.keyboard.press("Tab")
         order.append(page.evaluate("document.activeElement.id || document.activeElement.textContent.trim()"))
     assert order == [
@@ -464,6 +464,7 @@ def test_keyboard_and_screen_reader_basics(server, open_page):
         "Describe",
         "Extract text (OCR)",
         "Explain",
+        "Find",
         "attach-button",
     ]
     page.keyboard.press("Tab")
