@@ -1,5 +1,5 @@
 """Shared fixtures: a tiny random-weight Qwen3-VL, settings, apps and engines (closed after), a live gunicorn
-server and a Redis; and a check that no test leaves an engine running."""
+server, a Redis and a PostgreSQL; and a check that no test leaves an engine running."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from tests.support.cpu import VARIANT_PARAMS
 from tests.support.devices import DEVICES
 from tests.support.engines import Engines, running_engines, wait_ready
 from tests.support.live_server import KERNEL_CACHE_DIR, ROOT, LiveServer
+from tests.support.postgres import PostgresServer, postgres_bin
 from tests.support.tiny_model import build_tiny_model
 from tests.support.waiting import wait_until
 
@@ -183,3 +185,24 @@ def _wait_for_redis(uri: str, server: subprocess.Popen) -> None:
             return False
 
     wait_until(answers, timeout=10, interval=0.05, message="redis-server to answer PING")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """Debian's PostgreSQL on a free loopback port, started once per session (tests/support/postgres.py)."""
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        pytest.fail("PostgreSQL is not installed (tests/test.sh installs Debian's postgresql)")
+    server = PostgresServer(bin_dir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A new, empty database on the session's PostgreSQL: its SQLAlchemy URL (DATABASE_URL)."""
+    name = f"t{uuid.uuid4().hex}"
+    postgres_server.sql(f"CREATE DATABASE {name}", database="postgres")
+    return postgres_server.url.rsplit("/", 1)[0] + f"/{name}"
