@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install what the tests need into .venv (and Debian's chromium for the browser tests, redis-server for the
-# shared rate-limit test, which starts its own on a free port, postgresql for the history's own cluster, g++ for the native linear kernel), check the
-# code with ruff and mypy, then run pytest (tests/test_layering.py runs import-linter's contracts).
+# Install what the tests need into .venv (and Debian's chromium for the browser tests; redis-server,
+# postgresql and nginx, which the tests start on free loopback ports as they need them; g++ for the native
+# linear kernel), check the code with ruff and mypy, then run pytest (tests/test_layering.py runs
+# import-linter's contracts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
@@ -13,6 +14,7 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -94,6 +94,7 @@ def cluster(postgres_server, tiny_model_dir, tmp_path_factory) -> Iterator[Clust
             "RATE_LIMIT_STORAGE": redis_uri,
             "MAX_NEW_TOKENS": "64",
             "MAX_NEW_TOKENS_LIMIT": "2000",
+            "TRUSTED_PROXIES": "1",  # nginx: the rate limit counts the client, here every test request's 127.0.0.1
         }
         instances = [LiveServer(env, logs / f"instance{n}.log") for n in range(2)]
         nginx = None
