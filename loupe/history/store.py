@@ -259,9 +259,10 @@ class HistoryStore:
 
     def sweep(self, older_than: float = ORPHAN_GRACE_SECONDS) -> int:
         """Delete image files no image row names (left by a crash), if older than `older_than` seconds."""
-        with self.engine.connect() as connection:
+        # Under the lock: another instance may be recording a record that names an old orphan file again.
+        with self._writing(exclusive=True) as connection:
             keep = set(connection.scalars(sa.select(images.c.sha256)))
-        return self.images.sweep(keep, older_than)
+            return self.images.sweep(keep, older_than)
 
     def missing_images(self) -> list[str]:
         """Addresses that rows name but whose files are gone (should always be empty)."""
