@@ -1,105 +1,123 @@
-"""Debian's nginx with deploy/nginx's configuration, on a free loopback port, in front of test instances."""
+"""Runs Debian's nginx with deploy/nginx's configuration on a free loopback port, unprivileged, in its own folder."""
 
 from __future__ import annotations
 
-import os
+import getpass
 import re
 import shutil
 import socket
 import subprocess
-import tempfile
 from pathlib import Path
+
+import pytest
 
 from tests.support.live_server import ROOT, free_port
 from tests.support.waiting import wait_until
 
 DEPLOY = ROOT / "deploy" / "nginx"
-_SERVER_LINE = re.compile(r"^\s*#?\s*server \S+:\d+(?P<options>[^;]*);\s*$", re.MULTILINE)
+# The one line of each deploy file that names a place on the machine, and what the tests put there instead.
+SITE_LISTEN = "listen 80;"
+SITE_ACCESS_LOG = "access_log /var/log/nginx/access.log loupe;"
+UPSTREAM_SERVER = re.compile(r"^(\s*)server 127\.0\.0\.1:8000( [^;]*)?;$", re.M)
 
 
-def nginx_binary() -> str | None:
-    """Debian's nginx (in /usr/sbin, often off a user's PATH), or None."""
-    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+def nginx_executable() -> str:
+    """Debian's nginx (in /usr/sbin, which is not on every user's PATH); the test fails without it."""
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        pytest.fail("nginx is not installed (tests/test.sh installs Debian's nginx)")
+    return found
 
 
-def upstream_for(instances: list[str]) -> str:
-    """deploy/nginx/loupe/upstream.conf with its `server` lines replaced by one per instance (host:port)."""
-    text = (DEPLOY / "loupe" / "upstream.conf").read_text()
-    options = _SERVER_LINE.search(text)
-    assert options is not None, "upstream.conf has no server line"
-    servers = "".join(f"    server {address}{options['options']};\n" for address in instances)
-    first = options.start()
-    return _SERVER_LINE.sub("", text[:first]) + servers + "\n" + _SERVER_LINE.sub("", text[first:]).lstrip("\n")
+def render(folder: Path, port: int, instances: list[str], upstream_extra: str = "") -> Path:
+    """deploy/nginx's files in `folder`, as deployed, but for `instances` (host:port) and this port; the main file.
+
+    Only the site's address and log and the upstream's servers differ from the deploy files; `upstream_extra`
+    adds lines to the upstream block (a `hash … consistent;`). The main file, which a deployment takes from
+    its distribution, gives nginx its own pid file, logs and temporary folders here.
+    """
+    (folder / "loupe").mkdir(parents=True, exist_ok=True)
+    for source in (DEPLOY / "loupe").glob("*.conf"):
+        shutil.copy(source, folder / "loupe" / source.name)
+    upstream = (DEPLOY / "loupe" / "upstream.conf").read_text()
+    match = UPSTREAM_SERVER.search(upstream)
+    assert match is not None, "deploy/nginx/loupe/upstream.conf has no `server 127.0.0.1:8000 …;` line"
+    indent, options = match.group(1), match.group(2) or ""
+    servers = "\n".join(f"{indent}server {address}{options};" for address in instances)
+    if upstream_extra:
+        servers += "\n" + indent + upstream_extra
+    (folder / "loupe" / "upstream.conf").write_text(upstream[: match.start()] + servers + upstream[match.end() :])
+    site = (DEPLOY / "loupe.conf").read_text()
+    assert site.count(SITE_LISTEN) == 1 and site.count(SITE_ACCESS_LOG) == 1, "deploy/nginx/loupe.conf changed shape"
+    site = site.replace(SITE_LISTEN, f"listen 127.0.0.1:{port};")
+    site = site.replace(SITE_ACCESS_LOG, f"access_log {folder / 'access.log'} loupe;")
+    (folder / "site.conf").write_text(site)
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    temporary = " ".join(f"{kind}_temp_path {folder / (kind + '_temp')};" for kind in kinds)
+    main = folder / "nginx.conf"
+    main.write_text(
+        # `user` matters only when the tests run as root (CI's containers): workers then stay root, so
+        # they can read this folder; otherwise nginx ignores the line.
+        f"user {getpass.getuser()};\n"
+        "worker_processes 1;\n"
+        "daemon off;\n"
+        f"pid {folder / 'nginx.pid'};\n"
+        f"error_log {folder / 'error.log'} info;\n"
+        "events { worker_connections 1024; }\n"
+        f"http {{\n  {temporary}\n  include site.conf;\n}}\n"
+    )
+    return main
 
 
-class NginxServer:
-    """nginx as loupe.conf sets it up (the same includes), listening on 127.0.0.1:<free port>, logs in a temp dir."""
+def check(main: Path) -> subprocess.CompletedProcess:
+    """`nginx -t` on a rendered configuration."""
+    folder = main.parent
+    command = [nginx_executable(), "-t", "-p", f"{folder}/", "-e", str(folder / "error.log"), "-c", str(main)]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
 
-    def __init__(self, instances: list[str]):
-        binary = nginx_binary()
-        if binary is None:
-            raise RuntimeError("nginx is not installed (tests/test.sh installs Debian's nginx)")
-        self.binary = binary
+
+class Nginx:
+    """nginx in front of `instances`, on a free loopback port: `Nginx(folder, ["127.0.0.1:8001"]).start()`."""
+
+    def __init__(self, folder: Path, instances: list[str], upstream_extra: str = ""):
+        self.folder = folder
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        # Not under pytest's tmp_path: its parents are private to the user, and nginx's workers may not be.
-        self.prefix = Path(tempfile.mkdtemp(prefix="loupe-nginx-"))
-        self.prefix.chmod(0o755)
-        shutil.copytree(DEPLOY / "loupe", self.prefix / "loupe")
-        (self.prefix / "loupe" / "upstream.conf").write_text(upstream_for(instances))
+        self.main = render(folder, self.port, instances, upstream_extra)
         self.process: subprocess.Popen | None = None
 
-    def _config(self) -> str:
-        """The main file: loupe.conf's includes and server block, with test paths, port and logs."""
-        user = "user root;\n" if os.geteuid() == 0 else ""  # workers that can read the temp dir
-        temp_paths = "".join(
-            f"    {kind}_temp_path {self.prefix / kind};\n"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        return (
-            f"{user}daemon off;\nworker_processes 1;\npid {self.prefix / 'nginx.pid'};\n"
-            f"error_log {self.prefix / 'error.log'} info;\nevents {{ worker_connections 1024; }}\n"
-            f"http {{\n{temp_paths}"
-            "    include loupe/upstream.conf;\n    include loupe/http.conf;\n"
-            f"    server {{\n        listen 127.0.0.1:{self.port};\n"
-            f"        access_log {self.prefix / 'access.log'} loupe;\n"
-            "        include loupe/proxy.conf;\n    }\n}\n"
-        )
+    def start(self) -> Nginx:
+        """Start nginx in the foreground of its own process and wait until its port accepts connections."""
+        checked = check(self.main)
+        assert checked.returncode == 0, checked.stderr
+        folder = self.folder
+        command = [nginx_executable(), "-p", f"{folder}/", "-e", str(folder / "error.log"), "-c", str(self.main)]
+        process = self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
-    def start(self) -> NginxServer:
-        """Check the configuration, start nginx and wait until it accepts connections."""
-        config = self.prefix / "nginx.conf"
-        config.write_text(self._config())
-        command = [self.binary, "-p", str(self.prefix), "-c", str(config), "-e", str(self.prefix / "error.log")]
-        check = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=30)
-        if check.returncode != 0:
-            raise RuntimeError(f"nginx -t refused the configuration:\n{check.stderr}")
-        process = self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-        def accepts() -> bool:
+        def listening() -> bool:
             if process.poll() is not None:
-                raise RuntimeError(f"nginx exited early:\n{self.error_log()}")
+                pytest.fail(f"nginx exited with {process.returncode}:\n{self.error_log()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
             except OSError:
                 return False
             return True
 
-        wait_until(accepts, 30, interval=0.05, message="nginx to accept connections")
+        wait_until(listening, timeout=10, interval=0.05, message="nginx to listen")
         return self
 
-    def access_log(self) -> str:
-        """nginx's access log so far (the `loupe` format: request id, conversation, upstream)."""
-        path = self.prefix / "access.log"
+    def error_log(self) -> str:
+        """What nginx wrote to its error log so far."""
+        path = self.folder / "error.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def error_log(self) -> str:
-        """nginx's error log so far."""
-        path = self.prefix / "error.log"
+    def access_log(self) -> str:
+        """nginx's access lines so far (deploy/nginx's `loupe` format)."""
+        path = self.folder / "access.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        """Stop nginx and delete its directory."""
+        """Stop nginx (SIGTERM: its fast shutdown), then SIGKILL if it lingers."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -107,4 +125,3 @@ class NginxServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        shutil.rmtree(self.prefix, ignore_errors=True)
