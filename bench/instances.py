@@ -37,31 +37,49 @@ from bench import inputs
 from bench.client import Measurement, stream_chat
 from bench.run import as_common
 from tests.support.live_server import LiveServer
-from tests.support.nginx import NginxServer
+from tests.support.nginx import Nginx
 from tests.support.postgres import PostgresServer, postgres_bin
 
 log = logging.getLogger("bench.instances")
 LOAD_TIMEOUT = 900  # seconds for an instance to load (a first start prepares the full model's weights)
 
 
-def balanced_keys(nginx: NginxServer, instances: int, clients: int) -> list[str]:
+def balanced_keys(nginx: Nginx, instances: int, clients: int) -> list[str]:
     """Conversation keys that nginx spreads evenly over the instances (read back from its access log)."""
     per_instance = -(-clients // instances)
     chosen: dict[str, list[str]] = {}
     for n in range(50 * clients):
         key = f"bench-{n}"
         requests.get(nginx.url + "/v1/models", headers={"X-Loupe-Conversation": key}, timeout=30).raise_for_status()
-        match = re.search(rf"conversation={re.escape(key)} upstream=(\S+)", nginx.access_log())
-        if match is None:
-            time.sleep(0.05)  # nginx writes its line as the response ends: once more
-            match = re.search(rf"conversation={re.escape(key)} upstream=(\S+)", nginx.access_log())
-        upstream = match.group(1) if match else "?"
+        upstream = upstream_of(nginx, key)
         if len(chosen.setdefault(upstream, [])) < per_instance:
             chosen[upstream].append(key)
         keys = [k for group in chosen.values() for k in group]
         if len(keys) >= clients and len(chosen) >= instances:
             return keys[:clients]
     raise RuntimeError(f"could not spread {clients} keys over {instances} instances: {chosen}")
+
+
+def upstream_of(nginx: Nginx, key: str) -> str:
+    """The instance nginx's access log says served the conversation `key` (its line comes as the response ends)."""
+    pattern = re.compile(rf"conversation={re.escape(key)} upstream=(\S+)")
+    deadline = time.perf_counter() + 10
+    while (match := pattern.search(nginx.access_log())) is None:
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"nginx logged no request of conversation {key}")
+        time.sleep(0.02)
+    return match.group(1)
+
+
+def chat_upstreams(nginx: Nginx, keys: list[str], turns: int) -> dict[str, list[str]]:
+    """For each conversation, the instance each of its `turns` chat requests went to, from nginx's access log."""
+    deadline = time.perf_counter() + 10
+    while True:
+        text = nginx.access_log()
+        routes = {k: re.findall(rf"POST \S+ [^\n]*conversation={re.escape(k)} upstream=(\S+)", text) for k in keys}
+        if all(len(r) >= turns for r in routes.values()) or time.perf_counter() > deadline:
+            return routes
+        time.sleep(0.05)
 
 
 def conversations(url: str, keys: list[str], max_tokens: int) -> dict:
@@ -115,12 +133,10 @@ def run_cluster(args: argparse.Namespace, count: int, database_url: str, log_dir
     try:
         for instance in instances:  # one after another: a first start prepares the weights others reuse
             instance.start(timeout=LOAD_TIMEOUT)
-        nginx = NginxServer([f"127.0.0.1:{i.port}" for i in instances]).start()
+        nginx = Nginx(log_dir / f"nginx-{count}", [f"127.0.0.1:{i.port}" for i in instances]).start()
         keys = balanced_keys(nginx, count, args.clients)
         result = conversations(nginx.url, keys, args.max_tokens)
-        log_text = nginx.access_log()
-        routes = {k: re.findall(rf"POST \S+ [^\n]*conversation={re.escape(k)} upstream=(\S+)", log_text) for k in keys}
-        return result | {"instances": count, "keys": keys, "upstreams": routes}
+        return result | {"instances": count, "keys": keys, "upstreams": chat_upstreams(nginx, keys, turns=2)}
     finally:
         if nginx is not None:
             nginx.stop()

@@ -22,7 +22,7 @@ from loupe.history.schema import make_engine
 from loupe.history.store import HistoryStore
 from tests.support.chat import data_url, png
 from tests.support.live_server import LiveServer
-from tests.support.nginx import NginxServer
+from tests.support.nginx import Nginx
 from tests.support.redis_server import running_redis
 from tests.support.waiting import wait_until
 
@@ -37,7 +37,7 @@ class Cluster:
     """The instances, nginx in front, and what they share."""
 
     instances: list[LiveServer]
-    nginx: NginxServer
+    nginx: Nginx
     database_url: str
     data_dir: Path
     redis_uri: str
@@ -101,7 +101,7 @@ def cluster(postgres_server, tiny_model_dir, tmp_path_factory) -> Iterator[Clust
         try:
             for instance in instances:
                 instance.start()
-            nginx = NginxServer([f"127.0.0.1:{i.port}" for i in instances]).start()
+            nginx = Nginx(tmp_path_factory.mktemp("nginx"), [f"127.0.0.1:{i.port}" for i in instances]).start()
             yield Cluster(instances, nginx, database_url, data_dir, redis_uri)
         finally:
             if nginx is not None:
@@ -193,7 +193,8 @@ def test_without_a_key_nginx_makes_one_and_loupe_hands_it_back(cluster):
     assert response.status_code == 200
     key = response.headers["X-Loupe-Conversation"]
     assert len(key) == 32 and key != rid  # nginx's own $request_id
-    assert f"conversation={key} " in cluster.nginx.access_log()
+    # nginx writes its access line once the response is over, which can be just after the client has it.
+    wait_until(lambda: f"conversation={key} " in cluster.nginx.access_log(), 10, message="nginx's access line")
     home = cluster.served_by(rid)
     again, again_rid = post(cluster, CHAT, ask("Hi", max_tokens=1), key)  # sent back: the same instance
     assert again.status_code == 200 and cluster.served_by(again_rid) == home
