@@ -55,6 +55,12 @@ def test_the_compose_nginx_is_the_tested_configuration(tmp_path):
     upstream = (ROOT / "deploy" / "compose" / "upstream.conf").read_text()
     servers = re.findall(r"^\s*server ([\w-]+):8000 max_fails=3 fail_timeout=10s;$", upstream, re.M)
     assert servers == LOUPE_SERVICES
+
+    def directives(text: str) -> list[str]:
+        lines = (line.split("#")[0].strip() for line in text.splitlines())
+        return [line for line in lines if line and not line.startswith("server ")]
+
+    assert directives(upstream) == directives((DEPLOY / "loupe" / "upstream.conf").read_text())  # the hash too
     # nginx -t on it, with the services' names (which resolve only inside compose) as loopback addresses.
     main = render(tmp_path, 8080, ["127.0.0.1:8000"])
     ports = {name: 8000 + n for n, name in enumerate(LOUPE_SERVICES)}
