@@ -135,7 +135,8 @@ class HistoryStore:
                     "created_at": now,
                 }
         if rows:
-            connection.execute(sa.insert(images), list(rows.values()))
+            # In address order: two instances adding the same new images never wait on each other in a cycle.
+            connection.execute(sa.insert(images), [rows[sha] for sha in sorted(rows)])
 
     def get(self, record_id: str) -> dict | None:
         """One record with its images (in order), or None."""
