@@ -12,6 +12,7 @@ from playwright.sync_api import expect
 from tests.e2e.page_actions import (
     answer_states,
     chat_requests,
+    conversation_keys,
     goto_under_the_servers_csp,
     open_settings,
     set_max_tokens,
@@ -100,11 +101,7 @@ def test_attach_an_image_ask_and_watch_the_answer_stream(server, open_page, imag
 def test_follow_up_questions_send_the_history_and_regenerate_replaces_the_answer(server, open_page, images):
     page = open_page(server.url).page
     sent = chat_requests(page)
-    keys: list[str | None] = []
-    chat_posts = re.compile(r".*/v1/chat/completions$")
-    page.on(
-        "request", lambda r: keys.append(r.headers.get("x-loupe-conversation")) if chat_posts.match(r.url) else None
-    )
+    keys = conversation_keys(page)
     wait_until_ready(page)
     open_settings(page)
     page.get_by_label("Temperature").fill("0")  # greedy: the tiny model's answers are deterministic
