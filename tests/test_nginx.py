@@ -12,7 +12,7 @@ import pytest
 
 from loupe.settings import Settings
 from loupe.web.observability import _VALID_REQUEST_ID
-from tests.support.live_server import LiveServer
+from tests.support.live_server import LiveServer, free_port
 from tests.support.nginx import DEPLOY, Nginx, check, render
 from tests.support.waiting import wait_until
 
@@ -64,6 +64,21 @@ def test_every_error_nginx_makes_is_an_openai_envelope():
         error = json.loads(body)["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["message"] and error["type"]
         assert "default_type application/json;" in block.group(1)
+
+
+def test_with_no_instance_answering_nginx_says_502_in_the_envelope(tmp_path):
+    nobody = f"127.0.0.1:{free_port()}"  # nothing listens there
+    nginx = Nginx(tmp_path, [nobody]).start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=10)
+        connection.request("GET", "/health", headers={"X-Request-ID": "front-502"})
+        response = connection.getresponse()
+        assert response.status == 502 and response.headers["Content-Type"] == "application/json"
+        assert response.headers["X-Request-ID"] == "front-502" and response.headers["Retry-After"] == "5"
+        error = json.load(response)["error"]
+        assert error["code"] == "bad_gateway" and "No Loupe instance answered" in error["message"]
+    finally:
+        nginx.stop()
 
 
 @pytest.fixture(scope="module")
