@@ -60,13 +60,16 @@ def chat_payload(messages: list[dict], max_tokens: int) -> dict:
     }
 
 
-def stream_chat(base_url: str, messages: list[dict], max_tokens: int, start: float | None = None) -> Measurement:
+def stream_chat(
+    base_url: str, messages: list[dict], max_tokens: int, start: float | None = None, headers: dict | None = None
+) -> Measurement:
     """Send one streamed request and time its chunks; `start` lets concurrent clients share a clock."""
     result = Measurement(started=time.perf_counter() if start is None else start)
     try:
         with requests.post(
             f"{base_url}/v1/chat/completions",
             json=chat_payload(messages, max_tokens),
+            headers=headers,
             stream=True,
             timeout=REQUEST_TIMEOUT,
         ) as response:
@@ -116,14 +119,16 @@ def _read_stream(response: requests.Response, result: Measurement) -> None:
 
 
 def concurrent_chats(
-    base_url: str, conversations: list[list[dict]], max_tokens: int
+    base_url: str, conversations: list[list[dict]], max_tokens: int, headers: list[dict] | None = None
 ) -> tuple[list[Measurement], float]:
-    """Send the conversations at once, one thread each; (measurements, wall seconds until the last ends)."""
+    """Send the conversations at once, one thread each (with its own `headers`, if given); (measurements, wall
+    seconds until the last ends)."""
     results: list[Measurement | None] = [None] * len(conversations)
     start = time.perf_counter()
 
     def client(index: int) -> None:
-        results[index] = stream_chat(base_url, conversations[index], max_tokens, start=start)
+        sent = headers[index] if headers else None
+        results[index] = stream_chat(base_url, conversations[index], max_tokens, start=start, headers=sent)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(len(conversations))]
     for thread in threads:

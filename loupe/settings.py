@@ -180,6 +180,12 @@ class Settings:
         "Where rate-limit counters live: `memory://` (this process) or a Redis URI such as "
         "`redis://redis:6379/0`, shared by several instances.",
     )
+    trusted_proxies: int = _setting(
+        0,
+        "Proxies in front of Loupe whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed: 1 behind one "
+        "nginx (`deploy/nginx`), so rate limits and the history see each client's own address; 0 when clients "
+        "connect directly, since a client can write those headers itself.",
+    )
     cors_origins: str = _setting(
         "",
         "Origins allowed to call the API from a browser, comma-separated, or `*`. "
@@ -243,7 +249,14 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.upper()} must be positive")
-        for name in ("queue_size", "torch_threads", "prefix_cache_tokens", "history_max_days", "history_max_records"):
+        for name in (
+            "queue_size",
+            "trusted_proxies",
+            "torch_threads",
+            "prefix_cache_tokens",
+            "history_max_days",
+            "history_max_records",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.upper()} must not be negative")
         if self.request_timeout < 0:

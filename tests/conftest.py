@@ -1,17 +1,14 @@
 """Shared fixtures: a tiny random-weight Qwen3-VL, settings, apps and engines (closed after), a live gunicorn
-server and a Redis; and a check that no test leaves an engine running."""
+server, a Redis and a PostgreSQL; and a check that no test leaves an engine running."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from loupe.settings import Settings
 from loupe.web.services import services
@@ -19,8 +16,9 @@ from tests.support.cpu import VARIANT_PARAMS
 from tests.support.devices import DEVICES
 from tests.support.engines import Engines, running_engines, wait_ready
 from tests.support.live_server import KERNEL_CACHE_DIR, ROOT, LiveServer
+from tests.support.postgres import PostgresServer, postgres_bin
+from tests.support.redis_server import running_redis
 from tests.support.tiny_model import build_tiny_model
-from tests.support.waiting import wait_until
 
 _LEFT_BY_TESTS: set[threading.Thread] = set()  # engine threads a test has already been failed for
 
@@ -153,33 +151,26 @@ def docs_text(readme_text) -> str:
 @pytest.fixture
 def redis_uri(tmp_path) -> Iterator[str]:
     """A real redis-server of the test's own on a free loopback port, nothing saved; its URI."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        pytest.fail("redis-server is not installed (tests/test.sh installs Debian's redis-server)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    options = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
-    server = subprocess.Popen([executable, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"redis://127.0.0.1:{port}/0"
-    try:
-        _wait_for_redis(uri, server)
+    with running_redis(tmp_path) as uri:
         yield uri
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """Debian's PostgreSQL on a free loopback port, started once per session (tests/support/postgres.py)."""
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        pytest.fail("PostgreSQL is not installed (tests/test.sh installs Debian's postgresql)")
+    server = PostgresServer(bin_dir).start()
+    try:
+        yield server
     finally:
-        server.terminate()
-        server.wait(10)
+        server.stop()
 
 
-def _wait_for_redis(uri: str, server: subprocess.Popen) -> None:
-    """Return once the server answers PING; fail if it exits or stays silent for 10 s."""
-    client = redis.Redis.from_url(uri, socket_timeout=1)
-
-    def answers() -> bool:
-        if server.poll() is not None:
-            pytest.fail(f"redis-server exited with {server.returncode}")
-        try:
-            return client.ping()
-        except redis.ConnectionError:
-            return False
-
-    wait_until(answers, timeout=10, interval=0.05, message="redis-server to answer PING")
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A new, empty database on the session's PostgreSQL: its SQLAlchemy URL (DATABASE_URL)."""
+    name = f"t{uuid.uuid4().hex}"
+    postgres_server.sql(f"CREATE DATABASE {name}", database="postgres")
+    return postgres_server.url.rsplit("/", 1)[0] + f"/{name}"

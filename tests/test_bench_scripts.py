@@ -1,5 +1,6 @@
 """bench/ is a package run from the project folder (`python -m bench.run`): nothing there shadows an installed one."""
 
+import json
 import os
 import re
 import subprocess
@@ -49,3 +50,24 @@ def test_the_prefill_profile_runs_and_measures_a_peak(tiny_model_dir, tmp_path):
     peak = re.search(r"peak, measured: (\d+) GFLOP/s", done.stdout)
     efficiency = re.search(r"prefill time / peak = ([\d.]+)", done.stdout)
     assert peak and int(peak.group(1)) > 0 and efficiency and 0 < float(efficiency.group(1)) < 1
+
+
+@pytest.mark.slow  # PostgreSQL, nginx and three gunicorn instances, one after another
+def test_the_instances_benchmark_runs_on_the_tiny_model(tiny_model_dir, tmp_path):
+    out = tmp_path / "instances.json"
+    command = [sys.executable, "-m", "bench.instances", "--model", str(tiny_model_dir), "--max-tokens", "4"]
+    command += ["--threads", "1", "--kernel-cache-dir", str(KERNEL_CACHE_DIR), "--out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    assert "| follow-up ÷ first turn (target ≤ 0.15) |" in done.stdout
+    result = json.loads(out.read_text())
+    for name, instances in (("single", 1), ("several", 2)):
+        figures = result["figures"][name]
+        assert figures["errors"] == []
+        # Every conversation's two turns went to one instance, which had its prefix: the routing works.
+        assert figures["follow_ups_on_their_instance"] == figures["follow_ups_cached"] == 4
+        assert figures["follow_up_ttft_ratio"] > 0 and figures["aggregate_tokens_per_second"] > 0
+        upstreams = {route[0] for route in result[name]["upstreams"].values()}
+        assert len(upstreams) == instances
+    several = result["several"]["upstreams"].values()
+    assert sorted(sum(1 for r in several if r[0] == u) for u in {r[0] for r in several}) == [2, 2]  # spread evenly

@@ -59,3 +59,9 @@ def test_history_settings(tmp_path):
     assert Settings.from_mapping({"DATABASE_URL": "postgresql://db/loupe"}).history_database_url == (
         "postgresql://db/loupe"
     )
+
+
+def test_trusted_proxies_is_a_count():
+    assert Settings.from_mapping({"TRUSTED_PROXIES": "1"}).trusted_proxies == 1
+    with pytest.raises(ValueError, match="TRUSTED_PROXIES"):
+        Settings.from_mapping({"TRUSTED_PROXIES": "-1"})

@@ -1,4 +1,4 @@
-"""The history store on SQLite: transactions, dedup, retention, paging, migrations, orphan sweeping."""
+"""The history store on SQLite and PostgreSQL: transactions, dedup, retention, paging, migrations, orphan sweeping."""
 
 import io
 import threading
@@ -41,13 +41,19 @@ def record(created=None, status="completed", **fields):
     }
 
 
-def open_store(tmp_path, **env):
-    return HistoryStore.open(Settings.from_mapping({"DATA_DIR": str(tmp_path), **env}))
+def open_store(tmp_path, database_url="", **env):
+    return HistoryStore.open(Settings.from_mapping({"DATA_DIR": str(tmp_path), "DATABASE_URL": database_url, **env}))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request) -> str:
+    """Each database the history runs on: SQLite in DATA_DIR (""), and a fresh PostgreSQL database."""
+    return "" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture
-def store(tmp_path):
-    opened = open_store(tmp_path)
+def store(tmp_path, database_url):
+    opened = open_store(tmp_path, database_url)
     yield opened
     opened.close()
 
@@ -119,8 +125,8 @@ def test_the_sweep_spares_young_files_and_removes_old_temp_files(store, tmp_path
     assert store.sweep(older_than=0) == 2 and files(store) == [] and not temp.exists()
 
 
-def test_retention_keeps_the_newest_records(tmp_path):
-    store = open_store(tmp_path, HISTORY_MAX_RECORDS="3")
+def test_retention_keeps_the_newest_records(tmp_path, database_url):
+    store = open_store(tmp_path, database_url, HISTORY_MAX_RECORDS="3")
     now = utcnow()
     made = [record(created=now - timedelta(minutes=10 - i)) for i in range(5)]
     for i, rec in enumerate(made):
@@ -128,17 +134,19 @@ def test_retention_keeps_the_newest_records(tmp_path):
     page = store.page(limit=10)
     assert [r["id"] for r in page.records] == [r["id"] for r in reversed(made[2:])]
     assert len(files(store)) == 3
+    store.close()
 
 
-def test_retention_by_age_also_runs_at_startup(tmp_path):
-    store = open_store(tmp_path)
+def test_retention_by_age_also_runs_at_startup(tmp_path, database_url):
+    store = open_store(tmp_path, database_url)
     old, new = record(created=utcnow() - timedelta(days=10)), record()
     store.add(old, [photo(1)])
     store.add(new, [photo(2)])
     store.close()
-    store = open_store(tmp_path, HISTORY_MAX_DAYS="7")
+    store = open_store(tmp_path, database_url, HISTORY_MAX_DAYS="7")
     assert [r["id"] for r in store.page(limit=10).records] == [new["id"]]
     assert files(store) == [sha256_of(photo(2).data)]
+    store.close()
 
 
 def test_paging_is_newest_first_and_stable_under_inserts(store):
@@ -183,10 +191,12 @@ def test_threads_recording_at_once_lose_nothing(store):
     assert store.missing_images() == []
 
 
-def test_sqlite_is_in_wal_mode_and_sound(store):
+def test_sqlite_is_in_wal_mode_and_sound(tmp_path):
+    store = open_store(tmp_path)
     with store.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+    store.close()
 
 
 def test_migrations_from_an_empty_file(tmp_path):

@@ -35,6 +35,23 @@ def test_an_unsafe_request_id_is_replaced(client):
         assert len(response.headers["X-Request-ID"]) == 32
 
 
+def test_the_conversation_key_comes_back_and_goes_in_the_log_line(client, caplog):
+    caplog.set_level(logging.INFO, logger="loupe.requests")
+    headers = {"X-Loupe-Conversation": "trip-photo.1"}
+    response = client.post("/v1/chat/completions", json=ask(max_tokens=2), headers=headers, buffered=True)
+    assert response.headers["X-Loupe-Conversation"] == "trip-photo.1"
+    stream = client.post("/v1/chat/completions", json=ask(max_tokens=2, stream=True), headers=headers)
+    assert stream.headers["X-Loupe-Conversation"] == "trip-photo.1"
+    b"".join(stream.response)
+    stream.close()
+    assert [line.fields["conversation"] for line in request_lines(caplog)] == ["trip-photo.1"] * 2
+    assert "conversation=trip-photo.1" in request_lines(caplog)[0].getMessage()
+    # An unsafe key is not echoed into a header or the log; a request without one has none.
+    unsafe = client.post("/v1/chat/completions", json=ask(max_tokens=1), headers={"X-Loupe-Conversation": "a b"})
+    assert "X-Loupe-Conversation" not in unsafe.headers
+    assert "X-Loupe-Conversation" not in client.post("/v1/chat/completions", json=ask(max_tokens=1)).headers
+
+
 def test_one_log_line_per_request_with_route_status_duration_and_tokens(client, caplog):
     caplog.set_level(logging.INFO, logger="loupe.requests")
     secret = "PRIVATE-QUESTION-TEXT"

@@ -44,6 +44,32 @@ def test_past_the_limit_generations_get_429_with_retry_after(app):
     assert all(client.get(path).status_code == 200 for path in ("/health", "/live", "/v1/models"))
 
 
+@pytest.mark.parametrize(
+    ("trusted", "expected"), [(0, [200, 429, 429, 429]), (1, [200, 429, 200, 429]), (2, [200, 429, 429, 200])]
+)
+def test_x_forwarded_for_names_the_client_only_from_trusted_proxies(app, trusted, expected):
+    """Behind TRUSTED_PROXIES proxies, the client is that many entries from the end of X-Forwarded-For; what a client
+    writes there itself (the first entry) never counts."""
+    settings = services(app).settings.replace(rate_limit="1/minute", trusted_proxies=trusted)
+    client = create_app(settings, engine=services(app).engine).test_client()
+    forwarded = [
+        "1.1.1.1, 192.0.2.1, 198.51.100.1",
+        "2.2.2.2, 192.0.2.1, 198.51.100.1",  # another claim, the same proxies' entries: the same client
+        "1.1.1.1, 192.0.2.1, 198.51.100.9",  # a new last entry: a new client behind one proxy
+        "1.1.1.1, 192.0.2.9, 198.51.100.1",  # a new entry before it: a new client behind two
+    ]
+    statuses = [
+        client.post(
+            "/v1/chat/completions",
+            json=ask(max_tokens=1),
+            headers={"X-Forwarded-For": value},
+            environ_base={"REMOTE_ADDR": "10.0.0.1"},  # the nearest proxy, as the server sees it
+        ).status_code
+        for value in forwarded
+    ]
+    assert statuses == expected
+
+
 def test_a_full_queue_keeps_its_own_retry_after_under_a_rate_limit(app, engines):
     gate = threading.Event()
     backend = ScriptedBackend(["x"] * 3, gate=gate)

@@ -103,7 +103,7 @@ def cors_client(app, **changes):
 PREFLIGHT = {
     "Origin": "https://app.example",
     "Access-Control-Request-Method": "POST",
-    "Access-Control-Request-Headers": "authorization, content-type",
+    "Access-Control-Request-Headers": "authorization, content-type, x-loupe-conversation",
 }
 
 
@@ -120,12 +120,13 @@ def test_listed_origins_get_preflight_and_cors_headers_even_with_keys(app):
     assert preflight.status_code == 200
     assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example"
     assert "authorization" in preflight.headers["Access-Control-Allow-Headers"].lower()
+    assert "x-loupe-conversation" in preflight.headers["Access-Control-Allow-Headers"].lower()
     assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
     assert "Access-Control-Allow-Credentials" not in preflight.headers
     refused = client.get("/v1/models", headers={"Origin": "https://app.example"})
     assert refused.status_code == 401  # the browser can read the error, as CORS headers are on it
     assert refused.headers["Access-Control-Allow-Origin"] == "https://app.example"
-    assert "X-Request-ID" in refused.headers["Access-Control-Expose-Headers"]
+    assert {"X-Request-ID", "X-Loupe-Conversation"} <= set(refused.headers["Access-Control-Expose-Headers"].split(", "))
     stranger = client.get("/v1/models", headers={"Origin": "https://evil.example", **bearer("k")})
     assert "Access-Control-Allow-Origin" not in stranger.headers
 

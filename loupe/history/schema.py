@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 MIGRATION_LOCK_KEY = 0x4C6F757065  # "Loupe": the PostgreSQL advisory lock held while migrating
+IMAGES_LOCK_KEY = MIGRATION_LOCK_KEY + 1  # the one that orders image files' writes and deletes between instances
 
 metadata = sa.MetaData()
 

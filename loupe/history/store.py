@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from loupe.history.image_store import ImageStore
-from loupe.history.schema import images, inference_images, inferences, make_engine, migrate
+from loupe.history.schema import IMAGES_LOCK_KEY, images, inference_images, inferences, make_engine, migrate
 from loupe.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,7 @@ class HistoryStore:
         self.images = image_store
         self.max_days = max_days
         self.max_records = max_records
-        # Held from an image file's write until its row commits, and from a row's delete until its
-        # file is gone, so a delete never removes a file a record is about to name.
-        self._write_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # see _writing
 
     @classmethod
     def open(cls, settings: Settings) -> HistoryStore:
@@ -74,21 +73,44 @@ class HistoryStore:
 
     def add(self, record: dict, new_images: Sequence[NewImage]) -> None:
         """Store a record: image files first (atomically), then its row and image rows in one transaction."""
-        with self._write_lock:
+        with self._writing(exclusive=False) as connection:
             shas = [self.images.put(image.data) for image in new_images]
             try:
-                self._insert(record, new_images, shas)
+                self._insert(connection, record, new_images, shas)
             except sa.exc.IntegrityError:
                 # Another instance added one of these images between our check and our insert.
-                self._insert(record, new_images, shas)
+                self._insert(connection, record, new_images, shas)
             for image, sha in zip(new_images, shas, strict=True):
-                if not self.images.exists(sha):  # another instance deleted it meanwhile: put it back
+                if not self.images.exists(sha):  # a process without the lock (SQLite) deleted it: put it back
                     self.images.put(image.data)
         self.prune()
 
-    def _insert(self, record: dict, new_images: Sequence[NewImage], shas: list[str]) -> None:
+    @contextmanager
+    def _writing(self, exclusive: bool) -> Iterator[sa.Connection]:
+        """A connection for one write, with the lock that keeps deletes from removing files a record names.
+
+        Held from an image file's write until its row commits, and from a row's delete until its file is
+        gone. Within the process a thread lock; on PostgreSQL also a session advisory lock, so instances
+        sharing the database and DATA_DIR order their writes too: adds share it, deletes take it alone.
+        """
+        with self._write_lock, self.engine.connect() as connection:
+            if connection.dialect.name != "postgresql":
+                yield connection
+                return
+            mode = "" if exclusive else "_shared"
+            key = {"key": IMAGES_LOCK_KEY}
+            connection.execute(sa.text(f"SELECT pg_advisory_lock{mode}(:key)"), key)
+            connection.commit()  # ends the implicit transaction; a session lock outlives it
+            try:
+                yield connection
+            finally:
+                connection.rollback()
+                connection.execute(sa.text(f"SELECT pg_advisory_unlock{mode}(:key)"), key)
+                connection.commit()
+
+    def _insert(self, connection: sa.Connection, record: dict, new_images: Sequence[NewImage], shas: list[str]) -> None:
         """The record, its new image rows and its image links, in one transaction."""
-        with self.engine.begin() as connection:
+        with connection.begin():
             connection.execute(sa.insert(inferences), [record])  # a write first: takes SQLite's write lock
             self._insert_images(connection, new_images, shas)
             if shas:
@@ -113,7 +135,8 @@ class HistoryStore:
                     "created_at": now,
                 }
         if rows:
-            connection.execute(sa.insert(images), list(rows.values()))
+            # In address order: two instances adding the same new images never wait on each other in a cycle.
+            connection.execute(sa.insert(images), [rows[sha] for sha in sorted(rows)])
 
     def get(self, record_id: str) -> dict | None:
         """One record with its images (in order), or None."""
@@ -200,8 +223,8 @@ class HistoryStore:
 
     def _delete_batch(self, ids: list[str]) -> int:
         """One transaction: the records, their image links, then the images nobody names any more."""
-        with self._write_lock:
-            with self.engine.begin() as connection:
+        with self._writing(exclusive=True) as connection:
+            with connection.begin():
                 links = inference_images.c
                 shas = set(connection.scalars(sa.select(links.sha256).where(links.inference_id.in_(ids))))
                 connection.execute(sa.delete(inference_images).where(links.inference_id.in_(ids)))
@@ -237,9 +260,10 @@ class HistoryStore:
 
     def sweep(self, older_than: float = ORPHAN_GRACE_SECONDS) -> int:
         """Delete image files no image row names (left by a crash), if older than `older_than` seconds."""
-        with self.engine.connect() as connection:
+        # Under the lock: another instance may be recording a record that names an old orphan file again.
+        with self._writing(exclusive=True) as connection:
             keep = set(connection.scalars(sa.select(images.c.sha256)))
-        return self.images.sweep(keep, older_than)
+            return self.images.sweep(keep, older_than)
 
     def missing_images(self) -> list[str]:
         """Addresses that rows name but whose files are gone (should always be empty)."""

@@ -114,6 +114,7 @@ def _build_request(
     messages: list[Message], fields: Mapping[str, Any], *, from_form: bool, settings: Settings
 ) -> ChatRequest:
     """Combine messages with sampling fields, presets and limits into a ChatRequest."""
+    _refuse_too_many_parts(messages, settings)
     image_count = sum(len(m.images()) for m in messages)
     if image_count > settings.max_images:
         raise InvalidRequest(f"At most {settings.max_images} images per request.", param="messages")
@@ -144,6 +145,21 @@ def _with_budgets(messages: list[Message], request: Budget, settings: Settings) 
             parts.append(part)
         resolved.append(Message(message.role, tuple(parts)))
     return resolved
+
+
+def _refuse_too_many_parts(messages: list[Message], settings: Settings) -> None:
+    """Refuse more messages or parts than the context holds tokens, before anything is tokenised.
+
+    Every message costs tokens of the chat template (its role's markers) and every sensible part at
+    least one, so a request past these counts could never fit; refusing it here costs a count, where
+    the chat template and the tokenizer would spend seconds on it. The text's own length is checked
+    against the tokenizer's vocabulary (loupe/runtime/prompts.py) before it is tokenised.
+    """
+    limit = settings.max_context_tokens
+    if len(messages) > limit:
+        raise InvalidRequest(f"At most {limit} messages per request (MAX_CONTEXT_TOKENS).", param="messages")
+    if sum(len(m.parts) for m in messages) > limit:
+        raise InvalidRequest(f"At most {limit} content parts per request (MAX_CONTEXT_TOKENS).", param="messages")
 
 
 def parse_sampling(

@@ -10,13 +10,14 @@ processor's own.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from loupe.errors import InvalidRequest
-from loupe.inference import ImagePart, Message
+from loupe.inference import ImagePart, Message, TextPart
 
 IMAGE_PAD = "<|image_pad|>"
 
@@ -55,9 +56,35 @@ class PromptBuilder:
         # without pixels). Answers never contain them (they are skipped when decoding), so anything
         # the server said can be sent back as history.
         self._specials = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+        self.max_token_bytes = longest_token_bytes(tokenizer)
+
+    def refuse_long_text(self, messages: Sequence[Message], max_tokens: int) -> None:
+        """Refuse a prompt whose text alone cannot fit the context, without running the tokenizer on it.
+
+        Tokenising is the costly step for a huge body (tens of seconds for megabytes of text), so this
+        comes first. The bound is sound: the tokenizer reads the text after NFC normalisation, and each
+        token it makes stands for at most `max_token_bytes` bytes of that text (its longest vocabulary
+        entry), so the text is at least bytes ÷ max_token_bytes tokens, before the chat template and the
+        images add theirs. Counting characters instead would not do: a token may hold one byte of a
+        four-byte character, or a dozen characters.
+        """
+        size = sum(
+            len(unicodedata.normalize("NFC", part.text).encode())
+            for message in messages
+            for part in message.parts
+            if isinstance(part, TextPart)
+        )
+        least = -(-size // self.max_token_bytes)
+        if least + max_tokens > self.max_context:
+            raise InvalidRequest(
+                f"The messages' text is {size:,} bytes, at least {least:,} tokens; with max_tokens {max_tokens} "
+                f"it exceeds the context limit of {self.max_context}. Shorten the conversation.",
+                param="messages",
+            )
 
     def build(self, messages: Sequence[Message], max_tokens: int) -> QwenPrompt:
         """Chat template + PIL image processor + placeholder expansion: the processor's inputs."""
+        self.refuse_long_text(messages, max_tokens)
         conversation, images = self._conversation(messages)
         text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         pixel_values = grid = None
@@ -127,6 +154,18 @@ def pixel_bounds(part: ImagePart, default_min: int, default_max: int) -> tuple[i
     if part.min_pixels is not None:
         return min(part.min_pixels, longest), longest
     return (default_min, longest) if part.max_pixels is None else (min(default_min, longest // 2), longest)
+
+
+def longest_token_bytes(tokenizer) -> int:
+    """The most bytes of UTF-8 text one token of `tokenizer` can stand for (an upper bound).
+
+    A vocabulary entry's own UTF-8 encoding is never shorter than the text it matches: byte-level BPE
+    writes each byte as one character of one or two bytes (`Ġ` for a space), SentencePiece writes a
+    space as `▁` (three bytes); added tokens match their content exactly.
+    """
+    vocabulary = max((len(entry.encode()) for entry in tokenizer.get_vocab()), default=1)
+    added = max((len(t.content.encode()) for t in tokenizer.added_tokens_decoder.values()), default=1)
+    return max(vocabulary, added, 1)
 
 
 def _content_keys(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from loupe.engine.engine import Engine
 from loupe.history.store import HistoryStore
@@ -32,4 +33,9 @@ def build_app(settings: Settings, engine: Engine, history: HistoryStore | None, 
     init_metrics(app, engine)
     register_error_handlers(app)  # before the rate limits: an error's own Retry-After must win (web/errors.py)
     init_rate_limits(app, settings)
+    if settings.trusted_proxies:
+        # The client's address from the last TRUSTED_PROXIES entries of X-Forwarded-For (each proxy appends its
+        # peer's), so request.remote_addr, which the rate limits and the history use, is the real client's.
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]  # Flask documents this wrapping
     return app

@@ -16,6 +16,9 @@ from loupe.errors import ClientClosedRequest
 from loupe.inference import Event, Finished
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# Names the conversation a request belongs to, so a proxy can send its follow-ups to the instance that
+# holds its prefix (deploy/nginx hashes on it). Loupe only logs it and echoes it, for clients to send back.
+CONVERSATION_HEADER = "X-Loupe-Conversation"
 # A caller's id is honoured only if it is short and plain: it ends up in headers, logs and response ids.
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -39,6 +42,7 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     image_tokens: int | None = None
+    conversation: str | None = None
 
     def fields(self) -> dict:
         """The log line's fields, without the ones that are unset."""
@@ -53,6 +57,7 @@ class RequestRecord:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "image_tokens": self.image_tokens,
+            "conversation": self.conversation,
         }
         return {k: v for k, v in values.items() if v is not None}
 
@@ -92,13 +97,16 @@ def _observed(events: Iterable[Event], record: RequestRecord) -> Iterator[Event]
 
 
 def init_request_ids(app: Flask) -> None:
-    """Give every request an id, echo it in the response, and log one line when the response closes."""
+    """Give every request an id, echo it (and its conversation key) in the response, and log one line on close."""
 
     @app.before_request
     def _start_record() -> None:
         given = request.headers.get(REQUEST_ID_HEADER, "")
         rid = given if _VALID_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         g.loupe_request = RequestRecord(rid, request.method, request.path, time.perf_counter())
+        conversation = request.headers.get(CONVERSATION_HEADER, "")
+        if _VALID_REQUEST_ID.fullmatch(conversation):  # the same rule: it goes back in a header and the log
+            g.loupe_request.conversation = conversation
 
     @app.after_request
     def _finish_record(response: Response) -> Response:
@@ -108,6 +116,8 @@ def init_request_ids(app: Flask) -> None:
         record.status = response.status_code
         record.route = request.url_rule.rule if request.url_rule is not None else None
         response.headers[REQUEST_ID_HEADER] = record.id
+        if record.conversation is not None:
+            response.headers[CONVERSATION_HEADER] = record.conversation
         # Logged on close, not here, so a stream's line has its whole duration and its token counts.
         response.call_on_close(lambda: log_request(record))
         return response

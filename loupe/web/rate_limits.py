@@ -20,7 +20,7 @@ def init_rate_limits(app: Flask, settings: Settings) -> Limiter | None:
     if settings.rate_limit.lower() == "off":
         return None
     limiter = Limiter(
-        key_func=get_remote_address,  # the peer address; behind a proxy, that is the proxy's
+        key_func=get_remote_address,  # the client's address (behind proxies, TRUSTED_PROXIES says which)
         app=app,
         storage_uri=settings.rate_limit_storage,
         strategy="moving-window",  # no burst of twice the limit across a window boundary

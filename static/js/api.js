@@ -58,13 +58,18 @@ async function errorFromResponse(response) {
  * @param {string} url
  * @param {object} body  the JSON request (stream: true is set here)
  * @param {AbortSignal} signal
+ * @param {string} [conversation]  the conversation's key (X-Loupe-Conversation), for a proxy to route on
  */
-export async function* streamChat(url, body, signal) {
+export async function* streamChat(url, body, signal, conversation = "") {
   let response;
   try {
     response = await apiFetch(url, {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      headers: {
+        "Content-Type": "application/json",
+        Accept: "text/event-stream",
+        ...(conversation ? { "X-Loupe-Conversation": conversation } : {}),
+      },
       body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }),
       signal,
       cache: "no-store",

@@ -3,6 +3,7 @@
  * following the stream, Stop, Regenerate / Retry, New chat, and opening a conversation from the history.
  */
 import { ApiError, streamChat } from "./api.js";
+import { conversationKey } from "./conversation.js";
 import { AnswerView } from "./answer-view.js";
 
 export const TASK_PROMPTS = {
@@ -181,7 +182,8 @@ export class ChatController {
     let usage = null;
     let boxes = [];
     try {
-      for await (const event of streamChat(this.config.urls.chat, body, abort.signal)) {
+      const key = conversationKey(body.messages);
+      for await (const event of streamChat(this.config.urls.chat, body, abort.signal, key)) {
         if (event.kind === "started") view.setPhase("reading");
         else if (event.kind === "text") {
           exchange.text += event.text;

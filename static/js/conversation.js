@@ -3,6 +3,31 @@
  * (user turns with their images again, assistant turns as text).
  */
 
+/**
+ * The conversation's key, sent as `X-Loupe-Conversation` so a proxy in front of several Loupe
+ * instances sends every turn to the one that already read its image. Derived from the start of the
+ * conversation (system prompt, first question and its images), not drawn at random, so a conversation
+ * reopened from the history goes back to the same instance too. Any stable name would do: a proxy only
+ * hashes it. cyrb53 (a public-domain 53-bit string hash): fast on megabytes of data URLs, and needs
+ * no crypto.subtle, which browsers give only to https pages.
+ * @param {object[]} messages  a request's messages
+ */
+export function conversationKey(messages) {
+  const firstUser = messages.findIndex((message) => message.role === "user");
+  const start = JSON.stringify(messages.slice(0, firstUser + 1));
+  let h1 = 0xdeadbeef;
+  let h2 = 0x41c6ce57;
+  for (let i = 0; i < start.length; i++) {
+    const code = start.charCodeAt(i);
+    h1 = Math.imul(h1 ^ code, 2654435761);
+    h2 = Math.imul(h2 ^ code, 1597334677);
+  }
+  h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507) ^ Math.imul(h2 ^ (h2 >>> 13), 3266489909);
+  h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507) ^ Math.imul(h1 ^ (h1 >>> 13), 3266489909);
+  const hash = 4294967296 * (2097151 & h2) + (h1 >>> 0);
+  return `page-${hash.toString(16).padStart(14, "0")}`;
+}
+
 function element(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;

@@ -48,6 +48,20 @@ def chat_requests(page) -> list[dict]:
     return bodies
 
 
+def conversation_keys(page) -> list[str | None]:
+    """Collect the X-Loupe-Conversation header of each request the page posts to the chat endpoint."""
+    keys: list[str | None] = []
+    page.on(
+        "request",
+        lambda r: (
+            keys.append(r.headers.get("x-loupe-conversation"))
+            if r.method == "POST" and r.url.endswith("/v1/chat/completions")
+            else None
+        ),
+    )
+    return keys
+
+
 def open_settings(page):
     page.get_by_role("button", name="Settings").click()
     expect(page.get_by_role("dialog", name="Settings")).to_be_visible()

@@ -12,6 +12,7 @@ from playwright.sync_api import expect
 from tests.e2e.page_actions import (
     answer_states,
     chat_requests,
+    conversation_keys,
     goto_under_the_servers_csp,
     open_settings,
     set_max_tokens,
@@ -100,6 +101,7 @@ def test_attach_an_image_ask_and_watch_the_answer_stream(server, open_page, imag
 def test_follow_up_questions_send_the_history_and_regenerate_replaces_the_answer(server, open_page, images):
     page = open_page(server.url).page
     sent = chat_requests(page)
+    keys = conversation_keys(page)
     wait_until_ready(page)
     open_settings(page)
     page.get_by_label("Temperature").fill("0")  # greedy: the tiny model's answers are deterministic
@@ -133,6 +135,8 @@ def test_follow_up_questions_send_the_history_and_regenerate_replaces_the_answer
     expect(page.locator(".turn.assistant")).to_have_count(2)
     expect(page.locator(".turn.assistant").last).to_have_attribute("data-state", "done")
     assert sent[2]["messages"] == follow_up["messages"]
+    # Every turn names the same conversation, for a proxy to keep it on one instance.
+    assert len(keys) == 3 and len(set(keys)) == 1 and re.fullmatch(r"page-[0-9a-f]{14}", keys[0] or "")
 
     page.get_by_role("button", name="New chat").click()
     expect(page.locator(".turn")).to_have_count(0)

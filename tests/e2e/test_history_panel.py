@@ -8,7 +8,13 @@ import urllib.request
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.page_actions import chat_requests, goto_under_the_servers_csp, open_settings, wait_until_ready
+from tests.e2e.page_actions import (
+    chat_requests,
+    conversation_keys,
+    goto_under_the_servers_csp,
+    open_settings,
+    wait_until_ready,
+)
 from tests.support.live_server import LiveServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # a browser, and a real gunicorn server
@@ -53,6 +59,7 @@ def open_history(page):
 def test_ask_then_open_continue_and_delete_from_the_history(server, open_page, images, screenshot):
     page = open_page(server.url).page
     sent = chat_requests(page)
+    keys = conversation_keys(page)
     wait_until_ready(page)
     open_settings(page)
     page.get_by_label("Temperature").fill("0")  # greedy, as in the chat page's follow-up test
@@ -99,6 +106,8 @@ def test_ask_then_open_continue_and_delete_from_the_history(server, open_page, i
     assert follow_up["messages"][1] == first["messages"][1]  # the same image bytes, the same question
     assert follow_up["messages"][2] == {"role": "assistant", "content": recorded["answer"]}
     assert follow_up["messages"][3]["content"] == [{"type": "text", "text": "And what colour is it?"}]
+    # Reopened, the conversation has the key it had: a proxy sends it back to the instance that read the image.
+    assert len(keys) == 2 and keys[0] == keys[1] and keys[0]
 
     # The list was refreshed: the follow-up is the newest entry.
     dialog = open_history(page)
