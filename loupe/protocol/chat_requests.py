@@ -17,7 +17,7 @@ ROLES = ("system", "user", "assistant")
 MAX_STOP_SEQUENCES = 4
 
 # name → (type, lowest, highest); the bounds are inclusive.
-_NUMBERS: dict[str, tuple[type, float, float]] = {
+NUMBER_FIELDS: dict[str, tuple[type, float, float]] = {
     "temperature": (float, 0.0, 2.0),
     "top_p": (float, 0.0, 1.0),
     "top_k": (int, 0, 1000),
@@ -133,7 +133,7 @@ def parse_sampling(
 ) -> SamplingParams:
     """Sampling parameters from request fields, defaulting to the vision or text preset."""
     values: dict[str, Any] = dict(VISION_PRESET if has_image else TEXT_PRESET)
-    for name, (kind, low, high) in _NUMBERS.items():
+    for name, (kind, low, high) in NUMBER_FIELDS.items():
         if fields.get(name) is not None and fields.get(name) != "":
             values[name] = _number(fields[name], name, kind, low, high, from_form)
     limit = settings.max_new_tokens_limit

@@ -17,7 +17,7 @@ from loupe.inference import Event, Finished
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # A caller's id is honoured only if it is short and plain: it ends up in headers, logs and response ids.
-_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Probes hit these every few seconds; their lines are DEBUG so they do not drown the requests that matter.
 QUIET_ROUTES = frozenset({"/health", "/live", "/metrics"})
@@ -97,7 +97,7 @@ def init_request_ids(app: Flask) -> None:
     @app.before_request
     def _start_record() -> None:
         given = request.headers.get(REQUEST_ID_HEADER, "")
-        rid = given if _VALID_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        rid = given if VALID_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         g.loupe_request = RequestRecord(rid, request.method, request.path, time.perf_counter())
 
     @app.after_request
