@@ -119,7 +119,8 @@ def chat_request_schemas(settings: Settings) -> dict[str, Schema]:
         "ChatCompletionForm": obj(
             {**form_only_fields(settings), **sampling_fields(settings)},
             closed=False,
-            doc="The form-data shape: a `prompt`, `image` files, or `messages` ending with a user turn.",
+            doc="The form-data shape: a `prompt`, `image` files, or `messages` ending with a user turn. Values are "
+            "text (numbers and booleans written out); an empty field is the same as an absent one.",
         ),
         "Message": {
             "description": "One turn; images only in user turns.",
