@@ -11,7 +11,7 @@ from loupe.inference import TEXT_PRESET, VISION_PRESET
 from loupe.protocol.chat_requests import DEFAULT_IMAGE_PROMPT, MAX_STOP_SEQUENCES, NUMBER_FIELDS, ROLES
 from loupe.protocol.images import ACCEPTED_FORMATS
 from loupe.settings import Settings
-from loupe.web.openapi.shapes import Schema, described, integer, nullable, number, obj, ref, string
+from loupe.web.openapi.shapes import Schema, described, integer, nullable, number, obj, or_null, ref, string
 
 NUMBER_DOCS = {
     "temperature": "0 picks the likeliest token every time (greedy).",
@@ -32,7 +32,8 @@ def flag(doc: str) -> Schema:
 
 
 def sampling_fields(settings: Settings) -> dict[str, Schema]:
-    """Fields both bodies take, with the parser's bounds (loupe/protocol/chat_requests.py)."""
+    """Fields both bodies take, with the parser's bounds (loupe/protocol/chat_requests.py); as in OpenAI's
+    API, a null number or `stop` is the same as an absent one."""
     fields: dict[str, Schema] = {}
     for name, (kind, low, high) in NUMBER_FIELDS.items():
         preset = (
@@ -41,21 +42,22 @@ def sampling_fields(settings: Settings) -> dict[str, Schema]:
             else f" Default {VISION_PRESET[name]} with an image, {TEXT_PRESET[name]} without."
         )
         make = integer if kind is int else number
-        fields[name] = make(NUMBER_DOCS.get(name, "") + preset, minimum=low, maximum=high)
+        fields[name] = or_null(make(NUMBER_DOCS.get(name, "") + preset, minimum=low, maximum=high))
     tokens = integer(
         f"Most tokens to generate (default {settings.max_new_tokens}, at most MAX_NEW_TOKENS_LIMIT).",
         minimum=1,
         maximum=settings.max_new_tokens_limit,
     )
-    fields["max_tokens"] = tokens
-    fields["max_completion_tokens"] = described(
-        tokens, "OpenAI's newer name for `max_tokens`; when both are sent, `max_tokens` wins."
+    fields["max_tokens"] = or_null(tokens)
+    fields["max_completion_tokens"] = or_null(
+        described(tokens, "OpenAI's newer name for `max_tokens`; when both are sent, `max_tokens` wins.")
     )
     fields["stop"] = {
         "description": "The answer ends before the first of these, which is not returned.",
         "anyOf": [
             string(minLength=1),
             {"type": "array", "items": string(minLength=1), "maxItems": MAX_STOP_SEQUENCES},
+            {"type": "null"},
         ],
     }
     fields["ignore_eos"] = flag("Keep generating past the end-of-answer token (benchmarks use it).")
@@ -67,7 +69,7 @@ def json_only_fields() -> dict[str, Schema]:
     """Fields only the JSON body takes."""
     return {
         "messages": {"type": "array", "items": ref("Message"), "minItems": 1},
-        "model": string("Any name: the server has one model, and responses name it."),
+        "model": {"description": "Any name (not checked): the server has one model, and responses name it."},
         "n": {"const": 1, "description": "Only 1 is supported."},
         "stream_options": nullable(
             obj(

@@ -30,6 +30,11 @@ def nullable(schema: Schema) -> Schema:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
+def or_null(schema: Schema) -> Schema:
+    """`schema` (one with a single `type`, and its bounds) or JSON null, as one schema (a copy)."""
+    return {**schema, "type": [schema["type"], "null"]}
+
+
 def described(schema: Schema, doc: str) -> Schema:
     """`schema` with a description (a copy)."""
     return {**schema, "description": doc}
