@@ -49,6 +49,16 @@ def test_form_data_with_two_images(client):
     assert response.get_json()["choices"][0]["message"]["role"] == "assistant"
 
 
+@pytest.mark.parametrize("content_type", ["multipart/form-data", "application/x-www-form-urlencoded"])
+def test_an_image_field_that_is_not_a_file_is_refused(client, content_type):
+    # curl -F image=photo.jpg (without @) sends the file's name as text: answering without the image misleads.
+    response = client.post(
+        "/v1/chat/completions", content_type=content_type, data={"image": "photo.jpg", "prompt": "What is it?"}
+    )
+    assert response.status_code == 400
+    assert response.get_json()["error"]["param"] == "image"
+
+
 def test_streaming_sends_openai_chunks(client):
     response = client.post(
         "/v1/chat/completions",

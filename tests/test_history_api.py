@@ -254,6 +254,13 @@ def test_an_image_index_beyond_the_record_is_404(history_client):
     assert history_client.get(f"/inferences/{record['id']}/images/1").status_code == 404
 
 
+@pytest.mark.parametrize("position", [2**31, 2**63, 2**90])
+def test_an_image_index_past_what_the_database_holds_is_404_not_500(history_client, position):
+    record = history_client.post("/inferences", data={"prompt": "no image", "max_tokens": "1"}).get_json()
+    response = history_client.get(f"/inferences/{record['id']}/images/{position}")
+    assert response.status_code == 404, response.get_json()
+
+
 def test_with_history_off_nothing_is_written_and_the_routes_say_so(app, settings, data_dir):
     client = create_app(
         settings.replace(data_dir=str(data_dir), history=False), engine=services(app).engine

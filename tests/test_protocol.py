@@ -101,6 +101,10 @@ def test_max_tokens_wins_over_max_completion_tokens_when_both_given():
         (user("hi") | {"stream": "yes please"}, "stream"),
         (user("hi") | {"stream_options": []}, "stream_options"),
         (user("hi") | {"n": 2}, "n"),
+        (user("hi") | {"n": True}, "n"),
+        (user("hi") | {"temperature": ""}, "temperature"),  # "" is "not given" in a form only
+        (user("hi") | {"max_tokens": ""}, "max_tokens"),
+        (user("hi") | {"stop": ""}, "stop"),
     ],
 )
 def test_bad_json_requests_name_the_field(body, param):

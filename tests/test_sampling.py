@@ -36,6 +36,21 @@ def test_penalties_apply_to_generated_tokens_on_the_device(device):
     assert logits.tolist() == [[1.0, 3.0, 2.0, 0.5]]  # the caller's logits are left alone
 
 
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(8, 5e-324, 1.0, 0, 0.0),  # the smallest float: dividing by it overflows to inf
+        SamplingParams(8, 1e-40, 0.5, 5, 0.0),  # below float32's range: a division by zero
+        SamplingParams(8, 0.7, 0.0, 0, 0.0),  # top_p 0: nothing would cross it
+        SamplingParams(8, 0.7, 0.0, 20, 0.0, seed=1),
+    ],
+    ids=["tiny-temperature", "sub-float32-temperature", "top-p-0", "top-p-0-top-k"],
+)
+def test_the_edges_of_the_accepted_ranges_pick_the_best_token(params):
+    logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(2))
+    assert pick_tokens([Sampler(params)], logits) == [int(logits.argmax())]
+
+
 def test_the_incremental_text_is_what_the_tokenizer_decodes(backend):
     from loupe.runtime.sampling import IncrementalDecoder
 

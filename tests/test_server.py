@@ -114,6 +114,14 @@ def test_readme_curl_examples_work_as_written(server, photo, docs_text):
             assert box["image"] == 0 and 0 <= x1 <= x2 <= 120 and 0 <= y1 <= y2 <= 90
 
 
+def test_readme_openapi_example_works_as_written(server, docs_text):
+    [example] = [b for b in doc_blocks("bash", docs_text) if "localhost:8000/openapi.json" in b]
+    command = example.replace("localhost:8000", server.url.removeprefix("http://"))
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert {"/v1/chat/completions", "/inferences", "/health"} <= set(result.stdout.split())
+
+
 def test_readme_openai_example_works_as_written(server, photo, docs_text):
     [example] = doc_blocks("python", docs_text)
     script = example.replace("http://localhost:8000/v1", server.url + "/v1")

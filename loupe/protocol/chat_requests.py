@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from loupe.errors import InvalidRequest
@@ -18,7 +18,7 @@ ROLES = ("system", "user", "assistant")
 MAX_STOP_SEQUENCES = 4
 
 # name → (type, lowest, highest); the bounds are inclusive.
-_NUMBERS: dict[str, tuple[type, float, float]] = {
+NUMBER_FIELDS: dict[str, tuple[type, float, float]] = {
     "temperature": (float, 0.0, 2.0),
     "top_p": (float, 0.0, 1.0),
     "top_k": (int, 0, 1000),
@@ -35,7 +35,7 @@ def parse_json_request(body: Any, settings: Settings) -> ChatRequest:
     messages = parse_messages(body.get("messages"), "messages")
     if not messages:
         raise InvalidRequest("`messages` must be a non-empty list.", param="messages")
-    if body.get("n", 1) != 1:
+    if isinstance(body.get("n"), bool) or body.get("n", 1) != 1:  # True == 1 in Python, not in JSON
         raise InvalidRequest("Only `n` = 1 is supported.", param="n")
     return _build_request(messages, body, from_form=False, settings=settings)
 
@@ -167,13 +167,14 @@ def parse_sampling(
 ) -> SamplingParams:
     """Sampling parameters from request fields, defaulting to the vision or text preset."""
     values: dict[str, Any] = dict(VISION_PRESET if has_image else TEXT_PRESET)
-    for name, (kind, low, high) in _NUMBERS.items():
-        if fields.get(name) is not None and fields.get(name) != "":
+    given = _given(fields, from_form)
+    for name, (kind, low, high) in NUMBER_FIELDS.items():
+        if given(name):
             values[name] = _number(fields[name], name, kind, low, high, from_form)
     limit = settings.max_new_tokens_limit
     max_tokens = settings.max_new_tokens
     for name in ("max_completion_tokens", "max_tokens"):
-        if fields.get(name) is not None and fields.get(name) != "":
+        if given(name):
             max_tokens = _number(fields[name], name, int, 1, limit, from_form)
     return SamplingParams(
         max_tokens=max_tokens,
@@ -181,6 +182,11 @@ def parse_sampling(
         ignore_eos=_boolean(fields.get("ignore_eos", False), "ignore_eos"),
         **values,
     )
+
+
+def _given(fields: Mapping[str, Any], from_form: bool) -> Callable[[str], bool]:
+    """Whether a field was given: not null, nor, in a form (an HTML form sends every input), empty."""
+    return lambda name: fields.get(name) is not None and not (from_form and fields.get(name) == "")
 
 
 def _number(raw: Any, name: str, kind: type, low: float, high: float, from_form: bool):
@@ -210,7 +216,7 @@ def _boolean(raw: Any, name: str) -> bool:
 
 def _stop(raw: Any, from_form: bool) -> tuple[str, ...]:
     """`stop`: a string or a list of up to four non-empty strings."""
-    if raw is None or raw == "":
+    if raw is None or (from_form and raw == ""):
         return ()
     if from_form and isinstance(raw, str) and raw.startswith("["):
         with contextlib.suppress(json.JSONDecodeError):  # not JSON after all: one stop string

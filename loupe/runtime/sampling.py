@@ -8,6 +8,10 @@ import torch
 
 from loupe.inference import SamplingParams
 
+# Temperatures below this pick greedily. Sampling there is greedy in all but name, and dividing float32
+# logits by such a temperature overflows them to inf (or, below float32's range, divides by zero): NaN.
+GREEDY_BELOW = 1e-5
+
 
 class Sampler:
     """One sequence's choice of tokens: penalties on what it generated, then greedy or top-k/top-p sampling.
@@ -52,7 +56,8 @@ class Sampler:
         if s.top_p < 1.0:
             probs = torch.softmax(logits, dim=-1)
             before = probs.cumsum(-1) - probs  # mass of the better candidates: keep the one crossing top_p
-            logits = logits.masked_fill(before >= s.top_p, float("-inf"))
+            # The best candidate (before = 0) always stays: top_p = 0 is greedy, not an empty choice (NaN).
+            logits = logits.masked_fill((before >= s.top_p) & (before > 0), float("-inf"))
         return torch.softmax(logits, dim=-1), candidates
 
     def start_penalties(self, vocab: int, device: torch.device) -> None:
@@ -66,6 +71,7 @@ def pick_tokens(samplers: Sequence[Sampler], logits: torch.Tensor) -> list[int]:
     """The next token of each row of (rows, vocab) logits, row i chosen by samplers[i]; one copy to the host.
 
     A step's work does not grow with its rows but for sampled ones (temperature > 0), drawn one by one.
+    Temperature 0 (or below GREEDY_BELOW) is greedy.
     """
     logits = logits.to(torch.float32, copy=True)  # the penalties write into it
     penalised = [i for i, s in enumerate(samplers) if s.penalised]
@@ -78,7 +84,7 @@ def pick_tokens(samplers: Sequence[Sampler], logits: torch.Tensor) -> list[int]:
         _penalise(logits, seen, torch.stack([samplers[i].penalties for i in penalised]), index)
     tokens = torch.argmax(logits, dim=-1)  # every row at once; the sampled rows are drawn over it
     for row, sampler in enumerate(samplers):
-        if sampler.sampling.temperature != 0:
+        if sampler.sampling.temperature >= GREEDY_BELOW:
             tokens[row] = sampler.draw(logits[row])
     if seen is not None:  # mark each row's token in one launch; the rows keep views of the stack
         chosen = tokens if index is None else tokens[index]

@@ -59,6 +59,8 @@ def read_chat_request(settings: Settings) -> ChatRequest:
             raise InvalidRequest("The body is not valid JSON.") from None
         return parse_json_request(body, settings)
     if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        if "image" in request.form:  # `curl -F image=photo.jpg` (no @) sends the name: it was answered without it
+            raise InvalidRequest("`image` must be a file: with curl, -F image=@photo.jpg.", param="image")
         files = [f.read(settings.max_image_bytes + 1) for f in request.files.getlist("image")]
         return parse_form_request(request.form, files, settings)
     raise UnsupportedMediaType("Send application/json or multipart/form-data.")

@@ -11,7 +11,8 @@ from loupe.errors import LoupeError, error_body, server_error_body
 
 log = logging.getLogger(__name__)
 
-_HTTP_TYPES = {
+# The OpenAI error type of each werkzeug HTTP error (404, 405, 413, the limiter's 429); others are invalid requests.
+HTTP_ERROR_TYPES = {
     401: "authentication_error",
     404: "invalid_request_error",
     429: "rate_limit_error",
@@ -43,7 +44,7 @@ def register_error_handlers(app: Flask) -> None:
         if status >= 500:
             log.error("HTTP %s", status, exc_info=error)
             return jsonify(server_error_body()), status
-        type_ = _HTTP_TYPES.get(status, "invalid_request_error")
+        type_ = HTTP_ERROR_TYPES.get(status, "invalid_request_error")
         code = (error.name or "error").lower().replace(" ", "_")
         response = jsonify(error_body(error.description or error.name, type_, None, code))
         response.status_code = status

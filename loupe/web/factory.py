@@ -11,6 +11,7 @@ from loupe.engine.engine import Engine
 from loupe.history.store import HistoryStore
 from loupe.settings import Settings
 from loupe.web import api, history_api, page
+from loupe.web.docs import init_docs
 from loupe.web.errors import register_error_handlers
 from loupe.web.metrics import init_metrics
 from loupe.web.observability import init_request_ids
@@ -31,6 +32,7 @@ def build_app(settings: Settings, engine: Engine, history: HistoryStore | None, 
     for blueprint in (page.bp, api.bp, history_api.bp):
         app.register_blueprint(blueprint)
     init_metrics(app, engine)
+    init_docs(app)
     register_error_handlers(app)  # before the rate limits: an error's own Retry-After must win (web/errors.py)
     init_rate_limits(app, settings)
     if settings.trusted_proxies:

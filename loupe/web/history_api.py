@@ -23,6 +23,9 @@ bp = Blueprint("history", __name__)
 DEFAULT_LIMIT, MAX_LIMIT = 20, 100
 STATUSES = ("completed", "failed", "cancelled")
 PREVIEW_CHARS = 200
+# The largest image index a record can have: the column is a 32-bit INTEGER in PostgreSQL, and a larger
+# number sent to the database fails there (SQLite: past 64 bits) instead of finding nothing.
+MAX_IMAGE_POSITION = 2**31 - 1
 
 
 @bp.get("/inferences")
@@ -61,7 +64,7 @@ def get_first_image(record_id: str):
 @bp.get("/inferences/<record_id>/images/<int:position>")
 def get_image(record_id: str, position: int):
     """The original bytes of a record's image, with its own Content-Type; immutable, so cacheable."""
-    found = store().image(checked_id(record_id), position)
+    found = store().image(checked_id(record_id), position) if position <= MAX_IMAGE_POSITION else None
     if found is None:
         raise NotFound(f"Inference {record_id} has no image {position}.")
     row, path = found

@@ -20,7 +20,7 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # holds its prefix (deploy/nginx hashes on it). Loupe only logs it and echoes it, for clients to send back.
 CONVERSATION_HEADER = "X-Loupe-Conversation"
 # A caller's id is honoured only if it is short and plain: it ends up in headers, logs and response ids.
-_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Probes hit these every few seconds; their lines are DEBUG so they do not drown the requests that matter.
 QUIET_ROUTES = frozenset({"/health", "/live", "/metrics"})
@@ -102,10 +102,10 @@ def init_request_ids(app: Flask) -> None:
     @app.before_request
     def _start_record() -> None:
         given = request.headers.get(REQUEST_ID_HEADER, "")
-        rid = given if _VALID_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        rid = given if VALID_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         g.loupe_request = RequestRecord(rid, request.method, request.path, time.perf_counter())
         conversation = request.headers.get(CONVERSATION_HEADER, "")
-        if _VALID_REQUEST_ID.fullmatch(conversation):  # the same rule: it goes back in a header and the log
+        if VALID_REQUEST_ID.fullmatch(conversation):  # the same rule: it goes back in a header and the log
             g.loupe_request.conversation = conversation
 
     @app.after_request

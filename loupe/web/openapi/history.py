@@ -1,0 +1,133 @@
+"""Schemas of the history API (`/inferences`): list entries, whole records, their images and sampling.
+
+A new recorded field goes in one place here: `record_fields` (and `summary_fields` if the list shows it).
+"""
+
+from __future__ import annotations
+
+import typing
+
+from loupe.inference import SamplingParams
+from loupe.protocol.chat_requests import ROLES
+from loupe.web.openapi.chat_responses import FINISH_REASONS
+from loupe.web.openapi.shapes import Schema, boolean, integer, nullable, obj, ref, string
+
+STATUS = {"enum": ["completed", "failed", "cancelled"]}
+TIME = string("UTC, ISO 8601 with a Z.", format="date-time")
+
+
+def summary_fields() -> dict[str, Schema]:
+    """A list entry: enough for a history panel."""
+    return {
+        "id": string(format="uuid"),
+        "object": {"const": "inference"},
+        "created_at": TIME,
+        "finished_at": nullable(TIME),
+        "status": STATUS,
+        "model": string(),
+        "first_question": string("The first user turn's text, cut at 200 characters."),
+        "question": string("The last user turn's text, cut at 200 characters."),
+        "answer_preview": string("The answer, cut at 200 characters."),
+        "finish_reason": nullable({"enum": FINISH_REASONS}),
+        "image_count": integer(minimum=0),
+        "thumbnail_url": nullable(string("The first image: a path on this server.")),
+        "url": string("The record: a path on this server."),
+    }
+
+
+def record_message() -> Schema:
+    """A recorded message: OpenAI-shaped, each image a reference to the record's `images`."""
+    part = {
+        "oneOf": [
+            obj({"type": {"const": "text"}, "text": string()}, ("type", "text"), closed=True),
+            obj(
+                {"type": {"const": "image"}, "image": integer("Index into `images`.", minimum=0), "url": string()},
+                ("type", "image", "url"),
+                closed=True,
+            ),
+        ]
+    }
+    return obj(
+        {"role": {"enum": list(ROLES)}, "content": {"type": "array", "items": part}}, ("role", "content"), closed=True
+    )
+
+
+def record_fields() -> dict[str, Schema]:
+    """A whole record."""
+    error = obj(
+        {
+            "message": string(),
+            "type": string(),
+            "param": nullable(string()),
+            "code": nullable(string()),
+            "status": integer("The HTTP status the client was sent."),
+        },
+        ("message", "type", "param", "code", "status"),
+        closed=True,
+    )
+    image = obj(
+        {
+            "index": integer(minimum=0),
+            "sha256": string(pattern="^[0-9a-f]{64}$"),
+            "mime": string(),
+            "bytes": integer(minimum=0),
+            "width": integer(minimum=1),
+            "height": integer(minimum=1),
+            "url": string(),
+        },
+        ("index", "sha256", "mime", "bytes", "width", "height", "url"),
+        closed=True,
+    )
+    summary = summary_fields()
+    return {
+        **{name: summary[name] for name in ("id", "object", "created_at", "finished_at", "status")},
+        "client": nullable(string("The client's address.")),
+        "model": string(),
+        "stream": boolean(),
+        "messages": {"type": "array", "items": record_message()},
+        "sampling": ref("Sampling"),
+        "answer": string("The answer, or as much as was written."),
+        "finish_reason": summary["finish_reason"],
+        "usage": nullable(ref("Usage")),
+        "timings": nullable(ref("Timings")),
+        "error": nullable(error),
+        "images": {"type": "array", "items": image},
+    }
+
+
+def sampling_schema() -> Schema:
+    """The sampling parameters a record keeps: SamplingParams' fields, as the request resolved them."""
+    kinds: dict[object, Schema] = {
+        int: integer(),
+        float: {"type": "number"},
+        bool: boolean(),
+        int | None: nullable(integer()),
+        tuple[str, ...]: {"type": "array", "items": string()},
+    }
+    # A field of a type not listed here fails the build: it needs a line above, and a look at the docs.
+    fields = {name: kinds[hint] for name, hint in typing.get_type_hints(SamplingParams).items()}
+    return obj(fields, tuple(fields), closed=True)
+
+
+def history_schemas() -> dict[str, Schema]:
+    """The named schemas of the history API."""
+    return {
+        "InferenceSummary": obj(summary_fields(), tuple(summary_fields()), closed=True),
+        "InferenceList": obj(
+            {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": ref("InferenceSummary")},
+                "has_more": boolean(),
+                "next_cursor": nullable(string("Pass as `cursor` for the next page.")),
+            },
+            ("object", "data", "has_more", "next_cursor"),
+            closed=True,
+        ),
+        "Inference": obj(record_fields(), tuple(record_fields()), closed=True),
+        "Sampling": sampling_schema(),
+        "InferenceDeleted": obj(
+            {"id": string(), "object": {"const": "inference.deleted"}, "deleted": {"const": True}},
+            ("id", "object", "deleted"),
+            closed=True,
+        ),
+    }

@@ -1,0 +1,80 @@
+"""Checking real requests and responses against the served OpenAPI document, with jsonschema."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jsonschema import Draft202012Validator, FormatChecker
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+ROOT_URI = "urn:loupe-openapi"
+
+
+def pointer(*parts: str) -> str:
+    """A JSON pointer to these keys (escaping `/` and `~`)."""
+    return "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+class Contract:
+    """The document and what it promises: `check_request` and `check_response` fail on any difference."""
+
+    def __init__(self, document: dict):
+        self.document = document
+        resource = Resource.from_contents(document, default_specification=DRAFT202012)
+        self.registry = Registry().with_resource(ROOT_URI, resource)
+
+    def validate(self, instance: Any, at: str) -> None:
+        """Validate `instance` against the schema at this JSON pointer of the document."""
+        validator = Draft202012Validator(
+            {"$ref": f"{ROOT_URI}#{at}"}, registry=self.registry, format_checker=FormatChecker()
+        )
+        validator.validate(instance)
+
+    def operation(self, path: str, method: str) -> dict:
+        """The documented operation; a KeyError if there is none."""
+        return self.document["paths"][path][method.lower()]
+
+    def check_request(self, path: str, method: str, media_type: str, body: Any) -> None:
+        """The body a test sends is one the document describes."""
+        assert media_type in self.operation(path, method)["requestBody"]["content"], media_type
+        self.validate(body, pointer("paths", path, method.lower(), "requestBody", "content", media_type, "schema"))
+
+    def check_response(self, path: str, method: str, response) -> None:
+        """The status, content type, headers and body of a real (Flask test client) response are documented."""
+        responses = self.operation(path, method)["responses"]
+        status = str(response.status_code)
+        assert status in responses, f"{method} {path}: status {status} is not documented"
+        at = pointer("paths", path, method.lower(), "responses", status)
+        entry = responses[status]
+        if "$ref" in entry:
+            at = entry["$ref"].removeprefix("#")
+            entry = self.document["components"]["responses"][at.rsplit("/", 1)[-1]]
+        for header in entry.get("headers", {}):
+            assert header in response.headers, f"{method} {path} {status}: no {header} header"
+        if "content" not in entry:
+            assert not response.get_data(), f"{method} {path} {status}: a body where none is documented"
+            return
+        media_type = response.mimetype
+        assert media_type in entry["content"], f"{method} {path} {status}: {media_type} is not documented"
+        schema_at = at + pointer("content", media_type, "schema")
+        if media_type == "application/json":
+            self.validate(response.get_json(), schema_at)
+        elif media_type == "text/event-stream":
+            for event in sse_events(response.get_data(as_text=True)):
+                self.validate(event, schema_at)
+                if event["data"] != "[DONE]":
+                    self.validate(json.loads(event["data"]), schema_at + "/properties/data/anyOf/1/contentSchema")
+
+
+def sse_events(text: str) -> list[dict]:
+    """The events of a Server-Sent Events body as {"data": …} (comments dropped); fails on anything else."""
+    events = []
+    for block in text.split("\n\n"):
+        lines = [line for line in block.split("\n") if line and not line.startswith(":")]
+        if not lines:
+            continue
+        assert all(line.startswith("data: ") for line in lines), block
+        events.append({"data": "\n".join(line.removeprefix("data: ") for line in lines)})
+    return events
