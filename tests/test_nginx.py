@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from loupe.settings import Settings
-from loupe.web.observability import _VALID_REQUEST_ID
+from loupe.web.observability import VALID_REQUEST_ID
 from tests.support.live_server import LiveServer, free_port
 from tests.support.nginx import DEPLOY, Nginx, check, render
 from tests.support.waiting import wait_until
@@ -49,7 +49,7 @@ def test_the_limits_and_timeouts_agree_with_loupes_defaults():
 def test_nginx_honours_the_request_ids_loupe_honours():
     http_conf = (DEPLOY / "loupe" / "http.conf").read_text()
     pattern = re.search(r'"~\^(.+)\$" \$http_x_request_id;', http_conf)
-    assert pattern is not None and pattern.group(1) == _VALID_REQUEST_ID.pattern
+    assert pattern is not None and pattern.group(1) == VALID_REQUEST_ID.pattern
 
 
 def test_every_error_nginx_makes_is_an_openai_envelope():
