@@ -48,7 +48,7 @@ def _pixels(raw: Any, name: str, from_form: bool) -> int | None:
     """A pixel count: a whole number of at least SMALLEST (form fields arrive as text, empty when not set)."""
     if raw is None or (from_form and raw == ""):
         return None
-    if from_form and isinstance(raw, str) and raw.isdigit():
+    if from_form and isinstance(raw, str) and raw.isdecimal():  # what int() reads: isdigit() also takes "²"
         raw = int(raw)
     if isinstance(raw, float) and raw.is_integer():
         raw = int(raw)
