@@ -27,10 +27,11 @@ class Contract:
 
     def validate(self, instance: Any, at: str) -> None:
         """Validate `instance` against the schema at this JSON pointer of the document."""
-        validator = Draft202012Validator(
-            {"$ref": f"{ROOT_URI}#{at}"}, registry=self.registry, format_checker=FormatChecker()
-        )
-        validator.validate(instance)
+        self.validate_against(instance, {"$ref": f"{ROOT_URI}#{at}"})
+
+    def validate_against(self, instance: Any, schema: dict) -> None:
+        """Validate `instance` against a schema that may refer into the document."""
+        Draft202012Validator(schema, registry=self.registry, format_checker=FormatChecker()).validate(instance)
 
     def operation(self, path: str, method: str) -> dict:
         """The documented operation; a KeyError if there is none."""
@@ -51,8 +52,8 @@ class Contract:
         if "$ref" in entry:
             at = entry["$ref"].removeprefix("#")
             entry = self.document["components"]["responses"][at.rsplit("/", 1)[-1]]
-        for header in entry.get("headers", {}):
-            assert header in response.headers, f"{method} {path} {status}: no {header} header"
+        for name, header in entry.get("headers", {}).items():
+            self.check_header(f"{method} {path} {status}", name, header, response.headers.get(name))
         if "content" not in entry:
             assert not response.get_data(), f"{method} {path} {status}: a body where none is documented"
             return
@@ -66,6 +67,15 @@ class Contract:
                 self.validate(event, schema_at)
                 if event["data"] != "[DONE]":
                     self.validate(json.loads(event["data"]), schema_at + "/properties/data/anyOf/1/contentSchema")
+
+    def check_header(self, where: str, name: str, header: dict, value: str | None) -> None:
+        """A documented header: present if `required`, and when present, its value as its schema says."""
+        if "$ref" in header:
+            header = self.document["components"]["headers"][header["$ref"].rsplit("/", 1)[-1]]
+        if value is None:
+            assert not header.get("required"), f"{where}: no {name} header"
+            return
+        self.validate_against(int(value) if header["schema"].get("type") == "integer" else value, header["schema"])
 
 
 def sse_events(text: str) -> list[dict]:

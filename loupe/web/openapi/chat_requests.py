@@ -1,14 +1,16 @@
 """Schemas of a chat request: JSON (OpenAI's shape) and form-data, with the limits the parser enforces.
 
 A new request field goes in one place here: `sampling_fields` for a field both bodies take (form-data
-sends it as text), `json_only_fields` or `form_only_fields` for one that only one of them takes, and
-`ImageUrl` for a field of an image part.
+sends it as text), `json_only_fields` or `form_only_fields` for one that only one of them takes,
+`ImageUrl` for a field of an image part, and `budget_fields` for one of the image budget, which both
+bodies and each image part take.
 """
 
 from __future__ import annotations
 
 from loupe.inference import TEXT_PRESET, VISION_PRESET
 from loupe.protocol.chat_requests import DEFAULT_IMAGE_PROMPT, MAX_STOP_SEQUENCES, NUMBER_FIELDS, ROLES
+from loupe.protocol.image_budget import DETAILS, SMALLEST
 from loupe.protocol.images import ACCEPTED_FORMATS
 from loupe.settings import Settings
 from loupe.web.openapi.shapes import Schema, described, integer, nullable, number, obj, or_null, ref, string
@@ -29,6 +31,29 @@ IMAGE_TYPES = ", ".join(sorted(ACCEPTED_FORMATS.values()))
 def flag(doc: str) -> Schema:
     """A boolean field: true or false, or as text true/1/on, false/0/off or empty."""
     return {"description": doc, "anyOf": [{"type": "boolean"}, string(pattern=FLAG_PATTERN)]}
+
+
+def budget_fields(settings: Settings, scope: str) -> dict[str, Schema]:
+    """The image budget (loupe/protocol/image_budget.py) of `scope`; null or absent says nothing."""
+    ceiling = f"lowered to {settings.image_max_edge}² (IMAGE_MAX_EDGE squared) when larger"
+    return {
+        "detail": {
+            "enum": [*DETAILS, None],
+            "description": f"The image budget of {scope}: `high` up to IMAGE_MAX_EDGE on the longest edge, `low` at "
+            f"most IMAGE_LOW_PIXELS pixels, `auto` what IMAGE_DETAIL says (`{settings.image_detail}`).",
+        },
+        "min_pixels": or_null(
+            integer(
+                f"Fewest pixels (width × height) {scope} is seen at; wins over `detail`; {ceiling}.", minimum=SMALLEST
+            )
+        ),
+        "max_pixels": or_null(
+            integer(
+                f"Most pixels {scope} is seen at; wins over `detail`; {ceiling}; not below `min_pixels`.",
+                minimum=SMALLEST,
+            )
+        ),
+    }
 
 
 def sampling_fields(settings: Settings) -> dict[str, Schema]:
@@ -62,7 +87,7 @@ def sampling_fields(settings: Settings) -> dict[str, Schema]:
     }
     fields["ignore_eos"] = flag("Keep generating past the end-of-answer token (benchmarks use it).")
     fields["stream"] = flag("Answer with Server-Sent Events (text/event-stream) as the text is written.")
-    return fields
+    return {**fields, **budget_fields(settings, "every image that does not set its own")}
 
 
 def json_only_fields() -> dict[str, Schema]:
@@ -140,7 +165,8 @@ def chat_request_schemas(settings: Settings) -> dict[str, Schema]:
                     f"A base64 data URL (data:image/png;base64,…; {IMAGE_TYPES}), or an http(s) URL when "
                     "ALLOW_REMOTE_IMAGES is on.",
                     minLength=1,
-                )
+                ),
+                **budget_fields(settings, "this image"),
             },
             ("url",),
             closed=False,

@@ -1,11 +1,13 @@
 """Schemas of what the chat API answers: completions, stream chunks, usage, timings, the model list, probes.
 
 A new response field goes in one place here: `message_fields` for the answer's message (whole answers
-and the history's record), `completion_fields` for the completion object, `TIMINGS` for `timings`.
+and the history's record), `completion_fields` for the completion object, `TIMINGS` for `timings`,
+`box_schema` for a box or point the answer located (whole, streamed and recorded).
 """
 
 from __future__ import annotations
 
+from loupe.protocol.grounding import MAX_REGIONS
 from loupe.web.openapi.shapes import Schema, integer, nullable, number, obj, ref, string
 
 FINISH_REASONS = ["stop", "length"]
@@ -21,9 +23,42 @@ TIMINGS = {
 }
 
 
+BOXES_DOC = (
+    "What the answer located, in pixels of the last image as the client sent it (README: Boxes); "
+    "absent when it located nothing."
+)
+
+
+def pixels(count: int, doc: str) -> Schema:
+    """`count` pixel coordinates (to a tenth), each at least 0."""
+    return {"type": "array", "items": number(minimum=0), "minItems": count, "maxItems": count, "description": doc}
+
+
+def box_schema() -> Schema:
+    """One region the answer located (loupe/protocol/grounding.py's `to_pixels`): a box or a point."""
+    shared = {
+        "label": string("What the model called it; empty if it said nothing."),
+        "image": integer("Index of the image among the request's images: always the last.", minimum=0),
+    }
+    box = pixels(4, "[x1, y1, x2, y2]: the top-left and bottom-right corners.")
+    point = pixels(2, "[x, y].")
+    return {
+        "description": "A box or a point the answer located.",
+        "oneOf": [
+            obj({**shared, "bbox": box}, ("label", "image", "bbox"), closed=True),
+            obj({**shared, "point": point}, ("label", "image", "point"), closed=True),
+        ],
+    }
+
+
+def boxes(doc: str = BOXES_DOC, min_items: int = 1) -> Schema:
+    """A list of located regions."""
+    return {"type": "array", "items": ref("Box"), "minItems": min_items, "maxItems": MAX_REGIONS, "description": doc}
+
+
 def message_fields() -> dict[str, Schema]:
     """The fields of the assistant's message in a whole answer."""
-    return {"role": {"const": "assistant"}, "content": string("The answer.")}
+    return {"role": {"const": "assistant"}, "content": string("The answer."), "boxes": boxes()}
 
 
 def completion_fields() -> dict[str, Schema]:
@@ -51,7 +86,14 @@ def completion_fields() -> dict[str, Schema]:
 
 def chunk_fields() -> dict[str, Schema]:
     """The fields of one `chat.completion.chunk`."""
-    delta = obj({"role": {"const": "assistant"}, "content": string()}, closed=True)
+    delta = obj(
+        {
+            "role": {"const": "assistant"},
+            "content": string(),
+            "boxes": boxes(BOXES_DOC.replace("absent", "in the `finish_reason` chunk only; absent")),
+        },
+        closed=True,
+    )
     choice = obj(
         {
             "index": {"const": 0},
@@ -97,6 +139,7 @@ def chat_response_schemas() -> dict[str, Schema]:
             closed=True,
         ),
         "Timings": obj(TIMINGS, every, closed=True, doc="Where the time of one generation went."),
+        "Box": box_schema(),
         **probe_schemas(),
     }
 

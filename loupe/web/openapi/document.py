@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 from loupe.settings import Settings
-from loupe.web.observability import REQUEST_ID_HEADER, VALID_REQUEST_ID
+from loupe.web.observability import CONVERSATION_HEADER, REQUEST_ID_HEADER, VALID_REQUEST_ID
 from loupe.web.openapi.chat_requests import chat_request_schemas
 from loupe.web.openapi.chat_responses import chat_response_schemas
 from loupe.web.openapi.errors import error_responses, error_schema, errors_for
@@ -18,7 +18,8 @@ API_VERSION = "1"  # the `v1` of /v1/: the API's, not the code's
 DESCRIPTION = """\
 A self-hosted service that answers questions about images with Qwen3-VL, with OpenAI's Chat
 Completions API. Every error is OpenAI's envelope, `{"error": {"message", "type", "param", "code"}}`.
-Every response carries `X-Request-ID` (the caller's, if it sent a valid one). This document describes
+Every response carries `X-Request-ID` (the caller's, if it sent a valid one), and `X-Loupe-Conversation`
+when the request named its conversation in it (README: Conversations). This document describes
 this server as configured: its limits (`max_tokens`, images) are its settings', and `Authorization`
 appears only where it has API keys."""
 TAGS = [
@@ -43,12 +44,17 @@ def build_document(settings: Settings) -> Schema:
         "headers": {
             REQUEST_ID_HEADER: {
                 "description": "The request's id, in the server's log lines too.",
+                "required": True,
                 "schema": {"type": "string", "pattern": f"^{VALID_REQUEST_ID.pattern}$"},
-            }
+            },
+            CONVERSATION_HEADER: {
+                "description": "The request's conversation key, handed back when it sent a valid one.",
+                "schema": {"type": "string", "pattern": f"^{VALID_REQUEST_ID.pattern}$"},
+            },
         },
     }
     for response in components["responses"].values():
-        add_request_id(response)
+        add_echoed_headers(response)
     for path, item in paths.items():
         for op in item.values():
             finish_operation(op, path, settings)
@@ -75,18 +81,27 @@ def finish_operation(op: Schema, path: str, settings: Settings) -> None:
             "description": "An id for the request (1 to 128 of A-Z a-z 0-9 . _ : / + = -); one is made otherwise.",
             "schema": {"type": "string"},
         },
+        {
+            "name": CONVERSATION_HEADER,
+            "in": "header",
+            "description": "The conversation this request belongs to, the same on every turn (README: Conversations): "
+            "a proxy routes on it; logged and handed back. Ignored unless it is 1 to 128 of A-Z a-z 0-9 . _ : / + = -.",
+            "schema": {"type": "string"},
+        },
     ]
     for response in op["responses"].values():
         if "$ref" not in response:  # the shared error responses get theirs in `build_document`
-            add_request_id(response)
+            add_echoed_headers(response)
     if requires_key(path, settings):
         op["security"] = [{"bearer": []}]
         op["responses"].update(errors_for(401))
 
 
-def add_request_id(response: Schema) -> None:
-    """Document the X-Request-ID header every response carries."""
-    response.setdefault("headers", {})[REQUEST_ID_HEADER] = {"$ref": f"#/components/headers/{REQUEST_ID_HEADER}"}
+def add_echoed_headers(response: Schema) -> None:
+    """Document the headers any response may carry: X-Request-ID (always) and X-Loupe-Conversation."""
+    headers = response.setdefault("headers", {})
+    for name in (REQUEST_ID_HEADER, CONVERSATION_HEADER):
+        headers[name] = {"$ref": f"#/components/headers/{name}"}
 
 
 def requires_key(path: str, settings: Settings) -> bool:

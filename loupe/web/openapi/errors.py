@@ -32,7 +32,11 @@ OTHER_CODES = {
     413: {"request_entity_too_large": "The body is over MAX_REQUEST_BYTES."},
     429: {"too_many_requests": "The client is over RATE_LIMIT; `Retry-After` says when the window lets it in."},
 }
-RETRY_AFTER = {"description": "Seconds to wait before trying again.", "schema": {"type": "integer", "minimum": 0}}
+RETRY_AFTER = {
+    "description": "Seconds to wait before trying again.",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0},
+}
 
 
 def error_classes() -> list[type[LoupeError]]:
@@ -81,9 +85,11 @@ def error_responses() -> dict[str, Schema]:
         if status == 429:
             response["headers"] = {"Retry-After": RETRY_AFTER}
         if status == 401:
-            response["headers"] = {"WWW-Authenticate": {"schema": string(), "description": "Bearer."}}
+            response["headers"] = {"WWW-Authenticate": {"schema": string(), "required": True, "description": "Bearer."}}
         if status == 405:
-            response["headers"] = {"Allow": {"schema": string(), "description": "The methods the route takes."}}
+            response["headers"] = {
+                "Allow": {"schema": string(), "required": True, "description": "The methods the route takes."}
+            }
         responses[name] = response
     return responses
 

@@ -9,7 +9,8 @@ import typing
 
 from loupe.inference import SamplingParams
 from loupe.protocol.chat_requests import ROLES
-from loupe.web.openapi.chat_responses import FINISH_REASONS
+from loupe.protocol.image_budget import SMALLEST
+from loupe.web.openapi.chat_responses import FINISH_REASONS, boxes
 from loupe.web.openapi.shapes import Schema, boolean, integer, nullable, obj, ref, string
 
 STATUS = {"enum": ["completed", "failed", "cancelled"]}
@@ -30,6 +31,7 @@ def summary_fields() -> dict[str, Schema]:
         "answer_preview": string("The answer, cut at 200 characters."),
         "finish_reason": nullable({"enum": FINISH_REASONS}),
         "image_count": integer(minimum=0),
+        "box_count": integer("How many boxes and points the answer located.", minimum=0),
         "thumbnail_url": nullable(string("The first image: a path on this server.")),
         "url": string("The record: a path on this server."),
     }
@@ -41,7 +43,12 @@ def record_message() -> Schema:
         "oneOf": [
             obj({"type": {"const": "text"}, "text": string()}, ("type", "text"), closed=True),
             obj(
-                {"type": {"const": "image"}, "image": integer("Index into `images`.", minimum=0), "url": string()},
+                {
+                    "type": {"const": "image"},
+                    "image": integer("Index into `images`.", minimum=0),
+                    **image_budget(),
+                    "url": string(),
+                },
                 ("type", "image", "url"),
                 closed=True,
             ),
@@ -50,6 +57,18 @@ def record_message() -> Schema:
     return obj(
         {"role": {"enum": list(ROLES)}, "content": {"type": "array", "items": part}}, ("role", "content"), closed=True
     )
+
+
+def image_budget() -> dict[str, Schema]:
+    """The budget an image was read at (README: Image budget), as the request resolved it."""
+    return {
+        "detail": {
+            "enum": ["low", "high"],
+            "description": "`auto` resolved by IMAGE_DETAIL; absent in records made before image budgets.",
+        },
+        "min_pixels": integer("When the request set it (lowered to IMAGE_MAX_EDGE squared).", minimum=SMALLEST),
+        "max_pixels": integer("When the request set it, or `detail` was `low`.", minimum=SMALLEST),
+    }
 
 
 def record_fields() -> dict[str, Schema]:
@@ -87,6 +106,7 @@ def record_fields() -> dict[str, Schema]:
         "messages": {"type": "array", "items": record_message()},
         "sampling": ref("Sampling"),
         "answer": string("The answer, or as much as was written."),
+        "boxes": boxes("What the answer located, as a response's `boxes`; empty if nothing.", min_items=0),
         "finish_reason": summary["finish_reason"],
         "usage": nullable(ref("Usage")),
         "timings": nullable(ref("Timings")),

@@ -180,7 +180,9 @@ def inferences_paths() -> dict[str, Schema]:
                 {
                     "201": {
                         "description": "The record.",
-                        "headers": {"Location": {"schema": string(), "description": "The record's path."}},
+                        "headers": {
+                            "Location": {"schema": string(), "required": True, "description": "The record's path."}
+                        },
                         "content": json_content(ref("Inference")),
                     },
                     **errors_for(*GENERATION_ERRORS, 404),
