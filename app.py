@@ -51,7 +51,9 @@ def load_upstream(settings: Settings) -> AnyStreamingBackend:
     """The engine at BACKEND_URL as a backend: no model and no torch here; whether it answers, /health says."""
     from loupe.upstream.backend import UpstreamBackend
 
-    return UpstreamBackend(settings)
+    backend = UpstreamBackend(settings)
+    backend.problem()  # a first look: the model's name, for the first request's record (a failure is /health's)
+    return backend
 
 
 def load_model(settings: Settings) -> AnyBackend:
