@@ -1,4 +1,4 @@
-"""BACKEND=openai against a scripted engine (a real HTTP server on loopback): what goes up, what comes back, failures."""
+"""BACKEND=openai against a scripted engine (a real HTTP server on loopback): what goes up, comes back, fails."""
 
 import base64
 import io
@@ -100,7 +100,8 @@ def test_the_form_api_sends_its_upload_up(client, fake):
 
 def test_a_stream_passes_through_piece_by_piece(client, fake):
     fake.reply = Stream(pieces=("one", " two", " three"))
-    response = client.post("/v1/chat/completions", json=ask("Count", stream=True, stream_options={"include_usage": True}))
+    body = ask("Count", stream=True, stream_options={"include_usage": True})
+    response = client.post("/v1/chat/completions", json=body)
     chunks = sse_chunks(response)
     contents = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
     assert contents == ["", "one", " two", " three", None]  # the role chunk, each piece, the finish chunk
