@@ -85,6 +85,9 @@ class StreamingBackend(Protocol[PromptT]):
     def problem(self) -> str | None:
         """Why generations cannot be served right now, in words an operator can act on; None when they can."""
 
+    def close(self) -> None:
+        """Let go of what it holds (connections, threads); the engine calls it once it has stopped."""
+
 
 AnyStreamingBackend = StreamingBackend[Any]
 

@@ -56,6 +56,7 @@ class StreamingEngine(Engine):
                 thread.start()
         for thread in self._streams:  # close() cancelled them: each ends within the backend's poll
             thread.join(WAKE_SECONDS * 10)
+        backend.close()
 
     def _begin(self, generation: Generation) -> Run | None:
         """A run for the generation, counted as streaming; None if it was cancelled (or aborted) meanwhile."""
