@@ -169,6 +169,7 @@ def error_of(response) -> dict:
         (Status(429, '{"error": {"message": "too many"}}'), 502, "bad_gateway", "busy"),
         (Garbage(), 502, "bad_gateway", "not JSON"),
         (Stream(finish=None, usage=None, done=False), 502, "bad_gateway", "without a finish_reason"),
+        (Stream(pieces=(), finish=None, usage=None, done=False), 502, "bad_gateway", "without a word"),
         (Stream(error_after="out of memory"), 502, "bad_gateway", "out of memory"),
         (Silent(5), 504, "upstream_timeout", "BACKEND_TIMEOUT"),
     ],

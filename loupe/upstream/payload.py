@@ -88,9 +88,11 @@ class ChunkReader:
     def __init__(self) -> None:
         self.finish_reason: str | None = None
         self.usage: dict | None = None
+        self.chunks = 0
 
     def read(self, chunk: object) -> Token | None:
         """The text piece a chunk carries (None if it carries none); raises UpstreamError on a malformed one."""
+        self.chunks += 1
         if not isinstance(chunk, dict):
             raise UpstreamError(_malformed("a chunk that is not a JSON object"))
         if "error" in chunk:  # vLLM and llama-server report a failure inside a started stream this way
@@ -113,6 +115,12 @@ class ChunkReader:
 
     def ending(self) -> Ending:
         """How the answer ended; raises UpstreamError if the engine never said."""
+        if self.chunks == 0:  # what llama-cpp-python's server sends for a request it fails inside a stream
+            raise UpstreamError(
+                "The engine behind this server began its answer and closed it without a word; engines do this "
+                "when they refuse a request after starting to stream (a prompt past their context, say): "
+                "shorten the conversation or retry; its log says why."
+            )
         if self.finish_reason is None:
             raise UpstreamError(
                 "The engine behind this server ended its answer without a finish_reason (it may have "
