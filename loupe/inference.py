@@ -97,6 +97,16 @@ class Token:
     cached_prompt_tokens: int = 0  # on the first token: prompt tokens reused from the prefix cache
 
 
+@dataclass(frozen=True)
+class Ending:
+    """How an engine behind an API (BACKEND=openai) ended an answer, with its counts when it gave them."""
+
+    finish_reason: str  # `stop` or `length`
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int = 0
+
+
 @dataclass
 class Timings:
     """Where the time of one generation went."""
