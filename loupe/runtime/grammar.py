@@ -1,0 +1,105 @@
+"""JSON answers: a response format compiled to a grammar (llguidance), and one sequence's matcher of it.
+
+The matcher says which tokens may come next (a bit mask over the vocabulary, applied to the logits by
+the sampler) and follows the tokens chosen, so the answer always parses, and validates against its
+schema, whatever the weights say.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+
+import llguidance
+import llguidance.hf
+import llguidance.torch
+import torch
+
+from loupe.errors import InvalidRequest
+from loupe.inference import ResponseFormat
+
+# A fixed layout, no free whitespace: the model cannot spend its tokens on spaces and newlines (a small
+# or random model can do so forever); the separators are Python's json.dumps's, which read naturally.
+JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+ANY_OBJECT = {"type": "object"}
+KEPT_GRAMMARS = 64  # compiled grammars kept for repeated schemas (a few kB each)
+
+
+class Grammars:
+    """Compiles response formats for one tokenizer, lazily: the library's view of a vocabulary of 150k tokens
+    takes about two seconds to build, paid by the first JSON request, never by a server that gets none."""
+
+    def __init__(self, tokenizer, vocab_size: int, eos_ids: set[int]):
+        self._tokenizer = tokenizer
+        self.vocab_size = vocab_size  # the logits' width: the model's rows past the tokenizer's are never allowed
+        self._eos = sorted(eos_ids)
+        self._ll: llguidance.LLTokenizer | None = None
+        self._compiled: OrderedDict[ResponseFormat, str] = OrderedDict()
+        self._lock = threading.Lock()  # requests' threads check formats; the engine's thread starts matchers
+
+    def tokenizer(self) -> llguidance.LLTokenizer:
+        """llguidance's tokenizer for the model's, built on first use."""
+        with self._lock:
+            if self._ll is None:
+                self._ll = llguidance.hf.from_tokenizer(self._tokenizer, n_vocab=self.vocab_size, eos_token=self._eos)
+            return self._ll
+
+    def compile(self, response_format: ResponseFormat) -> str:
+        """The format's grammar; InvalidRequest naming what the library does not support in the schema."""
+        with self._lock:
+            grammar = self._compiled.get(response_format)
+            if grammar is not None:
+                self._compiled.move_to_end(response_format)
+                return grammar
+        schema = json.loads(response_format.schema) if response_format.schema is not None else ANY_OBJECT
+        if not isinstance(schema, dict):
+            raise InvalidRequest("`response_format.json_schema.schema` must be a JSON object.", param="response_format")
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
+        failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer())
+        if failed:
+            raise InvalidRequest(f"The JSON schema cannot be used: {messages[0]}", param="response_format")
+        with self._lock:
+            self._compiled[response_format] = grammar
+            while len(self._compiled) > KEPT_GRAMMARS:
+                self._compiled.popitem(last=False)
+        return grammar
+
+    def matcher(self, response_format: ResponseFormat) -> Constraint:
+        """A fresh matcher of the format, for one sequence."""
+        return Constraint(llguidance.LLMatcher(self.tokenizer(), self.compile(response_format)), self.vocab_size)
+
+
+class Constraint:
+    """One sequence's place in its grammar: the tokens allowed next, and whether the answer is complete."""
+
+    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int):
+        self.matcher = matcher
+        self.vocab_size = vocab_size
+
+    def fill(self, bitmask: torch.Tensor, row: int) -> None:
+        """Write the allowed next tokens into row `row` of an int32 (rows, ceil(vocab / 32)) CPU bit mask."""
+        llguidance.torch.fill_next_token_bitmask(self.matcher, bitmask, row)
+
+    def accept(self, token: int) -> None:
+        """Follow a chosen token; a token the mask allowed is always accepted."""
+        if not self.matcher.consume_token(token):
+            raise RuntimeError(f"the grammar refused token {token}: {self.matcher.get_error()}")
+
+    @property
+    def complete(self) -> bool:
+        """Whether the grammar is finished: only an end of answer may follow."""
+        return self.matcher.is_stopped()
+
+
+def allocate_bitmask(rows: int, vocab_size: int) -> torch.Tensor:
+    """An int32 (rows, ceil(vocab / 32)) bit mask on the CPU, every token allowed."""
+    return torch.full(llguidance.torch.get_bitmask_shape(rows, vocab_size), -1, dtype=torch.int32)
+
+
+def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
+    """Set to -inf, in place, each (rows, vocab) logit whose bit is clear in its row of the (rows, words) mask."""
+    bitmask = bitmask.to(logits.device, non_blocking=True)
+    shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
+    allowed = ((bitmask.unsqueeze(-1) >> shifts) & 1).view(bitmask.shape[0], -1)[:, : logits.shape[-1]]
+    logits.masked_fill_(allowed == 0, float("-inf"))
