@@ -90,7 +90,8 @@ class QwenBackend:
     def start(self, prompt: QwenPrompt, sampling: SamplingParams) -> QwenSequence:
         """Read a prompt (reusing a cached prefix) and add it to the decode batch."""
         fmt = sampling.response_format
-        constraint = self.grammars.matcher(fmt) if fmt.constrained else None  # before the prefill: fails cheaply
+        # Before the prefill: a grammar that fails, fails cheaply.
+        constraint = self.grammars.matcher(fmt, sampling.max_tokens) if fmt.constrained else None
         cache, cached, logits, delta = self._prefill(prompt)
         sampler = Sampler(sampling, constraint)
         (token,) = pick_tokens([sampler], logits)

@@ -1,8 +1,8 @@
 """JSON answers: a response format compiled to a grammar (llguidance), and one sequence's matcher of it.
 
-The matcher says which tokens may come next (a bit mask over the vocabulary, applied to the logits by
-the sampler) and follows the tokens chosen, so the answer always parses, and validates against its
-schema, whatever the weights say.
+The matcher (loupe/runtime/constraint.py) says which tokens may come next (a bit mask over the
+vocabulary, applied to the logits by the sampler) and follows the tokens chosen, so the answer always
+parses, and validates against its schema, whatever the weights say.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 
 from loupe.errors import InvalidRequest
 from loupe.inference import ResponseFormat
+from loupe.runtime.constraint import CLOSERS, Constraint
 
 # A fixed layout, no free whitespace: the model cannot spend its tokens on spaces and newlines (a small
 # or random model can do so forever); the separators are Python's json.dumps's, which read naturally.
@@ -65,31 +66,15 @@ class Grammars:
                 self._compiled.popitem(last=False)
         return grammar
 
-    def matcher(self, response_format: ResponseFormat) -> Constraint:
-        """A fresh matcher of the format, for one sequence."""
-        return Constraint(llguidance.LLMatcher(self.tokenizer(), self.compile(response_format)), self.vocab_size)
+    def matcher(self, response_format: ResponseFormat, max_tokens: int) -> Constraint:
+        """A fresh matcher of the format, for one sequence of at most `max_tokens` tokens."""
+        matcher = llguidance.LLMatcher(self.tokenizer(), self.compile(response_format))
+        return Constraint(matcher, self._closers(), self._eos[0], max_tokens)
 
-
-class Constraint:
-    """One sequence's place in its grammar: the tokens allowed next, and whether the answer is complete."""
-
-    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int):
-        self.matcher = matcher
-        self.vocab_size = vocab_size
-
-    def fill(self, bitmask: torch.Tensor, row: int) -> None:
-        """Write the allowed next tokens into row `row` of an int32 (rows, ceil(vocab / 32)) CPU bit mask."""
-        llguidance.torch.fill_next_token_bitmask(self.matcher, bitmask, row)
-
-    def accept(self, token: int) -> None:
-        """Follow a chosen token; a token the mask allowed is always accepted."""
-        if not self.matcher.consume_token(token):
-            raise RuntimeError(f"the grammar refused token {token}: {self.matcher.get_error()}")
-
-    @property
-    def complete(self) -> bool:
-        """Whether the grammar is finished: only an end of answer may follow."""
-        return self.matcher.is_stopped()
+    def _closers(self) -> list[int]:
+        """The tokens an ending prefers, in order: closing a string, an object, an array."""
+        ids = [self._tokenizer.convert_tokens_to_ids(text) for text in CLOSERS]
+        return [i for i in ids if isinstance(i, int) and i != self._tokenizer.unk_token_id]
 
 
 def allocate_bitmask(rows: int, vocab_size: int) -> torch.Tensor:

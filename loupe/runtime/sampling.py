@@ -92,9 +92,9 @@ def pick_tokens(samplers: Sequence[Sampler], logits: torch.Tensor) -> list[int]:
         for i, row_seen in zip(penalised, seen.unbind(0), strict=True):
             samplers[i].seen = row_seen
     picked = tokens.tolist()
-    for sampler, token in zip(samplers, picked, strict=True):
-        if sampler.constraint is not None:
-            sampler.constraint.accept(token)
+    for row, sampler in enumerate(samplers):
+        if sampler.constraint is not None:  # near max_tokens, a JSON answer's grammar may pick its ending's token
+            picked[row] = sampler.constraint.accept(picked[row])
     return picked
 
 
