@@ -82,9 +82,9 @@ class QwenBackend:
         return self.prompts.build(messages, max_tokens)
 
     def validate(self, sampling: SamplingParams) -> None:
-        """Refuse (InvalidRequest) a response format whose schema the grammar library cannot follow."""
-        if sampling.response_format.constrained:
-            self.grammars.compile(sampling.response_format)  # kept: `start` finds it compiled
+        """Refuse (InvalidRequest) a schema the grammar library cannot follow, or a `max_tokens` no answer fits."""
+        if sampling.response_format.constrained:  # compiled once and kept: `start` finds it
+            self.grammars.check_budget(sampling.response_format, sampling.max_tokens)
 
     @torch.inference_mode()
     def start(self, prompt: QwenPrompt, sampling: SamplingParams) -> QwenSequence:

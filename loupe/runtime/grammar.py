@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import llguidance
 import llguidance.hf
@@ -25,6 +26,15 @@ from loupe.runtime.constraint import CLOSERS, Constraint
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 ANY_OBJECT = {"type": "object"}
 KEPT_GRAMMARS = 64  # compiled grammars kept for repeated schemas (a few kB each)
+LONGEST_ENDING = 4096  # tokens a schema's shortest answer is looked for within, once, when it is compiled
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A format's grammar, and the length of the ending planned from its start (None: none found)."""
+
+    grammar: str
+    shortest: int | None
 
 
 class Grammars:
@@ -36,7 +46,7 @@ class Grammars:
         self.vocab_size = vocab_size  # the logits' width: the model's rows past the tokenizer's are never allowed
         self._eos = sorted(eos_ids)
         self._ll: llguidance.LLTokenizer | None = None
-        self._compiled: OrderedDict[ResponseFormat, str] = OrderedDict()
+        self._compiled: OrderedDict[ResponseFormat, Compiled] = OrderedDict()
         self._lock = threading.Lock()  # requests' threads check formats; the engine's thread starts matchers
 
     def tokenizer(self) -> llguidance.LLTokenizer:
@@ -46,13 +56,13 @@ class Grammars:
                 self._ll = llguidance.hf.from_tokenizer(self._tokenizer, n_vocab=self.vocab_size, eos_token=self._eos)
             return self._ll
 
-    def compile(self, response_format: ResponseFormat) -> str:
+    def compile(self, response_format: ResponseFormat) -> Compiled:
         """The format's grammar; InvalidRequest naming what the library does not support in the schema."""
         with self._lock:
-            grammar = self._compiled.get(response_format)
-            if grammar is not None:
+            compiled = self._compiled.get(response_format)
+            if compiled is not None:
                 self._compiled.move_to_end(response_format)
-                return grammar
+                return compiled
         schema = json.loads(response_format.schema) if response_format.schema is not None else ANY_OBJECT
         if not isinstance(schema, dict):
             raise InvalidRequest("`response_format.json_schema.schema` must be a JSON object.", param="response_format")
@@ -60,15 +70,31 @@ class Grammars:
         failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer())
         if failed:
             raise InvalidRequest(f"The JSON schema cannot be used: {messages[0]}", param="response_format")
+        shortest = self._constraint(grammar, LONGEST_ENDING).estimate
+        compiled = Compiled(grammar, shortest)
         with self._lock:
-            self._compiled[response_format] = grammar
+            self._compiled[response_format] = compiled
             while len(self._compiled) > KEPT_GRAMMARS:
                 self._compiled.popitem(last=False)
-        return grammar
+        return compiled
+
+    def check_budget(self, response_format: ResponseFormat, max_tokens: int) -> None:
+        """Refuse a `max_tokens` below the planned ending from the start: such an answer could only be cut off."""
+        shortest = self.compile(response_format).shortest
+        if shortest is not None and max_tokens < shortest:
+            raise InvalidRequest(
+                f"`max_tokens` ({max_tokens}) is below the {shortest} tokens of the shortest answer this schema "
+                f"allows; ask for at least {shortest}.",
+                param="max_tokens",
+            )
 
     def matcher(self, response_format: ResponseFormat, max_tokens: int) -> Constraint:
         """A fresh matcher of the format, for one sequence of at most `max_tokens` tokens."""
-        matcher = llguidance.LLMatcher(self.tokenizer(), self.compile(response_format))
+        return self._constraint(self.compile(response_format).grammar, max_tokens)
+
+    def _constraint(self, grammar: str, max_tokens: int) -> Constraint:
+        """A matcher of a compiled grammar, with its ending planned within `max_tokens`."""
+        matcher = llguidance.LLMatcher(self.tokenizer(), grammar)
         return Constraint(matcher, self._closers(), self._eos[0], max_tokens)
 
     def _closers(self) -> list[int]:
