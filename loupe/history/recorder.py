@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 
 from loupe.errors import ClientClosedRequest, GenerationFailed, LoupeError
 from loupe.history.store import HistoryStore, NewImage, utcnow
-from loupe.inference import ChatRequest, Event, Finished, ImagePart, TextDelta
+from loupe.inference import ChatRequest, Event, Finished, ImagePart, SamplingParams, TextDelta
 from loupe.protocol.responses import usage_dict
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Recording:
                     "client": self._client,
                     "model": self._model,
                     "messages": messages,
-                    "sampling": _jsonable(dataclasses.asdict(self._chat.sampling)),
+                    "sampling": sampling_json(self._chat.sampling),
                     "stream": self._chat.stream,
                     "answer": "".join(self._pieces),
                     "finish_reason": finished.finish_reason if finished else None,
@@ -117,6 +117,10 @@ def _new_image(part: ImagePart) -> NewImage:
     return NewImage(part.data, part.mime, part.width, part.height)
 
 
-def _jsonable(values: dict) -> dict:
-    """Tuples (stop strings) as lists, for a JSON column."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+def sampling_json(sampling: SamplingParams) -> dict:
+    """The sampling fields for a JSON column: stop strings as a list; the response format as the request's
+    OpenAI object (its schema parsed), or None for a free answer."""
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(sampling).items()}
+    fmt = sampling.response_format
+    values["response_format"] = fmt.to_dict() if fmt.constrained else None
+    return values
