@@ -17,7 +17,7 @@ import torch
 # Byte-level BPE spellings of `"`, `}` and `]`: what an ending tries first, in this order. Otherwise it
 # takes the lowest allowed id: single bytes come first, and among them `,` before the digits.
 CLOSERS = ('"', "}", "]")
-WATCH_MARGIN = 32  # tokens beyond twice the plan's length at which every step re-plans
+WATCH_MARGIN = 48  # tokens beyond the plan's length from which every step re-plans (one token may lengthen it)
 REPLAN_EVERY = 16  # tokens between plans while far from the end
 
 
@@ -47,7 +47,7 @@ class Constraint:
             self.plan = planned[1:]
             self.estimate = len(self.plan)
             return token
-        far = self.left > 2 * self.estimate + WATCH_MARGIN
+        far = self.left > self.estimate + WATCH_MARGIN
         if far and self.left % REPLAN_EVERY:  # planning costs a mask a token of the ending: not every step
             return token
         plan = self._ending(self.left)
@@ -85,6 +85,7 @@ class Constraint:
                 if byte == len(mask):
                     return None
                 token = byte * 8 + (mask[byte] & -mask[byte]).bit_length() - 1
-            trial.consume_token(token)
+            if not trial.consume_token(token):  # a matcher in error reads as stopped: never a plan
+                return None
             plan.append(token)
         return plan
