@@ -4,6 +4,7 @@
  */
 import { ApiError, streamChat } from "./api.js";
 import { AnswerView } from "./answer-view.js";
+import { showFields } from "./extract.js";
 
 export const TASK_PROMPTS = {
   describe: "Describe this image in detail.",
@@ -86,14 +87,18 @@ export class ChatController {
     send.hidden = !idle;
     stop.hidden = idle;
     for (const button of tasks) button.disabled = !idle || !ready || this.waiting;
+    if (this.el.extract) this.el.extract.disabled = !idle || !ready || this.waiting;
     const last = this.conversation.last;
     for (const exchange of this.conversation.exchanges) {
       exchange.answer?.setRegenerable(idle && ready && exchange === last);
     }
   }
 
-  /** Send what is in the message box (and the attached images); a task button adds its prompt. */
-  async sendFromComposer(taskPrompt = "") {
+  /**
+   * Send what is in the message box (and the attached images); a task button adds its prompt, and
+   * "Extract fields" a response format: the answer is JSON that follows its schema.
+   */
+  async sendFromComposer(taskPrompt = "", responseFormat = null) {
     if (this.generating || this.waiting || !this.health.ready) return;
     if (this.tray.busy && !(await this.waitForImages())) return;
     const typed = this.el.prompt.value.trim();
@@ -109,6 +114,7 @@ export class ChatController {
     this.el.prompt.value = "";
     this.autosize();
     const exchange = this.conversation.addExchange(text, images);
+    exchange.responseFormat = responseFormat;  // kept for Regenerate
     this.stickToBottom = true;
     this.run(exchange);
   }
@@ -152,6 +158,11 @@ export class ChatController {
       messages: this.conversation.buildMessages(this.settings.systemPrompt, exchange),
       ...this.settings.requestFields(),
     };
+    if (exchange.responseFormat) {
+      // The JSON ends when it is complete; room up to the server's ceiling, which no answer is cut below.
+      body.response_format = exchange.responseFormat;
+      body.max_tokens = this.config.limits.maxNewTokensLimit;
+    }
     let reason = null;
     let timings = null;
     let usage = null;
@@ -167,6 +178,7 @@ export class ChatController {
         } else if (event.kind === "usage") usage = event.usage;
       }
       view.finish(reason, timings, usage);
+      if (exchange.responseFormat && reason === "stop") showFields(view.answer, exchange.text);
     } catch (error) {
       if (abort.signal.aborted) {
         view.stopped();
