@@ -70,22 +70,28 @@ class Constraint:
             raise RuntimeError(f"the grammar refused token {token}: {self.matcher.get_error()}")
 
     def _ending(self, limit: int) -> list[int] | None:
-        """The tokens of a short ending from here (closing first, else the lowest allowed id), if one fits `limit`."""
+        """The tokens of a short ending from here, if one fits `limit`: what the grammar forces, else a closing
+        token, else the lowest allowed id. Only the last needs the whole vocabulary's mask."""
         trial = self.matcher.deep_copy()
         plan: list[int] = []
         while not trial.is_stopped():
-            if len(plan) == limit:
+            if len(plan) >= limit:
                 return None
             if trial.is_accepting():  # complete but could go on (a number): the end token closes it
                 return [*plan, self.eos]
-            mask = trial.compute_bitmask()
-            token = next((t for t in self.closers if mask[t >> 3] >> (t & 7) & 1), None)
-            if token is None:
-                byte = len(mask) - len(mask.lstrip(b"\0"))
-                if byte == len(mask):
-                    return None
-                token = byte * 8 + (mask[byte] & -mask[byte]).bit_length() - 1
-            if not trial.consume_token(token):  # a matcher in error reads as stopped: never a plan
+            tokens = trial.compute_ff_tokens() or [self._next(trial)]
+            if tokens[0] < 0 or not trial.consume_tokens(tokens):  # an error reads as stopped: never a plan
                 return None
-            plan.append(token)
-        return plan
+            plan.extend(tokens)
+        return plan if len(plan) <= limit else None
+
+    def _next(self, trial: llguidance.LLMatcher) -> int:
+        """A closing token the grammar allows here, else its lowest allowed id (-1: none)."""
+        for token in self.closers:
+            if trial.validate_tokens([token]) == 1:
+                return token
+        mask = trial.compute_bitmask()
+        byte = len(mask) - len(mask.lstrip(b"\0"))
+        if byte == len(mask):
+            return -1
+        return byte * 8 + (mask[byte] & -mask[byte]).bit_length() - 1
