@@ -48,7 +48,7 @@ class Constraint:
             self.estimate = len(self.plan)
             return token
         far = self.left > self.estimate + WATCH_MARGIN
-        if far and self.left % REPLAN_EVERY:  # planning costs a mask a token of the ending: not every step
+        if far and self.left % REPLAN_EVERY:  # a plan walks the whole ending: not every step while far
             return token
         plan = self._ending(self.left)
         if plan is None and planned:  # the chosen token leaves no ending that fits: the planned one's does

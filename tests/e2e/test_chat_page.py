@@ -444,6 +444,7 @@ def test_keyboard_and_screen_reader_basics(server, open_page):
         ("button", "Describe"),
         ("button", "Extract text (OCR)"),
         ("button", "Explain"),
+        ("button", "Extract fields"),
     ]:
         expect(page.get_by_role(role, name=name)).to_have_count(1)
     expect(page.get_by_role("region", name="Conversation")).to_be_visible()
@@ -454,7 +455,7 @@ def test_keyboard_and_screen_reader_basics(server, open_page):
     page.keyboard.press("Tab")
     expect(page.get_by_role("link", name="Skip to the message box")).to_be_focused()
     order = []
-    for _ in range(7):
+    for _ in range(8):
         page.keyboard.press("Tab")
         order.append(page.evaluate("document.activeElement.id || document.activeElement.textContent.trim()"))
     assert order == [
@@ -464,6 +465,7 @@ def test_keyboard_and_screen_reader_basics(server, open_page):
         "Describe",
         "Extract text (OCR)",
         "Explain",
+        "extract-fields",
         "attach-button",
     ]
     page.keyboard.press("Tab")
