@@ -243,6 +243,8 @@ export class ChatController {
         view.stopped();
       } else {
         view.finish(answer.reason, answer.timings, answer.usage);
+        exchange.responseFormat = turn.responseFormat || null;  // Regenerate asks for the same JSON
+        if (exchange.responseFormat && answer.reason === "stop") showFields(view.answer, answer.text);
       }
     }
     this.updateControls();

@@ -103,3 +103,13 @@ def test_extract_fields_with_a_pasted_schema_shows_a_table_and_copies_the_json(s
         f"items.{i}.{key}": str(value) for i, item in enumerate(copied["items"], 1) for key, value in item.items()
     }
     assert shown == expected
+
+    # The history keeps the schema: the record opened in a new chat shows the table again.
+    page.get_by_role("button", name="New chat").click()
+    page.get_by_role("button", name="History").click()
+    history = page.get_by_role("dialog", name="History")
+    history.locator(".history-open", has_text="Extract the fields of Basket").click()
+    expect(history).to_be_hidden()
+    reopened = page.locator(".turn.assistant table.fields")
+    expect(reopened).to_be_visible()
+    assert reopened.locator("tbody td").all_inner_texts() == values
