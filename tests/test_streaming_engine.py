@@ -34,6 +34,9 @@ class ScriptedStreams:
     def prepare(self, messages, max_tokens):
         return Prompt()
 
+    def validate(self, sampling):
+        pass
+
     def stream(self, prompt, sampling, cancelled):
         with self.lock:
             self.open += 1

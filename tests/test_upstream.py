@@ -73,6 +73,15 @@ def test_sampling_parameters_pass_through(client, fake):
     assert sent["stop"] == ["STOP"] and sent["max_tokens"] == 9
 
 
+def test_a_response_format_goes_to_the_engine(client, fake):
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    response_format = {"type": "json_schema", "json_schema": {"name": "count", "schema": schema, "strict": True}}
+    response = client.post("/v1/chat/completions", json=ask("Count", max_tokens=20, response_format=response_format))
+    assert response.status_code == 200
+    (sent,) = fake.requests
+    assert sent["response_format"] == response_format
+
+
 def test_images_go_up_as_lossless_data_urls_of_what_the_intake_made(client, fake, front):
     original = png(1200, 900, fmt="JPEG")  # larger than IMAGE_MAX_EDGE: the intake downscales it
     image = data_url(original, "image/jpeg")

@@ -146,6 +146,7 @@ class Engine:
             if self._error is not None:
                 raise ModelUnavailable(f"The model failed to load: {self._error}")
             raise ModelUnavailable("The model is still loading; try again shortly.")
+        backend.validate(request.sampling)
         prompt = backend.prepare(request.messages, request.sampling.max_tokens)
         generation = Generation(request, prompt, self._request_timeout, on_cancel=self._release_slot)
         with self._lock:  # drain() and abort_all() take it too: a request is refused, or queued and reached

@@ -46,6 +46,9 @@ class Backend(Protocol[PromptT, SequenceT]):
     def prepare(self, messages: Sequence[Message], max_tokens: int) -> PromptT:
         """Tokenise the conversation and process its images (raises InvalidRequest if too long)."""
 
+    def validate(self, sampling: SamplingParams) -> None:
+        """Refuse (InvalidRequest) what the backend cannot follow, e.g. a JSON schema its grammar library lacks."""
+
     def start(self, prompt: PromptT, sampling: SamplingParams) -> SequenceT:
         """Read the prompt and add a sequence for it to the decode batch."""
 
@@ -76,6 +79,9 @@ class StreamingBackend(Protocol[PromptT]):
 
     def prepare(self, messages: Sequence[Message], max_tokens: int) -> PromptT:
         """The conversation as the engine's request (images encoded); raises InvalidRequest if it cannot be."""
+
+    def validate(self, sampling: SamplingParams) -> None:
+        """Refuse (InvalidRequest) what the backend cannot follow."""
 
     def stream(
         self, prompt: PromptT, sampling: SamplingParams, cancelled: Callable[[], bool]

@@ -47,6 +47,8 @@ class Run:
             self.generation.put(TextDelta(text))
         if stopped:  # the stop string itself is never sent
             return self._finish("stop", flush=False)
+        if token.complete:  # a JSON answer's grammar is done: nothing may follow, no pass is spent on an end token
+            return self._finish("stop")
         if self.counts_tokens and self.count >= self.sampling.max_tokens:
             return self._finish("length")
         return False

@@ -39,6 +39,9 @@ class UpstreamBackend:
             self._look(PROBE_SECONDS)  # the name goes into the request: raises if the engine cannot say it
         return prompt_of(messages)
 
+    def validate(self, sampling: SamplingParams) -> None:
+        """Nothing to refuse here: a response format goes to the engine, which follows it or says why not."""
+
     def stream(
         self, prompt: UpstreamPrompt, sampling: SamplingParams, cancelled: Callable[[], bool]
     ) -> Generator[Token | Ending, None, None]:

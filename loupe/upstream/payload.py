@@ -79,6 +79,8 @@ def request_body(prompt: UpstreamPrompt, sampling: SamplingParams, model: str) -
         body["stop"] = list(sampling.stop)
     if sampling.ignore_eos:
         body["ignore_eos"] = True
+    if sampling.response_format.constrained:  # OpenAI's field: the engine constrains the answer itself
+        body["response_format"] = sampling.response_format.to_dict()
     return body
 
 
