@@ -1,7 +1,7 @@
 """Loupe: ask questions about images with Qwen3-VL on a CPU. `create_app()` builds the Flask app.
 
-The composition root: it reads the settings, starts the engine on the model loader, opens the
-history, and hands them to the web layer.
+The composition root: it reads the settings, starts the engine on the model loader (or, with
+BACKEND=openai, on an engine behind an API), opens the history, and hands them to the web layer.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loupe.engine.engine import Engine
-from loupe.engine.generation import AnyBackend
+from loupe.engine.generation import AnyBackend, AnyStreamingBackend
+from loupe.engine.streaming import StreamingEngine
 from loupe.history.store import HistoryStore
 from loupe.settings import Settings
 from loupe.web.factory import build_app
@@ -32,12 +33,27 @@ def create_app(
     settings = config if config is not None else Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     if engine is None:
-        engine = Engine(
-            lambda: load_model(settings), settings.queue_size, settings.max_batch, settings.request_timeout
-        ).start()
+        engine = start_engine(settings)
     if history is None and settings.history:
         history = HistoryStore.open(settings)
     return build_app(settings, engine, history if settings.history else None, ROOT)
+
+
+def start_engine(settings: Settings) -> Engine:
+    """The engine for BACKEND: the model in this process (batched here), or an engine behind an API (streamed)."""
+    limits = (settings.queue_size, settings.max_batch, settings.request_timeout)
+    if settings.backend == "openai":
+        return StreamingEngine(lambda: load_upstream(settings), *limits).start()
+    return Engine(lambda: load_model(settings), *limits).start()
+
+
+def load_upstream(settings: Settings) -> AnyStreamingBackend:
+    """The engine at BACKEND_URL as a backend: no model and no torch here; whether it answers, /health says."""
+    from loupe.upstream.backend import UpstreamBackend
+
+    backend = UpstreamBackend(settings)
+    backend.problem()  # a first look: the model's name, for the first request's record (a failure is /health's)
+    return backend
 
 
 def load_model(settings: Settings) -> AnyBackend:

@@ -126,6 +126,22 @@ class ClientClosedRequest(LoupeError):
     code = "client_closed_request"
 
 
+class UpstreamError(LoupeError):
+    """The engine Loupe sends generation to (BACKEND=openai) could not be reached or answered wrongly."""
+
+    status = 502
+    type = "upstream_error"
+    code = "bad_gateway"
+
+
+class UpstreamTimeout(LoupeError):
+    """The engine Loupe sends generation to (BACKEND=openai) sent nothing for BACKEND_TIMEOUT seconds."""
+
+    status = 504
+    type = "timeout_error"
+    code = "upstream_timeout"
+
+
 class GenerationFailed(LoupeError):
     """The model failed while generating; details are only in the log."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from PIL.Image import Image
@@ -55,6 +56,32 @@ class Message:
 
 
 @dataclass(frozen=True)
+class ResponseFormat:
+    """What shape the answer must take: `text` (free), `json_object` (any JSON object) or `json_schema`.
+
+    `schema` is the JSON schema as compact JSON text, so a format is hashable and the runtime can keep what
+    it compiles from one.
+    """
+
+    type: str = "text"
+    schema: str | None = None
+    name: str | None = None
+    strict: bool = False
+
+    @property
+    def constrained(self) -> bool:
+        """Whether decoding is constrained to JSON."""
+        return self.type != "text"
+
+    def to_dict(self) -> dict:
+        """The OpenAI `response_format` object this was read from (the schema parsed back)."""
+        if self.type != "json_schema":
+            return {"type": self.type}
+        inner = {"name": self.name, "schema": json.loads(self.schema or "{}"), "strict": self.strict}
+        return {"type": "json_schema", "json_schema": inner}
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens; temperature 0 means greedy."""
 
@@ -67,6 +94,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    response_format: ResponseFormat = ResponseFormat()  # a JSON format constrains which tokens may come next
 
 
 @dataclass(frozen=True)
@@ -94,7 +122,18 @@ class Token:
     id: int
     text: str
     eos: bool = False
+    complete: bool = False  # the answer's grammar is complete with this token's text: nothing may follow
     cached_prompt_tokens: int = 0  # on the first token: prompt tokens reused from the prefix cache
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How an engine behind an API (BACKEND=openai) ended an answer, with its counts when it gave them."""
+
+    finish_reason: str  # `stop` or `length`
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int = 0
 
 
 @dataclass

@@ -23,6 +23,7 @@ RATE_LIMIT_STORAGE_SCHEMES = (
     "redis+cluster://",
 )
 MiB = 1024 * 1024
+BACKENDS = ("local", "openai")  # app.py picks the loader: the model in this process, or an engine behind an API
 
 
 def _setting(default, help: str, env: str | None = None, secret: bool = False):  # noqa: A002 - "help" reads best
@@ -35,6 +36,31 @@ def _setting(default, help: str, env: str | None = None, secret: bool = False): 
 class Settings:
     """Every knob of the service; each is an environment variable of the same name in capitals."""
 
+    backend: str = _setting(
+        "local",
+        "What generates answers: `local` (the model in this process, on `DEVICE`) or `openai` (an "
+        "OpenAI-compatible engine at `BACKEND_URL`, such as vLLM, SGLang, LMDeploy, llama.cpp's llama-server "
+        "or Ollama: Loupe keeps its page, API, image intake, limits, history, keys and metrics, and sends "
+        "each generation there; no model is loaded here and torch is never imported).",
+    )
+    backend_url: str = _setting(
+        "",
+        "With `BACKEND=openai`: the engine's OpenAI API base URL, the part before `/chat/completions`, "
+        "e.g. `http://vllm:8000/v1`.",
+    )
+    backend_api_key: str = _setting(
+        "", "With `BACKEND=openai`: the key sent to the engine as `Authorization: Bearer`; empty: none.", secret=True
+    )
+    backend_model: str = _setting(
+        "",
+        "With `BACKEND=openai`: the model name sent to the engine; empty: the first model its `/models` lists "
+        "(an engine serving one model, as vLLM and llama-server do).",
+    )
+    backend_timeout: float = _setting(
+        120.0,
+        "With `BACKEND=openai`: seconds the engine may send nothing, before its first token (its own queue and "
+        "prompt reading included) or between two; past it the request ends with 504 `upstream_timeout`.",
+    )
     model_id: str = _setting(
         DEFAULT_MODEL_ID,
         "Hugging Face model id, or a local directory holding the model (config, weights, tokenizer, "
@@ -116,7 +142,8 @@ class Settings:
         4,
         "Generations decoded together: each step reads the weights once for all of them, so "
         "concurrent users share the cost. 1 generates one request at a time. On a GPU, 64 "
-        "(with THREADS and QUEUE_SIZE raised to match).",
+        "(with THREADS and QUEUE_SIZE raised to match). With `BACKEND=openai`: requests sent to the engine at "
+        "once (it batches them itself); raise it to what the engine serves at once.",
     )
     queue_size: int = _setting(
         8,
@@ -228,6 +255,12 @@ class Settings:
 
     def validate(self) -> None:
         """Refuse settings that cannot work, with a message naming the variable."""
+        if self.backend not in BACKENDS:
+            raise ValueError(f"BACKEND must be {' or '.join(BACKENDS)}, not {self.backend!r}")
+        if self.backend == "openai" and not re.match(r"https?://[^/]", self.backend_url):
+            raise ValueError("BACKEND=openai needs BACKEND_URL, the engine's API base such as http://vllm:8000/v1")
+        if self.backend_timeout <= 0:
+            raise ValueError("BACKEND_TIMEOUT must be positive")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"DTYPE must be float32 or bfloat16, not {self.dtype!r}")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):

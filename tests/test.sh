@@ -23,6 +23,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
     sudo apt-get update -qq && sudo apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 fi
+# llama.cpp's server for tests/test_upstream_llama_cpp.py (Loupe in front of a real engine), after the Debian
+# packages because it needs g++. PyPI has only its source: the first install builds llama.cpp (15 to 40 minutes on 2 cores; given up after 40), later ones take
+# pip's cached wheel. Not in requirements-dev.txt so that a machine where it cannot be built still runs
+# everything else; there the test is skipped and says why.
+if ! .venv/bin/python -c "import llama_cpp.server" 2>/dev/null; then
+  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" timeout 2400 .venv/bin/pip install --quiet 'llama-cpp-python[server]>=0.3.36,<0.4' \
+    || echo "tests/test.sh: llama-cpp-python could not be built here; tests/test_upstream_llama_cpp.py will be skipped" >&2
+fi
 .venv/bin/ruff check --quiet .
 .venv/bin/ruff format --check --quiet .
 .venv/bin/mypy

@@ -91,6 +91,7 @@ def test_health_and_models(client, backend):
     assert health.status_code == 200
     assert health.get_json() | {"queue_depth": 0} == {
         "status": "ok",
+        "backend": "local",
         "model": backend.name,
         "device": "cpu",
         "dtype": "float32",

@@ -71,3 +71,24 @@ def test_the_instances_benchmark_runs_on_the_tiny_model(tiny_model_dir, tmp_path
         assert len(upstreams) == instances
     several = result["several"]["upstreams"].values()
     assert sorted(sum(1 for r in several if r[0] == u) for u in {r[0] for r in several}) == [2, 2]  # spread evenly
+
+
+@pytest.mark.slow  # a fresh interpreter loads the model
+def test_the_grammar_bench_measures_the_mask_beside_a_decode_step(tiny_model_dir):
+    env = {**os.environ, "KERNEL_CACHE_DIR": str(KERNEL_CACHE_DIR)}
+    arguments = ["--model", str(tiny_model_dir), "--steps", "12", "--decode-steps", "2", "--context", "24"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.structured", *arguments],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    masks = re.findall(r"mask (\w+): (\d+) steps; .* median (\d+) us", done.stdout)
+    assert {name for name, _, _ in masks} == {"small", "idcard", "receipt", "invoice"}
+    assert all(int(steps) > 0 for _, steps, _ in masks)
+    step = re.search(r"float32 decode step, .*: ([\d.]+) ms", done.stdout)
+    ratio = re.search(r"mask / decode step .* = ([\d.]+)", done.stdout)
+    assert step and float(step.group(1)) > 0 and ratio and float(ratio.group(1)) >= 0

@@ -168,6 +168,19 @@ def test_a_refused_request_is_recorded_as_failed(settings, data_dir, engines):
         release.set()
 
 
+def test_a_json_answer_is_recorded_with_its_schema(history_client):
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    response_format = {"type": "json_schema", "json_schema": {"name": "check", "schema": schema, "strict": True}}
+    answer = history_client.post(
+        "/v1/chat/completions", json=ask(max_tokens=30, temperature=0, response_format=response_format)
+    ).get_json()
+    record = only_record(history_client)
+    assert record["response_format"] == record["sampling"]["response_format"] == response_format
+    assert record["answer"] == answer["choices"][0]["message"]["content"]
+    free = history_client.post("/inferences", data={"prompt": "Hi", "max_tokens": "2"}).get_json()
+    assert free["response_format"] is None
+
+
 def test_post_inferences_answers_with_the_stored_record(history_client):
     image = png(40, 40)
     response = history_client.post(

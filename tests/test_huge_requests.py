@@ -2,9 +2,11 @@
 
 import json
 import random
+import re
 import time
 import unicodedata
 
+from loupe.runtime.prompts import clean_slice
 from loupe.settings import MiB
 from loupe.web.services import services
 from tests.support.engines import wait_ready
@@ -49,3 +51,37 @@ def test_the_text_bound_never_exceeds_the_tokens_the_tokenizer_makes(backend):
         tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
         least = -(-len(unicodedata.normalize("NFC", text).encode()) // prompts.max_token_bytes)
         assert least <= tokens, (text, least, tokens)
+
+
+def test_text_within_the_size_bound_is_refused_by_a_slice_of_it(client, backend, settings):
+    """Text small enough in bytes to pass the first step, far too many tokens: a tokenised slice says so."""
+    room = settings.max_context_tokens - settings.max_new_tokens
+    text = ("The cat sat on the house. " * 10_000)[: room * backend.prompts.max_token_bytes]
+    response = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": text}]})
+    assert response.status_code == 400
+    least = int(
+        re.search(r"at least ([\d,]+) tokens", response.get_json()["error"]["message"]).group(1).replace(",", "")
+    )
+    assert least > room  # the slice's count, not the bytes' bound (which is at most `room` here)
+
+
+def test_a_slice_is_tokenised_as_the_same_stretch_of_the_whole_prompt(backend):
+    """Cut between spaces that follow other characters, a slice's tokens are exactly the whole prompt's there."""
+    tokenizer = backend.prompts.tokenizer
+    rng = random.Random(2)
+    words = ["cat", " ", "  ", "\n", "\n\n", "über", "二十", "🙂", "'s", "123", "!!", "e\u0301", "\t", "a.b", "---"]
+    checked = 0
+    for _ in range(300):
+        text = "".join(rng.choice(words) for _ in range(rng.randint(1, 120)))
+        where = clean_slice(text, rng.randint(1, len(text) + 1))
+        if where is None:
+            continue
+        for context in ("", "\n", "x", " "):
+            whole = tokenizer(context + text + context, add_special_tokens=False, return_offsets_mapping=True)
+            start, end = where[0] + len(context), where[1] + len(context)
+            spans = zip(whole["input_ids"], whole["offset_mapping"], strict=True)
+            inside = [token for token, (a, b) in spans if start <= a and b <= end]
+            alone = tokenizer(text[where[0] : where[1]], add_special_tokens=False)["input_ids"]
+            assert alone == inside, repr(text)
+            checked += 1
+    assert checked > 500

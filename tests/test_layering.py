@@ -90,3 +90,27 @@ def test_the_web_layer_and_the_app_load_no_torch(tmp_path):
     loaded = loaded_after(code)
     assert "flask" in loaded  # the probe really built the app
     assert not loaded & set(TORCH)
+
+
+def test_backend_openai_answers_without_torch(tmp_path):
+    # In front of an engine, Loupe loads no model: a whole request, image intake included, imports no torch.
+    code = f"""
+import app
+from loupe.settings import Settings
+from loupe.web.services import services
+from tests.support.chat import ask, data_url, png
+from tests.support.engines import wait_ready
+from tests.support.fake_upstream import FakeUpstream
+
+with FakeUpstream() as fake:
+    settings = Settings.from_mapping({{"BACKEND": "openai", "BACKEND_URL": fake.url, "DATA_DIR": {str(tmp_path)!r}}})
+    application = app.create_app(settings)
+    wait_ready(services(application).engine)
+    response = application.test_client().post("/v1/chat/completions", json=ask("What is it?", data_url(png())))
+    assert response.status_code == 200, response.json
+    assert fake.requests[0]["messages"][0]["content"][0]["type"] == "image_url"
+    services(application).engine.close()
+"""
+    loaded = loaded_after(code)
+    assert "httpx2" in loaded and "flask" in loaded  # the probe really sent a request up
+    assert not loaded & set(TORCH)

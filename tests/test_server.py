@@ -4,15 +4,17 @@ import base64
 import http.client
 import json
 import re
+import shutil
 import subprocess
 import sys
 import urllib.request
 
+import jsonschema
 import pytest
 from openai import OpenAI
 from PIL import Image
 
-from tests.support.live_server import LiveServer
+from tests.support.live_server import ROOT, LiveServer
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow  # real gunicorn servers
@@ -93,6 +95,7 @@ def doc_blocks(language, text):
 
 def test_readme_curl_examples_work_as_written(server, photo, docs_text):
     examples = [b for b in doc_blocks("bash", docs_text) if "localhost:8000/v1/chat/completions" in b]
+    examples = [b for b in examples if "schema" not in b]  # JSON answers: the next test
     assert len(examples) == 7
     for example in examples:
         command = example.replace("localhost:8000", server.url.removeprefix("http://"))
@@ -120,6 +123,24 @@ def test_readme_openapi_example_works_as_written(server, docs_text):
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert {"/v1/chat/completions", "/inferences", "/health"} <= set(result.stdout.split())
+
+
+def test_readme_json_answer_examples_work_as_written(server, photo, docs_text):
+    examples = [b for b in doc_blocks("bash", docs_text) if "localhost:8000/v1/chat/completions" in b and "schema" in b]
+    assert len(examples) == 2
+    shutil.copytree(ROOT / "static" / "schemas", photo.parent / "static" / "schemas")  # run from the project folder
+    for example in examples:
+        command = example.replace("localhost:8000", server.url.removeprefix("http://"))
+        result = subprocess.run(["bash", "-c", command], cwd=photo.parent, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        body = json.loads(result.stdout)
+        assert body["choices"][0]["finish_reason"] == "stop", body
+        if "schema=@" in example:
+            schema = json.loads((ROOT / re.search(r"schema=@(\S+)", example).group(1)).read_text())
+        else:
+            schema = json.loads(re.search(r"-d '(.*)'", example, re.S).group(1))["response_format"]["json_schema"]
+            schema = schema["schema"]
+        jsonschema.validate(json.loads(body["choices"][0]["message"]["content"]), schema)
 
 
 def test_readme_openai_example_works_as_written(server, photo, docs_text):

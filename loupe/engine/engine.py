@@ -10,8 +10,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 
-from loupe.engine.generation import AnyBackend, Generation
+from loupe.engine.generation import AnyBackend, AnyStreamingBackend, Generation
 from loupe.engine.run import Run
 from loupe.errors import GenerationFailed, LoupeError, ModelUnavailable, ServerBusy, ShuttingDown
 from loupe.inference import ChatRequest, Timings
@@ -19,6 +20,7 @@ from loupe.inference import ChatRequest, Timings
 log = logging.getLogger(__name__)
 
 
+Loaded = AnyBackend | AnyStreamingBackend  # what a loader gives: the batch engine's kind, or StreamingEngine's
 # Told how each generation ended: `stop`, `length`, `cancelled` or `error`, and its timings if it finished.
 Observer = Callable[[str, "Timings | None"], None]
 # Told of each decode forward pass: how many sequences it fed and how long it took, in seconds.
@@ -32,9 +34,7 @@ class Engine:
     each pass over the weights); waiting requests join between steps, in order.
     """
 
-    def __init__(
-        self, load: Callable[[], AnyBackend], queue_size: int, max_batch: int = 1, request_timeout: float = 0.0
-    ):
+    def __init__(self, load: Callable[[], Loaded], queue_size: int, max_batch: int = 1, request_timeout: float = 0.0):
         self._load = load
         self._queue_size = queue_size
         self._max_batch = max_batch
@@ -42,7 +42,7 @@ class Engine:
         self._queue: queue.Queue[Generation | None] = queue.Queue()  # None: close() wakes the worker
         self._waiting = 0
         self._lock = threading.Lock()
-        self._backend: AnyBackend | None = None
+        self._backend: Loaded | None = None
         self._error: str | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -84,9 +84,14 @@ class Engine:
         return self._error
 
     @property
-    def backend(self) -> AnyBackend | None:
+    def backend(self) -> Loaded | None:
         """The loaded backend, or None while loading or after a failure."""
         return self._backend
+
+    @property
+    def problem(self) -> str | None:
+        """Why a loaded backend cannot serve right now (an engine behind it down, say); None when it can."""
+        return None
 
     @property
     def cached_tokens(self) -> int:
@@ -141,6 +146,7 @@ class Engine:
             if self._error is not None:
                 raise ModelUnavailable(f"The model failed to load: {self._error}")
             raise ModelUnavailable("The model is still loading; try again shortly.")
+        backend.validate(request.sampling)
         prompt = backend.prepare(request.messages, request.sampling.max_tokens)
         generation = Generation(request, prompt, self._request_timeout, on_cancel=self._release_slot)
         with self._lock:  # drain() and abort_all() take it too: a request is refused, or queued and reached
@@ -172,6 +178,11 @@ class Engine:
         self.load_seconds = time.perf_counter() - begin
         self._backend = backend
         log.info("model %s ready in %.1f s", backend.name, self.load_seconds)
+        self._serve(backend)
+
+    def _serve(self, loaded: Loaded) -> None:
+        """Decode the batch, admitting waiting requests between steps, until closed."""
+        backend = cast(AnyBackend, loaded)  # this engine is given a batch backend (StreamingEngine, the other kind)
         while not self._closed or self._runs:  # closing: the cancelled runs leave the batch first
             self._admit(backend)
             self._step(backend)

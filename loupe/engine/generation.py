@@ -8,11 +8,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from loupe.errors import LoupeError, RequestTimeout
-from loupe.inference import ChatRequest, Event, Finished, Message, SamplingParams, Token
+from loupe.inference import ChatRequest, Ending, Event, Finished, Message, SamplingParams, Token
 
 
 class Prompt(Protocol):
@@ -46,6 +46,9 @@ class Backend(Protocol[PromptT, SequenceT]):
     def prepare(self, messages: Sequence[Message], max_tokens: int) -> PromptT:
         """Tokenise the conversation and process its images (raises InvalidRequest if too long)."""
 
+    def validate(self, sampling: SamplingParams) -> None:
+        """Refuse (InvalidRequest) what the backend cannot follow, e.g. a JSON schema its grammar library lacks."""
+
     def start(self, prompt: PromptT, sampling: SamplingParams) -> SequenceT:
         """Read the prompt and add a sequence for it to the decode batch."""
 
@@ -60,6 +63,39 @@ class Backend(Protocol[PromptT, SequenceT]):
 
 
 AnyBackend = Backend[Any, Any]  # what the engine holds: it never looks inside prompts or sequences
+
+
+class StreamingBackend(Protocol[PromptT]):
+    """A model served elsewhere that batches on its own: prepare prompts, then stream each generation."""
+
+    name: str
+    device: str
+    dtype: str
+    kernels: str
+
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens of earlier conversations kept for follow-up questions (0: not known here)."""
+
+    def prepare(self, messages: Sequence[Message], max_tokens: int) -> PromptT:
+        """The conversation as the engine's request (images encoded); raises InvalidRequest if it cannot be."""
+
+    def validate(self, sampling: SamplingParams) -> None:
+        """Refuse (InvalidRequest) what the backend cannot follow."""
+
+    def stream(
+        self, prompt: PromptT, sampling: SamplingParams, cancelled: Callable[[], bool]
+    ) -> Generator[Token | Ending, None, None]:
+        """The answer's pieces, then how it ended; stops soon after `cancelled()` turns true (raises LoupeError)."""
+
+    def problem(self) -> str | None:
+        """Why generations cannot be served right now, in words an operator can act on; None when they can."""
+
+    def close(self) -> None:
+        """Let go of what it holds (connections, threads); the engine calls it once it has stopped."""
+
+
+AnyStreamingBackend = StreamingBackend[Any]
 
 
 class Generation:

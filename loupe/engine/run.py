@@ -7,14 +7,17 @@ from typing import Any
 
 from loupe.engine.generation import Generation
 from loupe.engine.stops import StopMatcher
-from loupe.inference import Finished, Started, TextDelta, Timings, Token
+from loupe.inference import Ending, Finished, Started, TextDelta, Timings, Token
 
 
 class Run:
     """One generation in the batch: its timings, stop strings and token count, turned into events."""
 
-    def __init__(self, generation: Generation):
+    def __init__(self, generation: Generation, counts_tokens: bool = True):
         self.generation = generation
+        # False: the tokens are pieces of an engine's stream, which keeps max_tokens itself (a piece may hold
+        # several tokens) and says how it ended (`end`).
+        self.counts_tokens = counts_tokens
         self.sampling = generation.request.sampling
         prompt = generation.prompt
         self.timings = Timings(image_tokens=prompt.image_tokens, prompt_tokens=prompt.prompt_tokens)
@@ -44,9 +47,20 @@ class Run:
             self.generation.put(TextDelta(text))
         if stopped:  # the stop string itself is never sent
             return self._finish("stop", flush=False)
-        if self.count >= self.sampling.max_tokens:
+        if token.complete:  # a JSON answer's grammar is done: nothing may follow, no pass is spent on an end token
+            return self._finish("stop")
+        if self.counts_tokens and self.count >= self.sampling.max_tokens:
             return self._finish("length")
         return False
+
+    def end(self, ending: Ending) -> None:
+        """Finish as the engine behind the API said, with its token counts where it gave them."""
+        if ending.prompt_tokens is not None:
+            self.timings.prompt_tokens = ending.prompt_tokens
+        self.timings.cached_tokens = ending.cached_tokens
+        if ending.completion_tokens is not None:
+            self.count = ending.completion_tokens
+        self._finish(ending.finish_reason)
 
     def _finish(self, reason: str, flush: bool = True) -> bool:
         """Send held-back text (it was no stop string after all) and the Finished event."""

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 
 from loupe.errors import ClientClosedRequest, GenerationFailed, LoupeError
 from loupe.history.store import HistoryStore, NewImage, utcnow
-from loupe.inference import ChatRequest, Event, Finished, ImagePart, TextDelta
+from loupe.inference import ChatRequest, Event, Finished, ImagePart, SamplingParams, TextDelta
 from loupe.protocol.grounding import answer_boxes
 from loupe.protocol.responses import usage_dict
 
@@ -75,7 +75,7 @@ class Recording:
                     "client": self._client,
                     "model": self._model,
                     "messages": messages,
-                    "sampling": _jsonable(dataclasses.asdict(self._chat.sampling)),
+                    "sampling": sampling_json(self._chat.sampling),
                     "stream": self._chat.stream,
                     "answer": answer,
                     "boxes": answer_boxes(answer, self._chat.image_sizes()),
@@ -126,6 +126,10 @@ def _present(values: dict) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _jsonable(values: dict) -> dict:
-    """Tuples (stop strings) as lists, for a JSON column."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+def sampling_json(sampling: SamplingParams) -> dict:
+    """The sampling fields for a JSON column: stop strings as a list; the response format as the request's
+    OpenAI object (its schema parsed), or None for a free answer."""
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(sampling).items()}
+    fmt = sampling.response_format
+    values["response_format"] = fmt.to_dict() if fmt.constrained else None
+    return values

@@ -6,11 +6,23 @@ import contextlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from loupe.errors import InvalidRequest
-from loupe.inference import TEXT_PRESET, VISION_PRESET, ChatRequest, ImagePart, Message, Part, SamplingParams, TextPart
+from loupe.inference import (
+    TEXT_PRESET,
+    VISION_PRESET,
+    ChatRequest,
+    ImagePart,
+    Message,
+    Part,
+    ResponseFormat,
+    SamplingParams,
+    TextPart,
+)
 from loupe.protocol.image_budget import Budget, apply_budget, read_budget
+from loupe.protocol.response_formats import extraction_prompt, form_response_format, parse_response_format
 from loupe.settings import Settings
 
 DEFAULT_IMAGE_PROMPT = "Describe this image."
@@ -37,11 +49,14 @@ def parse_json_request(body: Any, settings: Settings) -> ChatRequest:
         raise InvalidRequest("`messages` must be a non-empty list.", param="messages")
     if isinstance(body.get("n"), bool) or body.get("n", 1) != 1:  # True == 1 in Python, not in JSON
         raise InvalidRequest("Only `n` = 1 is supported.", param="n")
-    return _build_request(messages, body, from_form=False, settings=settings)
+    response_format = parse_response_format(body.get("response_format"))
+    return _build_request(messages, body, response_format, from_form=False, settings=settings)
 
 
 def parse_form_request(form: Mapping[str, str], images: Sequence[bytes], settings: Settings) -> ChatRequest:
-    """Parse the form-data shape: `prompt`, repeated `image` files, `system`, `messages`, sampling fields."""
+    """Parse the form-data shape: `prompt`, repeated `image` files, `system`, `messages`, sampling fields,
+    `response_format` (JSON text) or `schema` (a JSON schema: the answer follows it)."""
+    response_format = form_response_format(form)
     history: list[Message] = []
     if form.get("messages"):
         try:
@@ -49,7 +64,9 @@ def parse_form_request(form: Mapping[str, str], images: Sequence[bytes], setting
         except json.JSONDecodeError:
             raise InvalidRequest("`messages` must be a JSON list of messages.", param="messages") from None
     prompt = form.get("prompt", "")
-    if not prompt.strip() and images:
+    if not prompt.strip() and response_format.schema is not None and form.get("schema"):
+        prompt = extraction_prompt(response_format)
+    elif not prompt.strip() and images:
         prompt = DEFAULT_IMAGE_PROMPT
     parts: list[Part] = [ImagePart(data=data) for data in images]
     if prompt:
@@ -62,7 +79,7 @@ def parse_form_request(form: Mapping[str, str], images: Sequence[bytes], setting
         messages.append(Message("user", tuple(parts)))
     if not messages or messages[-1].role != "user":
         raise InvalidRequest("Send a `prompt`, an `image`, or `messages` ending with a user turn.", param="prompt")
-    return _build_request(messages, form, from_form=True, settings=settings)
+    return _build_request(messages, form, response_format, from_form=True, settings=settings)
 
 
 def parse_messages(raw: Any, param: str) -> list[Message]:
@@ -111,7 +128,12 @@ def _parse_content(content: Any, where: str) -> list[Part]:
 
 
 def _build_request(
-    messages: list[Message], fields: Mapping[str, Any], *, from_form: bool, settings: Settings
+    messages: list[Message],
+    fields: Mapping[str, Any],
+    response_format: ResponseFormat,
+    *,
+    from_form: bool,
+    settings: Settings,
 ) -> ChatRequest:
     """Combine messages with sampling fields, presets and limits into a ChatRequest."""
     _refuse_too_many_parts(messages, settings)
@@ -120,6 +142,9 @@ def _build_request(
         raise InvalidRequest(f"At most {settings.max_images} images per request.", param="messages")
     messages = _with_budgets(messages, read_budget(fields, "", from_form), settings)
     sampling = parse_sampling(fields, image_count > 0, settings, from_form=from_form)
+    if response_format.constrained and sampling.stop:
+        raise InvalidRequest("`stop` cannot be used with a JSON `response_format`: it would cut it.", param="stop")
+    sampling = replace(sampling, response_format=response_format)
     options = fields.get("stream_options")
     if from_form:
         options = {"include_usage": fields.get("include_usage", "false")}

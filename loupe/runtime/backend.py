@@ -14,6 +14,7 @@ from loupe.inference import ImagePart, Message, SamplingParams, TextPart, Token
 from loupe.runtime.batch import DecodeBatch
 from loupe.runtime.cache import ROOM, fit_cache, new_cache
 from loupe.runtime.decode_step import decode_step
+from loupe.runtime.grammar import Grammars
 from loupe.runtime.memory import return_free_memory
 from loupe.runtime.prefix_cache import PrefixCache
 from loupe.runtime.prompts import PromptBuilder, QwenPrompt
@@ -69,6 +70,7 @@ class QwenBackend:
         self.prefix_cache = PrefixCache(settings.prefix_cache_tokens) if settings.prefix_cache_tokens else None
         self.batch = DecodeBatch(model.config)  # used by the engine's thread only
         self.decode_step = decode_step(model)
+        self.grammars = Grammars(tokenizer, model.config.text_config.vocab_size, eos_ids)
 
     @property
     def cached_tokens(self) -> int:
@@ -79,11 +81,19 @@ class QwenBackend:
         """The conversation as model inputs (raises InvalidRequest past the context limit)."""
         return self.prompts.build(messages, max_tokens)
 
+    def validate(self, sampling: SamplingParams) -> None:
+        """Refuse (InvalidRequest) a schema the grammar library cannot follow, or a `max_tokens` no answer fits."""
+        if sampling.response_format.constrained:  # compiled once and kept: `start` finds it
+            self.grammars.check_budget(sampling.response_format, sampling.max_tokens)
+
     @torch.inference_mode()
     def start(self, prompt: QwenPrompt, sampling: SamplingParams) -> QwenSequence:
         """Read a prompt (reusing a cached prefix) and add it to the decode batch."""
+        fmt = sampling.response_format
+        # Before the prefill: a grammar that fails, fails cheaply.
+        constraint = self.grammars.matcher(fmt, sampling.max_tokens) if fmt.constrained else None
         cache, cached, logits, delta = self._prefill(prompt)
-        sampler = Sampler(sampling)
+        sampler = Sampler(sampling, constraint)
         (token,) = pick_tokens([sampler], logits)
         decoder = IncrementalDecoder(self.tokenizer)
         sequence = QwenSequence(prompt, sampling, sampler, decoder, delta, list(prompt.keys), token, cached)
@@ -95,9 +105,12 @@ class QwenBackend:
         """The sequence's next token (picked with its batch's after the last pass); `advance` feeds it to the model."""
         token = sequence.chosen
         sequence.pending = token
-        eos = token in self.eos_ids and not sequence.sampling.ignore_eos
+        constraint = sequence.sampler.constraint
+        # A grammar's answer ends with it (its mask leaves only an end token), `ignore_eos` or not.
+        eos = token in self.eos_ids and (not sequence.sampling.ignore_eos or constraint is not None)
+        complete = constraint is not None and constraint.complete and not eos
         cached, sequence.cached_prompt_tokens = sequence.cached_prompt_tokens, 0
-        return Token(token, "" if eos else sequence.decoder.add(token), eos, cached)
+        return Token(token, "" if eos else sequence.decoder.add(token), eos, complete, cached)
 
     @torch.inference_mode()
     def advance(self) -> None:
@@ -152,7 +165,7 @@ class QwenBackend:
             for step in range(sampling.max_tokens):
                 token = self.sample(sequence)
                 yield token
-                if token.eos or step + 1 == sampling.max_tokens or cancelled():
+                if token.eos or token.complete or step + 1 == sampling.max_tokens or cancelled():
                     return
                 self.advance()
         finally:

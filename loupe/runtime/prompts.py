@@ -10,6 +10,7 @@ processor's own.
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,10 @@ from loupe.errors import InvalidRequest
 from loupe.inference import ImagePart, Message, TextPart
 
 IMAGE_PAD = "<|image_pad|>"
+# A long text is checked by tokenising this many characters per token of room (a fraction of a second for
+# 8,192 tokens): text of fewer characters per token than this, as most is, is then refused.
+SLICE_CHARS_PER_TOKEN = 6
+_CLEAN_CUT = re.compile(r"[^\s] ")  # Python's \s holds every character Qwen's pattern's \s does, and more
 
 
 @dataclass(frozen=True)
@@ -59,23 +64,24 @@ class PromptBuilder:
         self.max_token_bytes = longest_token_bytes(tokenizer)
 
     def refuse_long_text(self, messages: Sequence[Message], max_tokens: int) -> None:
-        """Refuse a prompt whose text alone cannot fit the context, without running the tokenizer on it.
+        """Refuse a prompt whose text alone cannot fit the context, before the whole of it is tokenised.
 
         Tokenising is the costly step for a huge body (tens of seconds for megabytes of text), so this
-        comes first. The bound is sound: the tokenizer reads the text after NFC normalisation, and each
-        token it makes stands for at most `max_token_bytes` bytes of that text (its longest vocabulary
-        entry), so the text is at least bytes ÷ max_token_bytes tokens, before the chat template and the
-        images add theirs. Counting characters instead would not do: a token may hold one byte of a
-        four-byte character, or a dozen characters.
+        comes first, in two steps that never refuse a prompt that fits. First by size alone: the
+        tokenizer reads the text after NFC normalisation, and each token it makes stands for at most
+        `max_token_bytes` bytes of that text (its longest vocabulary entry), so the text is at least
+        bytes ÷ max_token_bytes tokens. Counting characters instead would not do: a token may hold one
+        byte of a four-byte character, or a dozen characters. Then, as a long vocabulary entry makes
+        that bound loose, by tokenising a slice of each long text (`_slice_tokens`).
         """
-        size = sum(
-            len(unicodedata.normalize("NFC", part.text).encode())
-            for message in messages
-            for part in message.parts
-            if isinstance(part, TextPart)
-        )
+        texts = [part.text for message in messages for part in message.parts if isinstance(part, TextPart)]
+        room = self.max_context - max_tokens
+        size = sum(len(unicodedata.normalize("NFC", text).encode()) for text in texts)
         least = -(-size // self.max_token_bytes)
-        if least + max_tokens > self.max_context:
+        if least <= room:
+            budget = room * SLICE_CHARS_PER_TOKEN
+            least = sum(_slice_tokens(self.tokenizer, text, budget) for text in texts if len(text) > budget)
+        if least > room:
             raise InvalidRequest(
                 f"The messages' text is {size:,} bytes, at least {least:,} tokens; with max_tokens {max_tokens} "
                 f"it exceeds the context limit of {self.max_context}. Shorten the conversation.",
@@ -154,6 +160,27 @@ def pixel_bounds(part: ImagePart, default_min: int, default_max: int) -> tuple[i
     if part.min_pixels is not None:
         return min(part.min_pixels, longest), longest
     return (default_min, longest) if part.max_pixels is None else (min(default_min, longest // 2), longest)
+
+
+def _slice_tokens(tokenizer, text: str, budget: int) -> int:
+    """The tokens of a slice of `text` within its first `budget` characters: never more than the whole text makes.
+
+    The slice runs between two spaces that each follow a character other than whitespace. Qwen's
+    pre-tokenizer (its split pattern, applied after NFC normalisation) never lets a piece run across
+    such a space: a space starts a piece or ends a run of whitespace, and here none is running. So the
+    slice's pieces are pieces of the whole prompt too, and their tokens are among the prompt's.
+    """
+    where = clean_slice(text, budget)
+    if where is None:
+        return 0  # no such slice: nothing is claimed
+    return len(tokenizer(text[where[0] : where[1]], add_special_tokens=False)["input_ids"])
+
+
+def clean_slice(text: str, budget: int) -> tuple[int, int] | None:
+    """The widest [start, end) within text[:budget] whose ends are spaces that follow a character other than
+    whitespace; None if there are not two such spaces."""
+    cuts = [match.start() + 1 for match in _CLEAN_CUT.finditer(text, 0, budget)]
+    return (cuts[0], cuts[-1]) if len(cuts) >= 2 else None
 
 
 def longest_token_bytes(tokenizer) -> int:

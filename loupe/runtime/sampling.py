@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from loupe.inference import SamplingParams
+from loupe.runtime.grammar import Constraint, allocate_bitmask, apply_bitmask
 
 # Temperatures below this pick greedily. Sampling there is greedy in all but name, and dividing float32
 # logits by such a temperature overflows them to inf (or, below float32's range, divides by zero): NaN.
@@ -20,8 +21,9 @@ class Sampler:
     come to the host in one copy per step, not one (or a whole row of logits) per sequence.
     """
 
-    def __init__(self, sampling: SamplingParams):
+    def __init__(self, sampling: SamplingParams, constraint: Constraint | None = None):
         self.sampling = sampling
+        self.constraint = constraint  # a JSON answer's grammar: masks the logits, follows each token picked
         self.seen: torch.Tensor | None = None  # (vocab,) bool on the logits' device: tokens generated so far
         self.generator: torch.Generator | None = None  # made on the logits' device at the first draw
         self.penalties: torch.Tensor | None = None  # (repetition, presence) on that device, with `seen`
@@ -71,9 +73,11 @@ def pick_tokens(samplers: Sequence[Sampler], logits: torch.Tensor) -> list[int]:
     """The next token of each row of (rows, vocab) logits, row i chosen by samplers[i]; one copy to the host.
 
     A step's work does not grow with its rows but for sampled ones (temperature > 0), drawn one by one.
-    Temperature 0 (or below GREEDY_BELOW) is greedy.
+    Temperature 0 (or below GREEDY_BELOW) is greedy. Rows with a grammar (JSON answers) get its mask
+    first, so they decode beside free ones, and their grammar follows the token picked.
     """
-    logits = logits.to(torch.float32, copy=True)  # the penalties write into it
+    logits = logits.to(torch.float32, copy=True)  # the penalties and the grammars' masks write into it
+    _constrain(samplers, logits)
     penalised = [i for i, s in enumerate(samplers) if s.penalised]
     for i in penalised:
         if samplers[i].seen is None:
@@ -92,7 +96,28 @@ def pick_tokens(samplers: Sequence[Sampler], logits: torch.Tensor) -> list[int]:
         seen.index_put_((rows, chosen), torch.ones((), dtype=torch.bool, device=seen.device))  # no host value
         for i, row_seen in zip(penalised, seen.unbind(0), strict=True):
             samplers[i].seen = row_seen
-    return tokens.tolist()
+    picked = tokens.tolist()
+    for row, sampler in enumerate(samplers):
+        if sampler.constraint is not None:  # near max_tokens, a JSON answer's grammar may pick its ending's token
+            picked[row] = sampler.constraint.accept(picked[row])
+    return picked
+
+
+def _constrain(samplers: Sequence[Sampler], logits: torch.Tensor) -> None:
+    """Mask, in place, the tokens each constrained row's grammar does not allow next (one mask copy a step)."""
+    rows = [(i, s.constraint) for i, s in enumerate(samplers) if s.constraint is not None]
+    if not rows:
+        return
+    bitmask = allocate_bitmask(len(rows), logits.shape[-1])
+    for row, (_, constraint) in enumerate(rows):
+        constraint.fill(bitmask, row)
+    if len(rows) == len(samplers):
+        apply_bitmask(logits, bitmask)
+        return
+    index = torch.tensor([i for i, _ in rows], device=logits.device)
+    chosen = logits[index]  # free rows are left alone: masking them too would cost a pass over their logits
+    apply_bitmask(chosen, bitmask)
+    logits[index] = chosen
 
 
 def _penalise(logits: torch.Tensor, seen: torch.Tensor, penalties: torch.Tensor, index: torch.Tensor | None) -> None:

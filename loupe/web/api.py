@@ -40,15 +40,19 @@ def models():
 
 @bp.get("/health")
 def health():
-    """Readiness: 200 once the model is loaded; 503 while loading, after a failed load or when stopping."""
+    """Readiness: 200 once the model is loaded (with BACKEND=openai: while the engine behind answers); 503 while
+    loading, after a failed load, when the engine behind does not answer, or when stopping."""
     settings, engine = services().settings, services().engine
     if engine.draining:
         return jsonify({"status": "shutting_down"}), 503
     if engine.backend is not None:
         backend = engine.backend
+        if problem := engine.problem:  # BACKEND=openai: the engine behind is down, or serves another model
+            return jsonify({"status": "error", "model": backend.name, "error": problem}), 503
         return jsonify(
             {
                 "status": "ok",
+                "backend": settings.backend,
                 "model": backend.name,
                 "device": backend.device,
                 "dtype": backend.dtype,

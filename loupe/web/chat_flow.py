@@ -62,8 +62,20 @@ def read_chat_request(settings: Settings) -> ChatRequest:
         if "image" in request.form:  # `curl -F image=photo.jpg` (no @) sends the name: it was answered without it
             raise InvalidRequest("`image` must be a file: with curl, -F image=@photo.jpg.", param="image")
         files = [f.read(settings.max_image_bytes + 1) for f in request.files.getlist("image")]
-        return parse_form_request(request.form, files, settings)
+        return parse_form_request(_form_fields(), files, settings)
     raise UnsupportedMediaType("Send application/json or multipart/form-data.")
+
+
+def _form_fields() -> dict[str, str]:
+    """The form's fields, with a `schema` sent as a file (`-F schema=@idcard.json`) read in as text."""
+    fields = request.form.to_dict()
+    upload = request.files.get("schema")
+    if upload is not None:
+        try:
+            fields["schema"] = upload.read().decode("utf-8")  # the body's size is already bounded
+        except UnicodeDecodeError:
+            raise InvalidRequest("The `schema` file must be UTF-8 JSON.", param="schema") from None
+    return fields
 
 
 def start_chat(chat: ChatRequest) -> ChatRun:

@@ -220,6 +220,7 @@ def record_body(record: dict) -> dict:
         "stream": record["stream"],
         "messages": messages,
         "sampling": record["sampling"],
+        "response_format": record["sampling"].get("response_format"),  # the schema asked for; None: free text
         "answer": record["answer"],
         "boxes": record["boxes"] or [],
         "finish_reason": record["finish_reason"],

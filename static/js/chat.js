@@ -5,6 +5,7 @@
 import { ApiError, streamChat } from "./api.js";
 import { conversationKey } from "./conversation.js";
 import { AnswerView } from "./answer-view.js";
+import { showFields } from "./extract.js";
 
 export const TASK_PROMPTS = {
   describe: "Describe this image in detail.",
@@ -96,14 +97,18 @@ export class ChatController {
     send.hidden = !idle;
     stop.hidden = idle;
     for (const button of tasks) button.disabled = !idle || !ready || this.waiting;
+    if (this.el.extract) this.el.extract.disabled = !idle || !ready || this.waiting;
     const last = this.conversation.last;
     for (const exchange of this.conversation.exchanges) {
       exchange.answer?.setRegenerable(idle && ready && exchange === last);
     }
   }
 
-  /** Send what is in the message box (and the attached images); a task button adds its prompt. */
-  async sendFromComposer(taskPrompt = "") {
+  /**
+   * Send what is in the message box (and the attached images); a task button adds its prompt, and
+   * "Extract fields" a response format: the answer is JSON that follows its schema. Says whether it sent.
+   */
+  async sendFromComposer(taskPrompt = "", responseFormat = null) {
     if (this.generating || this.waiting || !this.health.ready) return false;
     if (this.tray.busy && !(await this.waitForImages())) return false;
     const typed = this.el.prompt.value.trim();
@@ -119,6 +124,7 @@ export class ChatController {
     this.el.prompt.value = "";
     this.autosize();
     const exchange = this.conversation.addExchange(text, images);
+    exchange.responseFormat = responseFormat;  // kept for Regenerate
     this.stickToBottom = true;
     this.run(exchange);
     return true;
@@ -177,6 +183,11 @@ export class ChatController {
       messages: this.conversation.buildMessages(this.settings.systemPrompt, exchange),
       ...this.settings.requestFields(),
     };
+    if (exchange.responseFormat) {
+      // The JSON ends when it is complete; room up to the server's ceiling, which no answer is cut below.
+      body.response_format = exchange.responseFormat;
+      body.max_tokens = this.config.limits.maxNewTokensLimit;
+    }
     let reason = null;
     let timings = null;
     let usage = null;
@@ -197,6 +208,7 @@ export class ChatController {
       view.finish(reason, timings, usage);
       // The server gives boxes in the pixels of one image of the request, by its index among them.
       view.showBoxes(boxes, this.conversation.sentImages(exchange)[boxes[0]?.image]);
+      if (exchange.responseFormat && reason === "stop") showFields(view.answer, exchange.text);
     } catch (error) {
       if (abort.signal.aborted) {
         view.stopped();
@@ -261,6 +273,8 @@ export class ChatController {
         view.stopped();
       } else {
         view.finish(answer.reason, answer.timings, answer.usage);
+        exchange.responseFormat = turn.responseFormat || null;  // Regenerate asks for the same JSON
+        if (exchange.responseFormat && answer.reason === "stop") showFields(view.answer, answer.text);
       }
       const boxes = answer.boxes || [];
       view.showBoxes(boxes, turns.flatMap((t) => t.images)[boxes[0]?.image]);

@@ -30,7 +30,8 @@ function describeTime(iso) {
 
 /**
  * A record as turns for the conversation, its images fetched as data URLs (sent again when it is continued):
- * [{text, images: [{name, dataUrl, width, height}], answer: {text, status, reason, error, timings, usage}}].
+ * [{text, images: [{name, dataUrl, width, height}], answer: {text, status, reason, error, timings, usage},
+ *   responseFormat}] (the last turn's format, when it asked for JSON: its answer is shown as a table again).
  * The record's `answer` answers its last user turn; earlier answers are the assistant messages it was sent.
  */
 export async function recordTurns(record, signal) {
@@ -54,7 +55,7 @@ export async function recordTurns(record, signal) {
       ? { text: record.answer || "", status: record.status, reason: record.finish_reason, error: record.error,
         timings: record.timings, usage: record.usage, boxes: record.boxes || [] }
       : { text: reply, status: "completed", reason: "stop", error: null, timings: null, usage: null, boxes: [] };
-    return { text: textOf(parts), images, answer };
+    return { text: textOf(parts), images, answer, responseFormat: last ? record.response_format || null : null };
   }));
 }
 

@@ -3,6 +3,7 @@
  */
 import { configureApiKey, hasKey, keyRequired, requestKey } from "./api-key.js";
 import { AttachmentTray } from "./attachments.js";
+import { ExtractDialog } from "./extract.js";
 import { ChatController } from "./chat.js";
 import { Conversation } from "./conversation.js";
 import { HealthMonitor, describeHealth } from "./health.js";
@@ -75,11 +76,15 @@ function start() {
     elements: {
       form: byId("composer"), prompt: byId("prompt"), send: byId("send"), stop: byId("stop"),
       newChat: byId("new-chat"), scroller: byId("main"), attachButton: byId("attach-button"),
-      tasks: [...document.querySelectorAll("[data-task]")],
+      tasks: [...document.querySelectorAll("[data-task]")], extract: byId("extract-fields"),
     },
     conversation, tray, settings, health, announce,
     onAnswered: () => history?.refresh(),
   });
+  new ExtractDialog(  // it lives on in its listeners
+    { dialog: byId("extract-dialog"), opener: byId("extract-fields") },
+    { onExtract: (prompt, responseFormat) => chat.sendFromComposer(prompt, responseFormat) },
+  );
   health.subscribe(showHealth);
   health.start();
   document.documentElement.dataset.ready = "true";

@@ -448,6 +448,7 @@ def test_keyboard_and_screen_reader_basics(server, open_page):
         ("button", "Describe"),
         ("button", "Extract text (OCR)"),
         ("button", "Explain"),
+        ("button", "Extract fields"),
     ]:
         expect(page.get_by_role(role, name=name)).to_have_count(1)
     expect(page.get_by_role("region", name="Conversation")).to_be_visible()
@@ -469,6 +470,7 @@ def test_keyboard_and_screen_reader_basics(server, open_page):
         "Extract text (OCR)",
         "Explain",
         "Find",
+        "extract-fields",
         "attach-button",
     ]
     page.keyboard.press("Tab")

@@ -38,6 +38,9 @@ class ScriptedBackend:
     def prepare(self, messages, max_tokens):
         return replace(self.prompt)
 
+    def validate(self, sampling):
+        """Every format passes: the scripted texts are the answer, JSON or not, as the test writes them."""
+
     def start(self, prompt, sampling):
         self.calls.append("start")
         self.started.set()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typing
 
-from loupe.inference import SamplingParams
+from loupe.inference import ResponseFormat, SamplingParams
 from loupe.protocol.chat_requests import ROLES
 from loupe.protocol.image_budget import SMALLEST
 from loupe.web.openapi.chat_responses import FINISH_REASONS, boxes
@@ -123,6 +123,7 @@ def sampling_schema() -> Schema:
         bool: boolean(),
         int | None: nullable(integer()),
         tuple[str, ...]: {"type": "array", "items": string()},
+        ResponseFormat: nullable({"type": "object", "description": "The `response_format` asked for; null: free."}),
     }
     # A field of a type not listed here fails the build: it needs a line above, and a look at the docs.
     fields = {name: kinds[hint] for name, hint in typing.get_type_hints(SamplingParams).items()}

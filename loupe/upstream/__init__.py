@@ -1,0 +1,1 @@
+"""Generation on an OpenAI-compatible engine behind Loupe (BACKEND=openai): an HTTP client, no torch."""
