@@ -74,6 +74,7 @@ def test_form_data_takes_response_format_as_json_text(client):
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema", "object"),
         ({"response_format": json_schema([1])}, "response_format.json_schema.schema", "schema"),
         ({"response_format": json_schema(ITEMS, name="no spaces")}, "response_format.json_schema.name", "letters"),
+        ({"response_format": json_schema(ITEMS, name="newline\n")}, "response_format.json_schema.name", "letters"),
         ({"response_format": json_schema(ITEMS, strict="yes")}, "response_format.json_schema.strict", "true"),
         ({"response_format": {"type": "json_object"}, "stop": "}"}, "stop", "stop"),
         ({"response_format": json_schema(ITEMS), "max_tokens": 2}, "max_tokens", "at least"),

@@ -11,7 +11,7 @@ from loupe.errors import InvalidRequest
 from loupe.inference import ResponseFormat
 
 TYPES = ("text", "json_object", "json_schema")
-NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for json_schema.name
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for json_schema.name (whole: fullmatch)
 DEFAULT_NAME = "extraction"
 EXTRACT_PROMPT = "Extract these fields from the image and answer with JSON that follows this schema:\n{schema}"
 
@@ -33,7 +33,7 @@ def parse_response_format(raw: Any, *, from_form: bool = False) -> ResponseForma
     if not isinstance(inner, dict):
         raise InvalidRequest("`response_format.json_schema` must be an object.", param="response_format.json_schema")
     name = inner.get("name", DEFAULT_NAME)
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise InvalidRequest(
             "`response_format.json_schema.name` must be 1-64 letters, digits, _ or -.",
             param="response_format.json_schema.name",
