@@ -71,6 +71,7 @@ def test_form_data_takes_response_format_as_json_text(client):
         ({"response_format": json_schema({"type": "array", "uniqueItems": True})}, "response_format", "uniqueItems"),
         ({"response_format": json_schema({"type": "object", "not": {}})}, "response_format", "not"),
         ({"response_format": {"type": "xml"}}, "response_format", "json_schema"),
+        ({"response_format": ""}, "response_format", "json_schema"),  # empty is absent in form-data only
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema", "object"),
         ({"response_format": json_schema([1])}, "response_format.json_schema.schema", "schema"),
         ({"response_format": json_schema(ITEMS, name="no spaces")}, "response_format.json_schema.name", "letters"),

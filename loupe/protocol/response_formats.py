@@ -18,7 +18,7 @@ EXTRACT_PROMPT = "Extract these fields from the image and answer with JSON that 
 
 def parse_response_format(raw: Any, *, from_form: bool = False) -> ResponseFormat:
     """`response_format`: {"type": "text" | "json_object" | "json_schema", "json_schema": {...}}; a form's is text."""
-    if raw is None or raw == "":
+    if raw is None or (from_form and raw == ""):  # an HTML form sends every field, empty or not
         return ResponseFormat()
     if from_form and isinstance(raw, str):
         raw = _json(raw, "response_format")

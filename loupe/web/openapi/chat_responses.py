@@ -8,6 +8,7 @@ and the history's record), `completion_fields` for the completion object, `TIMIN
 from __future__ import annotations
 
 from loupe.protocol.grounding import MAX_REGIONS
+from loupe.settings import BACKENDS
 from loupe.web.openapi.shapes import Schema, integer, nullable, number, obj, ref, string
 
 FINISH_REASONS = ["stop", "length"]
@@ -170,19 +171,31 @@ def probe_schemas() -> dict[str, Schema]:
         "HealthReady": obj(
             {
                 "status": {"const": "ok"},
+                "backend": {"enum": list(BACKENDS), "description": "What generates: this process, or an engine behind it."},
                 "model": string(),
                 "device": string(),
                 "dtype": string(),
-                "kernels": string("What computes the model: `native avx2`, `native avx512`, … or the LINEAR_KERNEL."),
+                "kernels": string(
+                    "What computes the model: `native avx2`, `native avx512`, … or the LINEAR_KERNEL; with "
+                    "BACKEND=openai, the engine's address."
+                ),
                 "queue_depth": integer(minimum=0),
             },
-            ("status", "model", "device", "dtype", "kernels", "queue_depth"),
+            ("status", "backend", "model", "device", "dtype", "kernels", "queue_depth"),
             closed=True,
         ),
         "HealthNotReady": {
             "oneOf": [
                 obj({"status": {"const": "loading"}, "model": string()}, ("status", "model"), closed=True),
-                obj({"status": {"const": "error"}, "error": nullable(string())}, ("status", "error"), closed=True),
+                obj(
+                    {
+                        "status": {"const": "error"},
+                        "model": string("With BACKEND=openai: the model asked of the engine."),
+                        "error": nullable(string("What is wrong.")),
+                    },
+                    ("status", "error"),
+                    closed=True,
+                ),
                 obj({"status": {"const": "shutting_down"}}, ("status",), closed=True),
             ]
         },

@@ -22,6 +22,7 @@ RESPONSE_NAMES = {
     415: "UnsupportedMediaType",
     429: "TooManyRequests",
     500: "ServerError",
+    502: "BadGateway",
     503: "Unavailable",
     504: "Timeout",
 }

@@ -8,7 +8,7 @@ from loupe.web.history_api import DEFAULT_LIMIT, MAX_LIMIT, STATUSES
 from loupe.web.openapi.errors import errors_for
 from loupe.web.openapi.shapes import Schema, integer, json_content, ref, string
 
-GENERATION_ERRORS = (400, 413, 415, 429, 500, 503, 504)
+GENERATION_ERRORS = (400, 413, 415, 429, 500, 502, 503, 504)  # 502: BACKEND=openai's engine failed
 SSE_DESCRIPTION = (
     f"Server-Sent Events. First the comment `{SSE_ACCEPTED.strip()}` (the upload is read), then `data:` frames, "
     "each a JSON `ChatCompletionChunk`: the role chunk when the model starts on the request, text chunks, "
@@ -113,11 +113,12 @@ def probe_paths() -> dict[str, Schema]:
             "get": operation(
                 "api.health",
                 "probes",
-                "Readiness: 200 once the model is loaded.",
+                "Readiness: 200 once the model is loaded (BACKEND=openai: while the engine behind serves it).",
                 {
                     "200": {"description": "Ready.", "content": json_content(ref("HealthReady"))},
                     "503": {
-                        "description": "Loading, failed to load, or stopping.",
+                        "description": "Loading, failed to load (BACKEND=openai: the engine behind is away or serves "
+                        "another model), or stopping.",
                         "content": json_content(ref("HealthNotReady")),
                     },
                 },
