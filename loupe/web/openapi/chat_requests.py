@@ -2,8 +2,8 @@
 
 A new request field goes in one place here: `sampling_fields` for a field both bodies take (form-data
 sends it as text), `json_only_fields` or `form_only_fields` for one that only one of them takes,
-`ImageUrl` for a field of an image part, and `budget_fields` for one of the image budget, which both
-bodies and each image part take.
+`ImageUrl` for a field of an image part, `budget_fields` for one of the image budget, which both
+bodies and each image part take, and `response_format_schema` for one of `response_format`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from loupe.inference import TEXT_PRESET, VISION_PRESET
 from loupe.protocol.chat_requests import DEFAULT_IMAGE_PROMPT, MAX_STOP_SEQUENCES, NUMBER_FIELDS, ROLES
 from loupe.protocol.image_budget import DETAILS, SMALLEST
 from loupe.protocol.images import ACCEPTED_FORMATS
+from loupe.protocol.response_formats import NAME, TYPES
 from loupe.settings import Settings
 from loupe.web.openapi.shapes import Schema, described, integer, nullable, number, obj, or_null, ref, string
 
@@ -102,6 +103,7 @@ def json_only_fields() -> dict[str, Schema]:
                 closed=False,
             )
         ),
+        "response_format": nullable(ref("ResponseFormat")),
     }
 
 
@@ -120,6 +122,42 @@ def form_only_fields(settings: Settings) -> dict[str, Schema]:
             "Earlier turns: a JSON list of OpenAI messages (see `Message`).", contentMediaType="application/json"
         ),
         "include_usage": flag("With `stream`, a last chunk with `usage`."),
+        "response_format": string(
+            "As in JSON (`ResponseFormat`), written as JSON text.",
+            contentMediaType="application/json",
+            contentSchema=ref("ResponseFormat"),
+        ),
+        "schema": string(
+            "A JSON schema (text or a file; not with `response_format`): the answer is JSON that follows it. "
+            "Without a `prompt`, the model is asked for the schema's fields.",
+            contentMediaType="application/json",
+            contentSchema={"type": "object"},
+        ),
+    }
+
+
+def response_format_schema() -> Schema:
+    """OpenAI's `response_format` (loupe/protocol/response_formats.py): free text, any JSON object, or a schema's."""
+    inner = obj(
+        {
+            "name": string("Names the format (default `extraction`).", pattern=f"^{NAME.pattern}$"),
+            "schema": {
+                "type": "object",
+                "description": "The JSON schema the answer follows (what llguidance supports; else a 400 naming it).",
+            },
+            "strict": {"type": ["boolean", "null"], "description": "Accepted; the schema is followed either way."},
+        },
+        ("schema",),
+        closed=False,
+    )
+    free = [kind for kind in TYPES if kind != "json_schema"]
+    return {
+        "description": "The answer's shape: with a JSON one the answer always parses (and follows the schema); "
+        "not with `stop`, and `max_tokens` no lower than the schema's shortest answer.",
+        "oneOf": [
+            obj({"type": {"enum": free}}, ("type",), closed=False),
+            obj({"type": {"const": "json_schema"}, "json_schema": inner}, ("type", "json_schema"), closed=False),
+        ],
     }
 
 
@@ -146,9 +184,10 @@ def chat_request_schemas(settings: Settings) -> dict[str, Schema]:
         "ChatCompletionForm": obj(
             {**form_only_fields(settings), **sampling_fields(settings)},
             closed=False,
-            doc="The form-data shape: a `prompt`, `image` files, or `messages` ending with a user turn. Values are "
-            "text (numbers and booleans written out); an empty field is the same as an absent one.",
+            doc="The form-data shape: a `prompt`, `image` files, a `schema`, or `messages` ending with a user turn. "
+            "Values are text (numbers and booleans written out); an empty field is the same as an absent one.",
         ),
+        "ResponseFormat": response_format_schema(),
         "Message": {
             "description": "One turn; images only in user turns.",
             "oneOf": [message(role, with_images if role == "user" else text_only) for role in ROLES],

@@ -171,7 +171,10 @@ def probe_schemas() -> dict[str, Schema]:
         "HealthReady": obj(
             {
                 "status": {"const": "ok"},
-                "backend": {"enum": list(BACKENDS), "description": "What generates: this process, or an engine behind it."},
+                "backend": {
+                    "enum": list(BACKENDS),
+                    "description": "What generates: this process, or an engine behind it.",
+                },
                 "model": string(),
                 "device": string(),
                 "dtype": string(),

@@ -1,6 +1,7 @@
 """Schemas of the history API (`/inferences`): list entries, whole records, their images and sampling.
 
-A new recorded field goes in one place here: `record_fields` (and `summary_fields` if the list shows it).
+A new recorded field goes in one place here: `record_fields` (and `summary_fields` if the list shows it);
+a new sampling field is read from SamplingParams by `sampling_schema`.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def record_fields() -> dict[str, Schema]:
         "stream": boolean(),
         "messages": {"type": "array", "items": record_message()},
         "sampling": ref("Sampling"),
+        "response_format": nullable(ref("RecordedResponseFormat")),
         "answer": string("The answer, or as much as was written."),
         "boxes": boxes("What the answer located, as a response's `boxes`; empty if nothing.", min_items=0),
         "finish_reason": summary["finish_reason"],
@@ -123,11 +125,28 @@ def sampling_schema() -> Schema:
         bool: boolean(),
         int | None: nullable(integer()),
         tuple[str, ...]: {"type": "array", "items": string()},
-        ResponseFormat: nullable({"type": "object", "description": "The `response_format` asked for; null: free."}),
+        ResponseFormat: nullable(ref("RecordedResponseFormat")),
     }
     # A field of a type not listed here fails the build: it needs a line above, and a look at the docs.
     fields = {name: kinds[hint] for name, hint in typing.get_type_hints(SamplingParams).items()}
-    return obj(fields, tuple(fields), closed=True)
+    # Records made before JSON answers have no `response_format` in their sampling (the record's own is null).
+    return obj(fields, tuple(name for name in fields if name != "response_format"), closed=True)
+
+
+def recorded_response_format() -> Schema:
+    """The `response_format` a record keeps (ResponseFormat.to_dict, the schema parsed); null for free text."""
+    inner = obj(
+        {"name": string(), "schema": {"type": "object"}, "strict": boolean()},
+        ("name", "schema", "strict"),
+        closed=True,
+    )
+    return {
+        "description": "The JSON format the answer was asked in.",
+        "oneOf": [
+            obj({"type": {"const": "json_object"}}, ("type",), closed=True),
+            obj({"type": {"const": "json_schema"}, "json_schema": inner}, ("type", "json_schema"), closed=True),
+        ],
+    }
 
 
 def history_schemas() -> dict[str, Schema]:
@@ -146,6 +165,7 @@ def history_schemas() -> dict[str, Schema]:
         ),
         "Inference": obj(record_fields(), tuple(record_fields()), closed=True),
         "Sampling": sampling_schema(),
+        "RecordedResponseFormat": recorded_response_format(),
         "InferenceDeleted": obj(
             {"id": string(), "object": {"const": "inference.deleted"}, "deleted": {"const": True}},
             ("id", "object", "deleted"),
