@@ -84,10 +84,21 @@ def collect(events: Iterable[Event]) -> tuple[str, Finished]:
     raise RuntimeError("generation ended without a Finished event")
 
 
-def stream_frames(events: Iterable[Event], meta: CompletionMeta, include_usage: bool) -> Iterator[str]:
-    """SSE frames in OpenAI's chunk format; an error after the start becomes an error frame."""
+def with_event_id(frame: str, event_id: str) -> str:
+    """An SSE frame with an `id:` field first, which a client sends back as `Last-Event-ID` to resume."""
+    return f"id: {event_id}\n{frame}"
+
+
+def stream_frames(
+    events: Iterable[Event], meta: CompletionMeta, include_usage: bool, accepted: bool = True
+) -> Iterator[str]:
+    """SSE frames in OpenAI's chunk format; an error after the start becomes an error frame.
+
+    `accepted`: begin with the `: accepted` comment (a resumable stream's connection sends its own).
+    """
     role_sent = False
-    yield SSE_ACCEPTED
+    if accepted:
+        yield SSE_ACCEPTED
     try:
         for event in events:
             if not role_sent and isinstance(event, (Started, TextDelta, Finished)):

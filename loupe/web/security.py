@@ -39,8 +39,15 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 # What a cross-origin page may send and read.
-CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "X-Request-ID"]
-CORS_EXPOSE_HEADERS = ["X-Request-ID", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
+CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "X-Request-ID", "Last-Event-ID"]
+CORS_EXPOSE_HEADERS = [
+    "X-Request-ID",
+    "X-Stream-ID",
+    "Retry-After",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+]
 
 
 def init_security(app: Flask, settings: Settings) -> None:
