@@ -30,6 +30,8 @@ def server(tiny_model_dir, tmp_path_factory):
             "THREADS": "4",
             "MAX_NEW_TOKENS_LIMIT": str(LONG),
             "MAX_CONTEXT_TOKENS": str(LONG + 100),
+            # A dropped stream's generation waits this long for its client to resume (test_resume_server.py).
+            "STREAM_RESUME_SECONDS": "1",
         },
         tmp_path_factory.mktemp("server") / "server.log",
     )

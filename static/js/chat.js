@@ -156,7 +156,8 @@ export class ChatController {
     let timings = null;
     let usage = null;
     try {
-      for await (const event of streamChat(this.config.urls.chat, body, abort.signal)) {
+      const resume = { resumeSeconds: this.config.streamResumeSeconds };
+      for await (const event of streamChat(this.config.urls.chat, body, abort.signal, resume)) {
         if (event.kind === "started") view.setPhase("reading");
         else if (event.kind === "text") {
           exchange.text += event.text;
