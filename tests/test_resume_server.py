@@ -4,6 +4,7 @@ import http.client
 import json
 import re
 import socket
+import subprocess
 import time
 import urllib.request
 
@@ -25,6 +26,7 @@ def server(tiny_model_dir, tmp_path_factory):
     live = LiveServer(
         {
             "MODEL_ID": str(tiny_model_dir),
+            "MAX_NEW_TOKENS": "8",
             "STREAM_RESUME_SECONDS": str(RESUME_SECONDS),
             "PREFIX_CACHE_TOKENS": "0",  # each request reads its prompt afresh: the greedy answers are comparable
             "MAX_NEW_TOKENS_LIMIT": str(LONG),
@@ -67,7 +69,10 @@ def drop_after(server, max_tokens, events) -> tuple[str, list[tuple[str, str]]]:
     """POST a stream on a raw socket, read `events` events, and drop the connection: (stream id, events read)."""
     payload = json.dumps(body(max_tokens)).encode()
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
-    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: loupe\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: loupe\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    )
     sock.sendall(head.encode() + payload)
     raw = b""
     # Frames are whole chunks of the chunked body: the regex finds them between the chunk-size lines.
@@ -158,3 +163,15 @@ def test_an_unknown_stream_is_a_404_in_the_envelope(server):
 def history(server) -> list[dict]:
     with urllib.request.urlopen(server.url + "/inferences?limit=100", timeout=10) as response:
         return json.load(response)["data"]
+
+
+def test_the_readmes_resume_example_works_as_written(server, readme_text, tmp_path):
+    [example] = [b for b in re.findall(r"```bash\n(.*?)```", readme_text, re.S) if "Last-Event-ID" in b]
+    command = example.replace("localhost:8000", server.url.removeprefix("http://"))
+    result = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    first = sse_events((tmp_path / "first.txt").read_text())
+    rest = sse_events(result.stdout)
+    assert len(first) == 2 and rest[-1][1] == "[DONE]"
+    numbers = [int(event_id.split(":")[1]) for event_id, _ in first + rest]
+    assert numbers == list(range(1, len(numbers) + 1))
