@@ -97,7 +97,8 @@ def main() -> None:
     print(f"kernels {variant}, {torch.get_num_threads()} threads, {args.dtype}, {len(prompt.keys)} prompt tokens")
     print(f"prefill {seconds:.2f} s; linear layers {flops / 1e12:.2f} TFLOP")
     print(f"float32 FMA peak, measured: {peak:.0f} GFLOP/s")
-    print(f"efficiency: linear arithmetic / prefill time / peak = {flops / seconds / 1e9 / peak:.2f}")
+    # Two significant digits: a tiny model's efficiency would print as 0.00.
+    print(f"efficiency: linear arithmetic / prefill time / peak = {flops / seconds / 1e9 / peak:.2g}")
     print(
         "time by kind (profiled run): "
         + ", ".join(f"{kind} {s:.2f} s ({s / total:.0%})" for kind, s in sorted(kinds.items(), key=lambda kv: -kv[1]))

@@ -155,6 +155,24 @@ class Settings:
         "Seconds a request may spend waiting in the queue and generating; past that it ends with "
         "504 `request_timeout` and frees its place. 0: no limit.",
     )
+    stream_resume_seconds: float = _setting(
+        30.0,
+        "Seconds a streamed generation goes on after its client's connection drops, for the client to reconnect "
+        "with `Last-Event-ID` and read the rest (see the README's *Resuming a stream*); if no client is reading it "
+        "by then, the generation is stopped and recorded as cancelled. 0 turns resuming off: events carry no ids "
+        "and a closed stream stops its generation at once.",
+    )
+    stream_replay_seconds: float = _setting(
+        120.0,
+        "Seconds a stream's events are kept after its generation ended, for a client that reconnects late to "
+        "read the rest of the answer; after that, resuming it is 404 `stream_not_found`.",
+    )
+    stream_replay_bytes: int = _setting(
+        16 * MiB,
+        "Most bytes of stream events kept for reconnecting clients, all streams together (16 MiB; a token's "
+        "event is about 200 bytes); past it the streams that ended first are forgotten first. Running streams "
+        "are always kept whole: at most MAX_BATCH + QUEUE_SIZE of them, each at most MAX_NEW_TOKENS_LIMIT events.",
+    )
     allow_remote_images: bool = _setting(
         False,
         "Fetch `http(s)` image URLs in JSON messages. Off: such URLs are refused with 400. "
@@ -290,6 +308,9 @@ class Settings:
             "history_max_days",
             "history_max_records",
         ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.upper()} must not be negative")
+        for name in ("stream_resume_seconds", "stream_replay_seconds", "stream_replay_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.upper()} must not be negative")
         if self.request_timeout < 0:

@@ -209,12 +209,20 @@ def test_a_server_fault_is_a_500_that_says_nothing_of_its_cause(settings, engine
     assert "backend broke" in caplog.text  # the traceback is in the log
 
 
-def test_a_full_queue_is_429_and_a_closed_stream_stops_the_generation(settings, backend, engines, caplog):
-    app = engines.app(settings.replace(queue_size=0, max_batch=1))
+LONG = 8000  # within the context limit the tiny model's backend was loaded with (MAX_CONTEXT_TOKENS, 8,192)
+
+
+@pytest.mark.parametrize("resume_seconds", [0, 0.5], ids=["resuming-off", "after-the-resume-grace"])
+def test_a_full_queue_is_429_and_a_closed_stream_stops_the_generation(
+    settings, backend, engines, caplog, resume_seconds
+):
+    # LONG tokens take the tiny model far longer than the resume grace (it makes about 2,000 a second).
+    limits = {"max_new_tokens_limit": LONG}
+    app = engines.app(settings.replace(queue_size=0, max_batch=1, stream_resume_seconds=resume_seconds, **limits))
     client = app.test_client()
     engine = wait_ready(services(app).engine)
     stream = client.post(
-        "/v1/chat/completions", json=ask(max_tokens=2000, ignore_eos=True, stream=True), buffered=False
+        "/v1/chat/completions", json=ask(max_tokens=LONG, ignore_eos=True, stream=True), buffered=False
     )
     frames = iter(stream.response)
     assert next(frames).startswith(b":")  # accepted
@@ -227,5 +235,5 @@ def test_a_full_queue_is_429_and_a_closed_stream_stops_the_generation(settings, 
     stream.close()  # the client goes away: the generation stops and the slot frees
     wait_until(lambda: not engine.running, message="the generation to stop")
     cancelled = [r for r in caplog.records if r.getMessage().startswith("generation cancelled after")]
-    assert len(cancelled) == 1 and cancelled[0].args[0] < 2000
+    assert len(cancelled) == 1 and cancelled[0].args[0] < LONG
     assert client.post("/v1/chat/completions", json=ask(max_tokens=1)).status_code == 200

@@ -48,7 +48,7 @@ def test_the_prefill_profile_runs_and_measures_a_peak(tiny_model_dir, tmp_path):
     )
     assert f"kernels {VARIANTS_HERE[0]}" in done.stdout
     peak = re.search(r"peak, measured: (\d+) GFLOP/s", done.stdout)
-    efficiency = re.search(r"prefill time / peak = ([\d.]+)", done.stdout)
+    efficiency = re.search(r"prefill time / peak = ([\d.eE+-]+)", done.stdout)
     assert peak and int(peak.group(1)) > 0 and efficiency and 0 < float(efficiency.group(1)) < 1
 
 

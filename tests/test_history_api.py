@@ -13,6 +13,7 @@ from loupe.history.image_store import sha256_of
 from loupe.web.services import services
 from tests.support.chat import ask, data_url, png, sse_chunks
 from tests.support.fakes import ScriptedBackend
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -126,7 +127,11 @@ def test_a_completed_stream_is_recorded_with_the_streamed_text(history_client):
     assert record["usage"]["completion_tokens"] == 4
 
 
-def test_a_stream_the_client_closes_is_recorded_as_cancelled(history_client):
+def test_a_stream_the_client_closes_and_does_not_resume_is_recorded_as_cancelled(app, settings, data_dir):
+    # Once STREAM_RESUME_SECONDS pass with nobody reading it, the generation stops and its record is written.
+    settings = settings.replace(data_dir=str(data_dir), stream_resume_seconds=0.3)
+    application = create_app(settings, engine=services(app).engine)
+    history_client = application.test_client()
     stream = history_client.post(
         "/v1/chat/completions", json=ask(max_tokens=2000, ignore_eos=True, stream=True), buffered=False
     )
@@ -135,8 +140,10 @@ def test_a_stream_the_client_closes_is_recorded_as_cancelled(history_client):
     assert b"assistant" in next(frames)
     next(frames)
     stream.close()  # the client goes away
+    wait_until(lambda: history_client.get("/inferences").get_json()["data"], message="the record")
     record = only_record(history_client)
     assert record["status"] == "cancelled" and record["finish_reason"] is None and record["usage"] is None
+    services(application).history.close()
 
 
 def test_a_failed_generation_is_recorded_with_the_error_the_client_saw(settings, data_dir, engines):

@@ -58,7 +58,8 @@ def jpeg(tmp_path, seed=0) -> bytes:
 
 
 def test_a_record_and_its_image_survive_a_restart(live_server, tmp_path):
-    env = {"DATA_DIR": str(tmp_path / "data"), "MAX_NEW_TOKENS": "4", "THREADS": "4"}
+    # A dropped stream waits STREAM_RESUME_SECONDS for its client before it is stopped and recorded.
+    env = {"DATA_DIR": str(tmp_path / "data"), "MAX_NEW_TOKENS": "4", "THREADS": "4", "STREAM_RESUME_SECONDS": "1"}
     server = live_server(**env)
     image = jpeg(tmp_path)
     status, _, body = call(

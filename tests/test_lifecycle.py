@@ -64,6 +64,7 @@ def post_stream(server, max_tokens):
     assert response.status == 200
     assert response.readline().startswith(b":")  # accepted
     response.readline()
+    assert response.readline().startswith(b"id: ")  # the event's id, for resuming
     assert b"assistant" in response.readline()  # the role chunk: the engine has started on it
     return connection, response
 

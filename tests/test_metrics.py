@@ -26,10 +26,10 @@ def value(samples, name, **labels):
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def fresh_client(app):
-    """An app with its own metrics registry, sharing the loaded engine."""
+def fresh_client(app, **changes):
+    """An app with its own metrics registry (and settings changed), sharing the loaded engine."""
     loupe = services(app)
-    return create_app(loupe.settings, engine=loupe.engine).test_client()
+    return create_app(loupe.settings.replace(**changes), engine=loupe.engine).test_client()
 
 
 def test_requests_are_counted_by_route_method_and_status(app):
@@ -47,7 +47,7 @@ def test_requests_are_counted_by_route_method_and_status(app):
 
 
 def test_generations_speed_and_tokens(app):
-    client = fresh_client(app)
+    client = fresh_client(app, stream_resume_seconds=0.2)
     before = scrape(client)
     image = client.post("/v1/chat/completions", json=ask(image=data_url(png()), max_tokens=4, ignore_eos=True))
     timings = image.get_json()["timings"]
@@ -59,7 +59,7 @@ def test_generations_speed_and_tokens(app):
         "/v1/chat/completions", json=ask(max_tokens=2000, ignore_eos=True, stream=True), buffered=False
     )
     next(iter(stream.response))
-    stream.close()  # a cancelled stream
+    stream.close()  # a cancelled stream, once STREAM_RESUME_SECONDS pass without a reconnection
     wait_until(
         lambda: value(scrape(client), "loupe_generations_total", outcome="cancelled") >= 1,
         message="the cancelled stream to be counted",

@@ -32,6 +32,8 @@ def server(tiny_model_dir, tmp_path_factory):
             "THREADS": "4",
             "MAX_NEW_TOKENS_LIMIT": str(LONG),
             "MAX_CONTEXT_TOKENS": str(LONG + 100),
+            # A dropped stream's generation waits this long for its client to resume (test_resume_server.py).
+            "STREAM_RESUME_SECONDS": "1",
         },
         tmp_path_factory.mktemp("server") / "server.log",
     )
@@ -96,7 +98,7 @@ def doc_blocks(language, text):
 def test_readme_curl_examples_work_as_written(server, photo, docs_text):
     examples = [b for b in doc_blocks("bash", docs_text) if "localhost:8000/v1/chat/completions" in b]
     examples = [b for b in examples if "schema" not in b]  # JSON answers: the next test
-    assert len(examples) == 7
+    assert len(examples) == 8  # the last resumes a stream; test_resume_server.py checks it more closely
     for example in examples:
         command = example.replace("localhost:8000", server.url.removeprefix("http://"))
         result = subprocess.run(["bash", "-c", command], cwd=photo.parent, capture_output=True, text=True, timeout=60)

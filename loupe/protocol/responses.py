@@ -91,13 +91,26 @@ def collect(events: Iterable[Event]) -> tuple[str, Finished]:
     raise RuntimeError("generation ended without a Finished event")
 
 
+def with_event_id(frame: str, event_id: str) -> str:
+    """An SSE frame with an `id:` field first, which a client sends back as `Last-Event-ID` to resume."""
+    return f"id: {event_id}\n{frame}"
+
+
 def stream_frames(
-    events: Iterable[Event], meta: CompletionMeta, include_usage: bool, image_sizes: Sequence[tuple[int, int]] = ()
+    events: Iterable[Event],
+    meta: CompletionMeta,
+    include_usage: bool,
+    image_sizes: Sequence[tuple[int, int]] = (),
+    accepted: bool = True,
 ) -> Iterator[str]:
-    """SSE frames in OpenAI's chunk format; an error after the start becomes an error frame."""
+    """SSE frames in OpenAI's chunk format; an error after the start becomes an error frame.
+
+    `accepted`: begin with the `: accepted` comment (a resumable stream's connection sends its own).
+    """
     role_sent = False
     pieces: list[str] = []
-    yield SSE_ACCEPTED
+    if accepted:
+        yield SSE_ACCEPTED
     try:
         for event in events:
             if not role_sent and isinstance(event, (Started, TextDelta, Finished)):

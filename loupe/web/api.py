@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from loupe.protocol.responses import CompletionMeta, completion_body, stream_frames
-from loupe.web.chat_flow import close_at_end, collect_answer, load_chat_request, served_model_name, start_chat
+from loupe.protocol.responses import CompletionMeta, completion_body
+from loupe.web.chat_flow import collect_answer, load_chat_request, served_model_name, start_chat
 from loupe.web.observability import request_id
 from loupe.web.services import services
+from loupe.web.streams import cancel_stream, resumed_response, stream_response
 
 bp = Blueprint("api", __name__)
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @bp.post("/v1/chat/completions")
@@ -21,13 +20,22 @@ def chat_completions():
     run = start_chat(chat)
     meta = CompletionMeta(model=served_model_name(), id=f"chatcmpl-{request_id()}")
     if chat.stream:
-        return Response(
-            close_at_end(stream_frames(run.events, meta, chat.include_usage, chat.image_sizes()), run),
-            mimetype="text/event-stream",
-            headers=SSE_HEADERS,
-        )
+        return stream_response(chat, run, meta)
     text, finished = collect_answer(run)
     return jsonify(completion_body(meta, text, finished, chat.image_sizes()))
+
+
+@bp.get("/v1/chat/completions/streams/<stream_id>")
+def resume_stream(stream_id: str) -> Response:
+    """The rest of a streamed answer whose connection dropped, after the event named by `Last-Event-ID`."""
+    return resumed_response(stream_id)
+
+
+@bp.delete("/v1/chat/completions/streams/<stream_id>")
+def delete_stream(stream_id: str):
+    """Stop a streamed answer's generation now, as closing its only connection once did."""
+    cancel_stream(stream_id)
+    return jsonify({"id": stream_id, "object": "chat.completion.stream", "cancelled": True})
 
 
 @bp.get("/v1/models")

@@ -8,6 +8,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from loupe.engine.engine import Engine
+from loupe.engine.resumable import ResumableStreams
 from loupe.history.store import HistoryStore
 from loupe.settings import Settings
 from loupe.web import api, history_api, page
@@ -26,12 +27,17 @@ def build_app(settings: Settings, engine: Engine, history: HistoryStore | None, 
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_request_bytes  # a `messages` field may hold images
     app.json.sort_keys = False  # type: ignore[attr-defined]  # Flask's DefaultJSONProvider has it
-    install(app, Services(settings, engine, history))
+    streams = None
+    if settings.stream_resume_seconds > 0:
+        streams = ResumableStreams(
+            settings.stream_resume_seconds, settings.stream_replay_seconds, settings.stream_replay_bytes
+        )
+    install(app, Services(settings, engine, history, streams))
     init_request_ids(app)  # first, so even a refused request has an id and a log line
     init_security(app, settings)
     for blueprint in (page.bp, api.bp, history_api.bp):
         app.register_blueprint(blueprint)
-    init_metrics(app, engine)
+    init_metrics(app, engine, streams)
     init_docs(app)
     register_error_handlers(app)  # before the rate limits: an error's own Retry-After must win (web/errors.py)
     init_rate_limits(app, settings)

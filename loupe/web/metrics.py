@@ -9,6 +9,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from loupe.engine.engine import Engine
+from loupe.engine.resumable import ResumableStreams
 from loupe.inference import Timings
 
 bp = Blueprint("metrics", __name__)
@@ -24,7 +25,7 @@ STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10
 class Metrics:
     """One app's metrics in their own registry (gunicorn runs one worker, so one process holds them all)."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, streams: ResumableStreams | None = None):
         self.registry = registry = CollectorRegistry()
         self.requests = Counter(
             "loupe_http_requests",
@@ -70,6 +71,8 @@ class Metrics:
         self.prompt_tokens = Counter("loupe_prompt_tokens", "Prompt tokens read.", registry=registry)
         self.completion_tokens = Counter("loupe_completion_tokens", "Tokens generated.", registry=registry)
         self._engine_gauges(engine, registry)
+        if streams is not None:
+            self._stream_metrics(streams, registry)
         engine.add_observer(self.observe_generation)
         engine.add_step_observer(lambda size, seconds: self.decode_step.labels(str(size)).observe(seconds))
 
@@ -97,6 +100,25 @@ class Metrics:
             lambda: 1 if engine.draining else 0
         )
 
+    @staticmethod
+    def _stream_metrics(streams: ResumableStreams, registry: CollectorRegistry) -> None:
+        """What happens to resumable streams, and what they hold in memory."""
+        events = Counter(
+            "loupe_resumable_stream_events",
+            "Resumable streams: opened, resumed, not_found, abandoned, cancelled, evicted.",
+            ["event"],
+            registry=registry,
+        )
+        streams.add_observer(lambda event: events.labels(event).inc())
+        Gauge(
+            "loupe_resumable_streams", "Streams whose events are kept, running or ended.", registry=registry
+        ).set_function(lambda: streams.count)
+        Gauge(
+            "loupe_resumable_stream_bytes",
+            "Bytes of stream events kept for reconnecting clients (ended ones within STREAM_REPLAY_BYTES).",
+            registry=registry,
+        ).set_function(lambda: streams.bytes)
+
     def observe_generation(self, outcome: str, timings: Timings | None) -> None:
         """Count a generation and, if it finished, its speed and tokens (the engine calls this)."""
         self.generations.labels(outcome).inc()
@@ -121,9 +143,9 @@ def _is_state(engine: Engine, name: str) -> int:
     return 1 if engine.status == name else 0
 
 
-def init_metrics(app: Flask, engine: Engine) -> Metrics:
+def init_metrics(app: Flask, engine: Engine, streams: ResumableStreams | None = None) -> Metrics:
     """Serve GET /metrics and count every request when its response closes."""
-    metrics = Metrics(engine)
+    metrics = Metrics(engine, streams)
     app.extensions["loupe_metrics"] = metrics
     app.register_blueprint(bp)
 

@@ -84,16 +84,21 @@ def _observed(events: Iterable[Event], record: RequestRecord) -> Iterator[Event]
     try:
         for event in events:
             if isinstance(event, Finished):
-                record.outcome = event.finish_reason
-                record.prompt_tokens = event.prompt_tokens
-                record.completion_tokens = event.completion_tokens
-                record.image_tokens = event.timings.image_tokens
+                note_finished(record, event)
             yield event
     except ClientClosedRequest:
         raise  # "cancelled" stands, as for a closed stream
     except Exception:
         record.outcome = "error"
         raise
+
+
+def note_finished(record: RequestRecord, finished: Finished) -> None:
+    """Note how a generation finished, and its token counts, in a request's record."""
+    record.outcome = finished.finish_reason
+    record.prompt_tokens = finished.prompt_tokens
+    record.completion_tokens = finished.completion_tokens
+    record.image_tokens = finished.timings.image_tokens
 
 
 def init_request_ids(app: Flask) -> None:

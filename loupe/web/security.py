@@ -39,10 +39,11 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 # What a cross-origin page may send and read.
-CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "X-Request-ID", "X-Loupe-Conversation"]
+CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "X-Request-ID", "X-Loupe-Conversation", "Last-Event-ID"]
 CORS_EXPOSE_HEADERS = [
     "X-Request-ID",
     "X-Loupe-Conversation",
+    "X-Stream-ID",
     "Retry-After",
     "X-RateLimit-Limit",
     "X-RateLimit-Remaining",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from flask import Flask, current_app
 
 from loupe.engine.engine import Engine
+from loupe.engine.resumable import ResumableStreams
 from loupe.history.store import HistoryStore
 from loupe.settings import Settings
 
@@ -15,11 +16,13 @@ _EXTENSION = "loupe"
 
 @dataclass(frozen=True)
 class Services:
-    """The app's settings, engine and history store (None when HISTORY is off)."""
+    """The app's settings, engine, history store (None when HISTORY is off) and resumable streams (None when
+    STREAM_RESUME_SECONDS is 0)."""
 
     settings: Settings
     engine: Engine
     history: HistoryStore | None = None
+    streams: ResumableStreams | None = None
 
 
 def install(app: Flask, services: Services) -> None:

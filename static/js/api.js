@@ -2,7 +2,7 @@
  * The page's client for Loupe's public API: streamed chat completions, the health check and the history.
  */
 import { apiFetch } from "./api-key.js";
-import { readEventData } from "./sse.js";
+import { readEvents } from "./sse.js";
 
 /** An error to show the person: the server's `error.message`, or our own words for what went wrong. */
 export class ApiError extends Error {
@@ -48,19 +48,27 @@ async function errorFromResponse(response) {
   return new ApiError(message, { status: response.status, type, code });
 }
 
+// Waits between attempts to resume a broken stream: quick at first (a blip), then every 2 s while the
+// server still keeps the generation (its STREAM_RESUME_SECONDS, in the page's configuration).
+const RESUME_DELAYS_MS = [250, 500, 1000, 2000];
+
 /**
  * Stream one chat completion. Yields events:
  *   {kind: "started"}                      the model began on this request (it was queued until then)
  *   {kind: "text", text}                   answer text
  *   {kind: "finish", reason, timings, boxes}  the end of the answer; boxes: what it located (often none)
  *   {kind: "usage", usage}                 token counts
- * Throws ApiError for anything the person should read; an aborted request throws the AbortError.
+ * When the connection breaks mid-answer and the server keeps the stream (`X-Stream-ID`), it reconnects
+ * with `Last-Event-ID` and goes on from the event after the last one read: nothing missed, nothing twice.
+ * Throws ApiError for anything the person should read; an aborted request throws the AbortError, and
+ * tells the server to stop the generation.
  * @param {string} url
  * @param {object} body  the JSON request (stream: true is set here)
  * @param {AbortSignal} signal
- * @param {string} [conversation]  the conversation's key (X-Loupe-Conversation), for a proxy to route on
+ * @param {{conversation?: string, resumeSeconds?: number}} options  the conversation's key
+ *   (X-Loupe-Conversation, for a proxy to route on) and how long the server waits for a reconnection
  */
-export async function* streamChat(url, body, signal, conversation = "") {
+export async function* streamChat(url, body, signal, { conversation = "", resumeSeconds = 30 } = {}) {
   let response;
   try {
     response = await apiFetch(url, {
@@ -81,48 +89,115 @@ export async function* streamChat(url, body, signal, conversation = "") {
   if (!response.ok) throw await errorFromResponse(response);
   if (!response.body) throw new ApiError("The server's answer had no body.");
 
-  let started = false;
-  let finished = false;
+  const streamId = response.headers.get("X-Stream-ID");
+  const resumeUrl = streamId ? `${url}/streams/${encodeURIComponent(streamId)}` : "";
+  // The stream lives on the instance that generates it: a reconnection carries the key a proxy routed on.
+  const routeKey = response.headers.get("X-Loupe-Conversation") || conversation;
+  const state = { started: false, finished: false, lastEventId: "" };
   try {
-    for await (const data of readEventData(response.body)) {
-      if (data === "[DONE]") return;
-      let chunk;
+    for (;;) {
+      let broken = false;
       try {
-        chunk = JSON.parse(data);
-      } catch {
-        throw new ApiError("The server sent a part of the answer that could not be read.");
-      }
-      if (chunk.error) {
-        const error = chunk.error;
-        throw new ApiError(error.message || "The server had an error while answering.", {
-          status: 0, type: error.type || "", code: error.code || "",
-        });
-      }
-      const choice = Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
-      if (choice) {
-        const delta = choice.delta || {};
-        if (!started) {
-          started = true;
-          yield { kind: "started" };
+        for await (const event of readEvents(response.body)) {
+          if (event.data === "[DONE]") return;
+          yield* chunkEvents(event.data, state);
+          if (event.id) state.lastEventId = event.id;  // only once its chunk is handled
         }
-        if (typeof delta.content === "string" && delta.content !== "") {
-          yield { kind: "text", text: delta.content };
-        }
-        if (choice.finish_reason) {
-          finished = true;
-          const boxes = Array.isArray(delta.boxes) ? delta.boxes : [];
-          yield { kind: "finish", reason: choice.finish_reason, timings: chunk.timings || null, boxes };
-        }
+      } catch (error) {
+        if (signal.aborted || error instanceof ApiError) throw error;
+        broken = true;
       }
-      if (chunk.usage) yield { kind: "usage", usage: chunk.usage };
+      if (!resumeUrl) {
+        if (state.finished) return;
+        throw new ApiError(broken
+          ? "The connection to the server broke while the answer was streaming."
+          : "The answer was cut off: the server closed the connection before it finished.");
+      }
+      response = await reconnect(resumeUrl, state.lastEventId, routeKey, signal, resumeSeconds);
     }
-  } catch (error) {
-    if (signal.aborted || error instanceof ApiError) throw error;
-    throw new ApiError("The connection to the server broke while the answer was streaming.");
+  } finally {
+    if (signal.aborted && resumeUrl) {
+      // Stop pressed: the server would otherwise keep generating for a reconnection that will not come.
+      apiFetch(resumeUrl, { method: "DELETE", keepalive: true }).catch(() => {});
+    }
   }
-  if (!finished) {
-    throw new ApiError("The answer was cut off: the server closed the connection before it finished.");
+}
+
+/** The events of one chunk's data; throws ApiError for an error frame or data that cannot be read. */
+function* chunkEvents(data, state) {
+  let chunk;
+  try {
+    chunk = JSON.parse(data);
+  } catch {
+    throw new ApiError("The server sent a part of the answer that could not be read.");
   }
+  if (chunk.error) {
+    const error = chunk.error;
+    throw new ApiError(error.message || "The server had an error while answering.", {
+      status: 0, type: error.type || "", code: error.code || "",
+    });
+  }
+  const choice = Array.isArray(chunk.choices) ? chunk.choices[0] : undefined;
+  if (choice) {
+    const delta = choice.delta || {};
+    if (!state.started) {
+      state.started = true;
+      yield { kind: "started" };
+    }
+    if (typeof delta.content === "string" && delta.content !== "") {
+      yield { kind: "text", text: delta.content };
+    }
+    if (choice.finish_reason) {
+      state.finished = true;
+      const boxes = Array.isArray(delta.boxes) ? delta.boxes : [];
+      yield { kind: "finish", reason: choice.finish_reason, timings: chunk.timings || null, boxes };
+    }
+  }
+  if (chunk.usage) yield { kind: "usage", usage: chunk.usage };
+}
+
+/**
+ * Reopen a broken stream after its last event, trying again while the server may still hold it.
+ * @returns {Promise<Response>} the resumed stream
+ */
+async function reconnect(resumeUrl, lastEventId, routeKey, signal, resumeSeconds) {
+  const giveUpAt = Date.now() + resumeSeconds * 1000;
+  for (let attempt = 0; ; attempt += 1) {
+    await pause(RESUME_DELAYS_MS[Math.min(attempt, RESUME_DELAYS_MS.length - 1)], signal);
+    let response = null;
+    try {
+      const headers = { Accept: "text/event-stream" };
+      if (lastEventId) headers["Last-Event-ID"] = lastEventId;
+      if (routeKey) headers["X-Loupe-Conversation"] = routeKey;
+      response = await apiFetch(resumeUrl, { headers, signal, cache: "no-store" });
+    } catch (error) {
+      if (signal.aborted) throw error;  // otherwise still offline: try again
+    }
+    if (response && response.ok && response.body) return response;
+    if (response && ![502, 503, 504].includes(response.status)) {
+      const error = await errorFromResponse(response);
+      throw new ApiError(`The connection broke while the answer was streaming, and the rest could not be fetched: ${error.message}`,
+        { status: error.status, type: error.type, code: error.code });
+    }
+    if (Date.now() >= giveUpAt) {
+      throw new ApiError("The connection to the server broke while the answer was streaming, and could not be restored.");
+    }
+  }
+}
+
+/** Wait `ms`, or until the signal aborts (then throw its reason). */
+function pause(ms, signal) {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    }, { once: true });
+  });
 }
 
 /**

@@ -193,8 +193,8 @@ export class ChatController {
     let usage = null;
     let boxes = [];
     try {
-      const key = conversationKey(body.messages);
-      for await (const event of streamChat(this.config.urls.chat, body, abort.signal, key)) {
+      const options = { conversation: conversationKey(body.messages), resumeSeconds: this.config.streamResumeSeconds };
+      for await (const event of streamChat(this.config.urls.chat, body, abort.signal, options)) {
         if (event.kind === "started") view.setPhase("reading");
         else if (event.kind === "text") {
           exchange.text += event.text;

@@ -448,6 +448,7 @@ def test_keyboard_and_screen_reader_basics(server, open_page):
         ("button", "Describe"),
         ("button", "Extract text (OCR)"),
         ("button", "Explain"),
+        ("button", "Find"),
         ("button", "Extract fields"),
     ]:
         expect(page.get_by_role(role, name=name)).to_have_count(1)
@@ -459,7 +460,7 @@ def test_keyboard_and_screen_reader_basics(server, open_page):
     page.keyboard.press("Tab")
     expect(page.get_by_role("link", name="Skip to the message box")).to_be_focused()
     order = []
-    for _ in range(8):
+    for _ in range(9):
         page.keyboard.press("Tab")
         order.append(page.evaluate("document.activeElement.id || document.activeElement.textContent.trim()"))
     assert order == [

@@ -24,7 +24,22 @@ def ask(text="Hi", image=None, **fields):
     return {"model": "anything", "messages": [{"role": "user", "content": content}], **fields}
 
 
+def sse_events(text):
+    """(id, data) of each event of an SSE body; comments and other fields skipped (data is one line here)."""
+    events = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n") if line and not line.startswith(":"))
+        if "data" in fields:
+            events.append((fields.get("id"), fields["data"]))
+    return events
+
+
 def sse_chunks(response):
-    lines = [line for line in response.get_data(as_text=True).split("\n\n") if line and not line.startswith(":")]
-    assert lines[-1] == "data: [DONE]"
-    return [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    datas = [data for _, data in sse_events(response.get_data(as_text=True))]
+    assert datas[-1] == "[DONE]"
+    return [json.loads(data) for data in datas[:-1]]
+
+
+def stream_text(chunks):
+    """The answer text of a list of chunks."""
+    return "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c.get("choices"))
