@@ -143,3 +143,22 @@ def test_an_engine_away_matches(settings, engines, contract, tmp_path):
     health = app.test_client().get("/health")
     assert health.status_code == 503 and health.get_json()["status"] == "error"
     contract.check_response("/health", "GET", health)
+
+
+def test_resuming_and_stopping_a_stream_match(client, contract):
+    started = client.post(CHAT, json=ask(max_tokens=3, ignore_eos=True, stream=True))
+    contract.check_response(CHAT, "POST", started)
+    stream_id = started.headers["X-Stream-ID"]
+    first_id = started.get_data(as_text=True).split("id: ", 1)[1].split("\n", 1)[0]
+    path, template = f"{CHAT}/streams/{stream_id}", CHAT + "/streams/{stream_id}"
+    for headers, status in [({}, 200), ({"Last-Event-ID": first_id}, 200), ({"Last-Event-ID": "x:1"}, 400)]:
+        resumed = client.get(path, headers=headers)
+        assert resumed.status_code == status
+        contract.check_response(template, "GET", resumed)
+    stopped = client.delete(path)
+    assert stopped.status_code == 200
+    contract.check_response(template, "DELETE", stopped)
+    for method in ("GET", "DELETE"):
+        unknown = client.open(f"{CHAT}/streams/{'0' * 32}", method=method)
+        assert unknown.status_code == 404 and unknown.get_json()["error"]["code"] == "stream_not_found"
+        contract.check_response(template, method, unknown)

@@ -79,12 +79,14 @@ class Contract:
 
 
 def sse_events(text: str) -> list[dict]:
-    """The events of a Server-Sent Events body as {"data": …} (comments dropped); fails on anything else."""
+    """The events of a Server-Sent Events body as {"data": …} or {"id": …, "data": …} (comments dropped); fails
+    on any other field, and on an `id` anywhere but first."""
     events = []
     for block in text.split("\n\n"):
         lines = [line for line in block.split("\n") if line and not line.startswith(":")]
         if not lines:
             continue
-        assert all(line.startswith("data: ") for line in lines), block
-        events.append({"data": "\n".join(line.removeprefix("data: ") for line in lines)})
+        event = {"id": lines.pop(0).removeprefix("id: ")} if lines[0].startswith("id: ") else {}
+        assert lines and all(line.startswith("data: ") for line in lines), block
+        events.append({**event, "data": "\n".join(line.removeprefix("data: ") for line in lines)})
     return events

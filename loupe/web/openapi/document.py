@@ -12,6 +12,7 @@ from loupe.web.openapi.errors import error_responses, error_schema, errors_for
 from loupe.web.openapi.history import history_schemas
 from loupe.web.openapi.paths import api_paths, history_paths, page_paths
 from loupe.web.openapi.shapes import Schema
+from loupe.web.openapi.streams import stream_schemas
 from loupe.web.security import METRICS_PATH, PROTECTED_PREFIXES
 
 API_VERSION = "1"  # the `v1` of /v1/: the API's, not the code's
@@ -39,6 +40,7 @@ def build_document(settings: Settings) -> Schema:
             **chat_request_schemas(settings),
             **chat_response_schemas(),
             **history_schemas(),
+            **stream_schemas(),
         },
         "responses": error_responses(),
         "headers": {

@@ -28,7 +28,11 @@ RESPONSE_NAMES = {
 }
 # Codes that no class of loupe/errors.py fixes: raised with `code=`, or werkzeug's own HTTP errors.
 OTHER_CODES = {
-    404: {"history_disabled": "History is off on this server (HISTORY=off).", "not_found": "No such route."},
+    404: {
+        "history_disabled": "History is off on this server (HISTORY=off).",
+        "not_found": "No such route.",
+        "stream_not_found": "No such stream to resume or stop, or resuming is off (STREAM_RESUME_SECONDS=0).",
+    },
     405: {"method_not_allowed": "The route exists, not with this method; `Allow` lists the methods it takes."},
     413: {"request_entity_too_large": "The body is over MAX_REQUEST_BYTES."},
     429: {"too_many_requests": "The client is over RATE_LIMIT; `Retry-After` says when the window lets it in."},

@@ -3,32 +3,13 @@
 from __future__ import annotations
 
 from loupe.protocol.images import ACCEPTED_FORMATS
-from loupe.protocol.responses import SSE_ACCEPTED
 from loupe.web.history_api import DEFAULT_LIMIT, MAX_LIMIT, STATUSES
 from loupe.web.openapi.errors import errors_for
-from loupe.web.openapi.shapes import Schema, integer, json_content, ref, string
+from loupe.web.openapi.shapes import Schema, integer, json_content, operation, ref, string
+from loupe.web.openapi.streams import STREAM_HEADERS, sse_event, stream_paths
 
 GENERATION_ERRORS = (400, 413, 415, 429, 500, 502, 503, 504)  # 502: BACKEND=openai's engine failed
-SSE_DESCRIPTION = (
-    f"Server-Sent Events. First the comment `{SSE_ACCEPTED.strip()}` (the upload is read), then `data:` frames, "
-    "each a JSON `ChatCompletionChunk`: the role chunk when the model starts on the request, text chunks, "
-    "the chunk with `finish_reason` and `timings`, a `usage` chunk if asked for, and `data: [DONE]`. "
-    "An error after the stream started comes as one `data:` frame holding an `Error`, and the stream ends."
-)
 RECORD_ID = {"name": "record_id", "in": "path", "required": True, "schema": string(format="uuid")}
-
-
-def operation(endpoint: str, tag: str, summary: str, responses: dict[str, Schema], **more: object) -> Schema:
-    """One operation; `endpoint` is the Flask endpoint that serves it."""
-    return {"operationId": endpoint, "tags": [tag], "summary": summary, "responses": responses, **more}
-
-
-def sse_event() -> Schema:
-    """One event of a stream (OpenAPI 3.1 has `schema` describe each event): its `data`, a JSON chunk,
-    a JSON error, or `[DONE]`."""
-    chunk = {"oneOf": [ref("ChatCompletionChunk"), ref("Error")]}
-    data = {"anyOf": [{"const": "[DONE]"}, string(contentMediaType="application/json", contentSchema=chunk)]}
-    return {"description": SSE_DESCRIPTION, "type": "object", "properties": {"data": data}, "required": ["data"]}
 
 
 def chat_body() -> Schema:
@@ -85,6 +66,7 @@ def chat_paths() -> dict[str, Schema]:
                 {
                     "200": {
                         "description": "A whole answer, or with `stream` the answer as Server-Sent Events.",
+                        "headers": STREAM_HEADERS,
                         "content": {
                             **json_content(ref("ChatCompletion")),
                             "text/event-stream": {"schema": sse_event()},
@@ -95,6 +77,7 @@ def chat_paths() -> dict[str, Schema]:
                 requestBody=chat_body(),
             )
         },
+        **stream_paths(),
         "/v1/models": {
             "get": operation(
                 "api.models",

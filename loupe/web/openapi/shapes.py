@@ -1,4 +1,4 @@
-"""Builders for the JSON Schema pieces the document repeats: references, objects, nullable values."""
+"""Builders for the pieces the document repeats: references, objects, nullable values, operations."""
 
 from __future__ import annotations
 
@@ -63,3 +63,8 @@ def boolean(doc: str = "") -> Schema:
 def json_content(schema: Schema) -> dict[str, Schema]:
     """A `content` map with one application/json media type."""
     return {"application/json": {"schema": schema}}
+
+
+def operation(endpoint: str, tag: str, summary: str, responses: dict[str, Schema], **more: object) -> Schema:
+    """One operation; `endpoint` is the Flask endpoint that serves it."""
+    return {"operationId": endpoint, "tags": [tag], "summary": summary, "responses": responses, **more}
