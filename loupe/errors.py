@@ -118,7 +118,8 @@ class RequestTimeout(LoupeError):
 class ClientClosedRequest(LoupeError):
     """The client closed its connection before a whole answer was ready; the answer was stopped.
 
-    Nobody receives this response: its status (nginx's 499) is for the access log and metrics.
+    Nobody receives it as a response: its status (nginx's 499) is for the access log and metrics. A resumable
+    stream stopped by DELETE ends with it as its last event, for whoever is still reading.
     """
 
     status = 499

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 
 import pytest
 
@@ -162,3 +163,21 @@ def test_resuming_and_stopping_a_stream_match(client, contract):
         unknown = client.open(f"{CHAT}/streams/{'0' * 32}", method=method)
         assert unknown.status_code == 404 and unknown.get_json()["error"]["code"] == "stream_not_found"
         contract.check_response(template, method, unknown)
+
+
+def test_a_stream_stopped_while_running_ends_as_documented(settings, engines, tmp_path, contract):
+    gate = threading.Event()  # holds the generation still until the stream is stopped
+    engine = engines.ready(ScriptedBackend(["a", "b"], gate=gate))
+    application = create_app(settings.replace(data_dir=str(tmp_path)), engine=engine)
+    client = application.test_client()
+    started = client.post(CHAT, json=ask(stream=True), buffered=False)
+    path = f"{CHAT}/streams/{started.headers['X-Stream-ID']}"
+    assert client.delete(path).status_code == 200
+    gate.set()
+    for response, template, method in [
+        (started, CHAT, "POST"),
+        (client.get(path), CHAT + "/streams/{stream_id}", "GET"),
+    ]:
+        assert '"client_closed_request"' in response.get_data(as_text=True)
+        contract.check_response(template, method, response)
+    services(application).history.close()

@@ -37,6 +37,8 @@ OTHER_CODES = {
     413: {"request_entity_too_large": "The body is over MAX_REQUEST_BYTES."},
     429: {"too_many_requests": "The client is over RATE_LIMIT; `Retry-After` says when the window lets it in."},
 }
+# Errors that come only as a stream's last event, never as a response: a stream stopped by DELETE ends with it.
+STREAM_ONLY = (errors.ClientClosedRequest,)
 RETRY_AFTER = {
     "description": "Seconds to wait before trying again.",
     "required": True,
@@ -45,7 +47,8 @@ RETRY_AFTER = {
 
 
 def error_classes() -> list[type[LoupeError]]:
-    """Every LoupeError class a client can receive (499's is for the access log: nobody reads it)."""
+    """Every LoupeError class a client can receive as a response (499's is for the access log; it comes only
+    as a stream's last event, see `STREAM_ONLY`)."""
     found, todo = [], [LoupeError]
     while todo:
         cls = todo.pop()
@@ -57,7 +60,8 @@ def error_classes() -> list[type[LoupeError]]:
 
 def error_schema() -> Schema:
     """OpenAI's error envelope."""
-    types = sorted({cls.type for cls in error_classes()} | set(HTTP_ERROR_TYPES.values()) | {"invalid_request_error"})
+    classes = [*error_classes(), *STREAM_ONLY]
+    types = sorted({cls.type for cls in classes} | set(HTTP_ERROR_TYPES.values()) | {"invalid_request_error"})
     inner = obj(
         {
             "message": string("What went wrong; on a 500, a generic sentence (the details are in the server's log)."),

@@ -14,7 +14,8 @@ SSE_DESCRIPTION = (
     f"Server-Sent Events. First the comment `{SSE_ACCEPTED.strip()}` (the upload is read), then `data:` frames, "
     "each a JSON `ChatCompletionChunk`: the role chunk when the model starts on the request, text chunks, "
     "the chunk with `finish_reason` and `timings`, a `usage` chunk if asked for, and `data: [DONE]`. "
-    "An error after the stream started comes as one `data:` frame holding an `Error`, and the stream ends. "
+    "An error after the stream started comes as one `data:` frame holding an `Error`, and the stream ends "
+    "(`client_closed_request` when it was stopped by DELETE on its stream). "
     "Unless STREAM_RESUME_SECONDS is 0, each event has an `id` (`<stream id>:<number>`, from 1) and the "
     f"response an `{STREAM_ID_HEADER}` header, to resume the stream if the connection drops."
 )
