@@ -38,7 +38,7 @@ OTHER_CODES = {
     429: {"too_many_requests": "The client is over RATE_LIMIT; `Retry-After` says when the window lets it in."},
 }
 # Errors that come only as a stream's last event, never as a response: a stream stopped by DELETE ends with it.
-STREAM_ONLY = (errors.ClientClosedRequest,)
+STREAM_ONLY: tuple[type[LoupeError], ...] = (errors.ClientClosedRequest,)
 RETRY_AFTER = {
     "description": "Seconds to wait before trying again.",
     "required": True,
