@@ -24,7 +24,7 @@ when the request named its conversation in it (README: Conversations). This docu
 this server as configured: its limits (`max_tokens`, images) are its settings', and `Authorization`
 appears only where it has API keys."""
 TAGS = [
-    {"name": "chat", "description": "OpenAI-compatible generation and model list."},
+    {"name": "chat", "description": "OpenAI-compatible generation, resuming and stopping streams, the model list."},
     {"name": "history", "description": "The record of each request (docs/history.md); 404 when HISTORY is off."},
     {"name": "probes", "description": "Health, liveness and metrics for orchestrators and Prometheus."},
     {"name": "page", "description": "The chat page and this documentation."},
