@@ -23,6 +23,33 @@ RATE_LIMIT_STORAGE_SCHEMES = (
     "redis+cluster://",
 )
 MiB = 1024 * 1024
+# Settings whose value must be above 0, and those that must not be below it.
+POSITIVE = (
+    "max_batch",
+    "max_new_tokens",
+    "max_new_tokens_limit",
+    "max_context_tokens",
+    "image_max_edge",
+    "max_image_bytes",
+    "max_images",
+    "max_request_bytes",
+    "threads",
+    "port",
+    "backend_timeout",
+)
+NOT_NEGATIVE = (
+    "queue_size",
+    "trusted_proxies",
+    "torch_threads",
+    "prefix_cache_tokens",
+    "history_max_days",
+    "history_max_records",
+    "stream_resume_seconds",
+    "stream_replay_seconds",
+    "stream_replay_bytes",
+    "request_timeout",  # 0 means no limit
+    "shutdown_grace",
+)
 BACKENDS = ("local", "openai")  # app.py picks the loader: the model in this process, or an engine behind an API
 
 
@@ -273,54 +300,44 @@ class Settings:
 
     def validate(self) -> None:
         """Refuse settings that cannot work, with a message naming the variable."""
+        self._check_choices()
+        self._check_numbers()
+        self._check_services()
+
+    def _check_choices(self) -> None:
+        """Settings that name one of a few things."""
         if self.backend not in BACKENDS:
             raise ValueError(f"BACKEND must be {' or '.join(BACKENDS)}, not {self.backend!r}")
         if self.backend == "openai" and not re.match(r"https?://[^/]", self.backend_url):
             raise ValueError("BACKEND=openai needs BACKEND_URL, the engine's API base such as http://vllm:8000/v1")
-        if self.backend_timeout <= 0:
-            raise ValueError("BACKEND_TIMEOUT must be positive")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"DTYPE must be float32 or bfloat16, not {self.dtype!r}")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"DEVICE must be cpu, cuda or cuda:N, not {self.device!r}")
         if self.linear_kernel not in LINEAR_KERNELS:
             raise ValueError(f"LINEAR_KERNEL must be {' or '.join(LINEAR_KERNELS)}, not {self.linear_kernel!r}")
-        positive = (
-            "max_batch",
-            "max_new_tokens",
-            "max_new_tokens_limit",
-            "max_context_tokens",
-            "image_max_edge",
-            "max_image_bytes",
-            "max_images",
-            "max_request_bytes",
-            "threads",
-            "port",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name.upper()} must be positive")
-        for name in (
-            "queue_size",
-            "trusted_proxies",
-            "torch_threads",
-            "prefix_cache_tokens",
-            "history_max_days",
-            "history_max_records",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name.upper()} must not be negative")
-        for name in ("stream_resume_seconds", "stream_replay_seconds", "stream_replay_bytes"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name.upper()} must not be negative")
-        if self.request_timeout < 0:
-            raise ValueError("REQUEST_TIMEOUT must not be negative (0 means no limit)")
-        if self.max_new_tokens > self.max_new_tokens_limit:
-            raise ValueError("MAX_NEW_TOKENS must not exceed MAX_NEW_TOKENS_LIMIT")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"LOG_FORMAT must be text or json, not {self.log_format!r}")
-        if self.shutdown_grace < 0:
-            raise ValueError("SHUTDOWN_GRACE must not be negative")
+        if self.image_detail not in ("high", "low"):
+            raise ValueError(f"IMAGE_DETAIL must be high or low, not {self.image_detail!r}")
+
+    def _check_numbers(self) -> None:
+        """Counts, sizes and times: their signs and the bounds they keep with each other."""
+        for name in POSITIVE:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.upper()} must be positive")
+        for name in NOT_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.upper()} must not be negative")
+        if self.max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError("MAX_NEW_TOKENS must not exceed MAX_NEW_TOKENS_LIMIT")
+        if self.image_max_edge < 32:
+            raise ValueError("IMAGE_MAX_EDGE must be at least 32 (the model's smallest image side)")
+        if self.image_low_pixels < 1024:
+            raise ValueError("IMAGE_LOW_PIXELS must be at least 1024 (32x32, the model's smallest image)")
+
+    def _check_services(self) -> None:
+        """Rate limits, CORS and key files: what the web layer hands to its libraries."""
         if self.rate_limit.lower() != "off":
             try:
                 parse_many(self.rate_limit)
@@ -334,12 +351,6 @@ class Settings:
             raise ValueError(f"API_KEY_FILE={self.api_key_file!r} is not a readable file")
         if self.api_key_file and not self.api_keys():
             raise ValueError(f"API_KEY_FILE={self.api_key_file!r} holds no keys")
-        if self.image_max_edge < 32:
-            raise ValueError("IMAGE_MAX_EDGE must be at least 32 (the model's smallest image side)")
-        if self.image_low_pixels < 1024:
-            raise ValueError("IMAGE_LOW_PIXELS must be at least 1024 (32x32, the model's smallest image)")
-        if self.image_detail not in ("high", "low"):
-            raise ValueError(f"IMAGE_DETAIL must be high or low, not {self.image_detail!r}")
 
     @property
     def history_database_url(self) -> str:

@@ -12,7 +12,7 @@ from loupe.history.store import HistoryStore
 from loupe.protocol.images import read_image
 from loupe.settings import Settings
 from loupe.web.services import services
-from tests.support.chat import ask, data_url, png, sse_chunks
+from tests.support.chat import ask, data_url, png, sse_chunks, sse_events
 from tests.support.engines import wait_ready
 from tests.support.fake_upstream import FakeUpstream, Garbage, Silent, Status, Stream
 from tests.support.live_server import free_port
@@ -208,8 +208,8 @@ def test_an_unreachable_engine_is_a_502_that_says_so(engines, front):
 def test_a_failure_after_the_stream_began_is_an_error_frame(client, fake):
     fake.reply = Stream(pieces=("partial",), error_after="the engine crashed")
     response = client.post("/v1/chat/completions", json=ask("Hi", stream=True))
-    frames = [f for f in response.get_data(as_text=True).split("\n\n") if f.startswith("data: ")]
-    last = json.loads(frames[-1].removeprefix("data: "))
+    datas = [data for _, data in sse_events(response.get_data(as_text=True))]
+    last = json.loads(datas[-1])
     assert last["error"]["code"] == "bad_gateway" and "the engine crashed" in last["error"]["message"]
 
 
