@@ -1,6 +1,7 @@
 """Several instances behind nginx against one: follow-ups on their instance, and what a second instance adds.
 
-    python -m bench.instances --model ../shared/models/qwen3-vl-2b-instruct --out bench/results-instances.json
+    python -m bench.instances --model ~/.cache/loupe-bench/qwen3-vl-2b-instruct-random \
+        --out bench/results-instances.json
 
 Starts Debian's PostgreSQL (the shared history) on loopback, then twice: `--instances` gunicorn instances
 (one, then several) on a shared DATA_DIR and DATABASE_URL, with Debian's nginx and deploy/nginx's
