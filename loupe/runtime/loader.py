@@ -52,6 +52,7 @@ def load(settings: Settings) -> QwenBackend:
     problem = device.unavailable(settings.device)
     if problem:  # before anything is read: refused in a second, with what to do
         raise ModelLoadError(problem)
+    device.configure(settings.device)
     map_large_allocations()  # before the weights: the load's own transient blocks go back too
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
